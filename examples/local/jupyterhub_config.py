@@ -1,0 +1,43 @@
+"""JupyterHub on local hosts: each user server runs on its own loopback address 127.0.0.N.
+
+Run it with `make demo` from the repository root, then open http://127.0.0.1:8000 and log
+in as any user with the password below ("admin" is an admin). Reclaim a user's host with
+`jupyterhub-migrate reclaim HOST --notice 10` and watch the server move.
+"""
+
+import os
+
+c = get_config()  # noqa: F821
+
+here = os.path.dirname(os.path.abspath(__file__))
+var = os.path.join(here, "var")
+os.makedirs(var, exist_ok=True)
+
+c.JupyterHub.bind_url = "http://127.0.0.1:8000"
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.db_url = f"sqlite:///{var}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = f"{var}/jupyterhub_cookie_secret"
+c.ConfigurableHTTPProxy.pid_file = f"{var}/jupyterhub-proxy.pid"
+
+# Anyone may log in with this password; the user "admin" is an admin.
+c.JupyterHub.authenticator_class = "dummy"
+c.DummyAuthenticator.password = "migrate-me"
+c.Authenticator.allow_all = True
+c.Authenticator.admin_users = {"admin"}
+
+c.JupyterHub.spawner_class = "migrating"
+c.JupyterHub.proxy_class = "migrating"
+c.Spawner.default_url = "/lab"
+
+# Homes on each host's own disk, copied on a move (the harder case; "shared" is simpler).
+c.MigratingSpawner.home_mode = "synced"
+c.MigratingSpawner.precopy_interval = 15
+c.LocalHostProvider.root_dir = f"{var}/hosts"
+c.LocalCheckpointStore.root_dir = f"{var}/checkpoints"
+c.MigratingController.checkpoint_secret_file = f"{var}/checkpoint_secret"
+
+# The control API (`jupyterhub-migrate`, /services/migrate/api/) runs inside the hub.
+c.JupyterHub.services = [{"name": "migrate", "url": "http://127.0.0.1:8095"}]
+c.JupyterHub.load_roles = [
+    {"name": "user", "scopes": ["self", "access:services!service=migrate"]},
+]

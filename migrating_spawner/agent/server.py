@@ -1,0 +1,356 @@
+"""The host agent: a small HTTP daemon on every host.
+
+It launches and stops the user's server, reports status, exit codes and logs, moves home
+files to and from the checkpoint store, and tells the hub when its host is about to be
+reclaimed. In local mode it also plays the cloud: at a notice's deadline it kills every
+process it started and wipes the host's disk, as a terminated instance loses its own.
+
+Every request carries the host's secret (``Authorization: token ...``); it is compared in
+constant time, and a request without it changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..checkpoint import CheckpointError, restore_tree, snapshot_tree, store_from_config
+
+log = logging.getLogger("migrating.agent")
+
+#: what a launched process inherits from the host (the hub sends the rest)
+HOST_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH", "CONDA_PREFIX")
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    proc: asyncio.subprocess.Process
+    cmd: list[str]
+    log_path: Path
+    started: float = field(default_factory=time.time)
+
+    def status(self) -> dict[str, Any]:
+        code = self.proc.returncode
+        return {
+            "name": self.name,
+            "pid": self.proc.pid,
+            "running": code is None,
+            "exit_code": code,
+            "started": self.started,
+        }
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a whole process group: the server and every kernel it started."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+class Agent:
+    def __init__(
+        self,
+        host_id: str,
+        address: str,
+        token: str,
+        disk: Path,
+        registry_file: Path | None = None,
+        notify_url: str = "",
+    ):
+        self.host_id = host_id
+        self.address = address
+        self.token = token
+        self.disk = disk
+        self.registry_file = registry_file
+        self.notify_url = notify_url
+        self.processes: dict[str, ManagedProcess] = {}
+        self.notice: dict[str, Any] | None = None
+        self.terminated = asyncio.Event()
+        self._reclaim_task: asyncio.Task | None = None
+
+    # -- auth -------------------------------------------------------------
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler):
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if not given or scheme.lower() not in {"token", "bearer"}:
+            raise web.HTTPUnauthorized(
+                text='{"message": "agent token required"}', content_type="application/json"
+            )
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise web.HTTPForbidden(
+                text='{"message": "wrong agent token"}', content_type="application/json"
+            )
+        return await handler(request)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.auth], client_max_size=64 * 1024**2)
+        app.add_routes(
+            [
+                web.get("/status", self.get_status),
+                web.get("/free-port", self.get_free_port),
+                web.get("/notice", self.get_notice),
+                web.post("/reclaim", self.post_reclaim),
+                web.post("/shutdown", self.post_shutdown),
+                web.get("/processes/{name}", self.get_process),
+                web.post("/processes/{name}", self.start_process),
+                web.delete("/processes/{name}", self.stop_process),
+                web.get("/processes/{name}/log", self.get_log),
+                web.post("/home/snapshot", self.home_snapshot),
+                web.post("/home/restore", self.home_restore),
+            ]
+        )
+        return app
+
+    # -- status and notices -------------------------------------------------
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "host_id": self.host_id,
+                "address": self.address,
+                "disk": str(self.disk),
+                "notice": self.notice,
+                "processes": {n: p.status() for n, p in self.processes.items()},
+            }
+        )
+
+    async def get_free_port(self, request: web.Request) -> web.Response:
+        return web.json_response({"port": free_port(self.address)})
+
+    async def get_notice(self, request: web.Request) -> web.Response:
+        # shaped like EC2's spot/instance-action: 404 until the host is marked
+        if self.notice is None:
+            raise web.HTTPNotFound(text='{"message": "no notice"}', content_type="application/json")
+        return web.json_response(self.notice)
+
+    async def post_reclaim(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        try:
+            seconds = float(body.get("notice_seconds", 120))
+        except (TypeError, ValueError):
+            raise web.HTTPBadRequest(text="notice_seconds must be a number") from None
+        if seconds < 0:
+            raise web.HTTPBadRequest(text="notice_seconds must not be negative")
+        deadline = time.time() + seconds
+        if self.notice and self.notice["deadline"] <= deadline:
+            return web.json_response(self.notice)  # an earlier notice stands
+        self.notice = {
+            "action": "terminate",
+            "time": datetime.fromtimestamp(deadline, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "deadline": deadline,
+            "host_id": self.host_id,
+        }
+        log.warning("host %s will be reclaimed in %.1f s", self.host_id, seconds)
+        if self._reclaim_task:
+            self._reclaim_task.cancel()
+        self._reclaim_task = asyncio.create_task(self._terminate_at(deadline))
+        asyncio.create_task(self._notify_hub())
+        return web.json_response(self.notice, status=202)
+
+    async def post_shutdown(self, request: web.Request) -> web.Response:
+        asyncio.get_running_loop().call_later(0.05, lambda: asyncio.create_task(self.terminate()))
+        return web.json_response({"host_id": self.host_id, "terminating": True}, status=202)
+
+    async def _terminate_at(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - time.time()))
+        log.warning("host %s reclaimed: killing processes and wiping its disk", self.host_id)
+        await self.terminate()
+
+    async def terminate(self) -> None:
+        """What a terminated instance goes through: processes killed, local disk gone."""
+        for proc in self.processes.values():
+            kill_group(proc.proc.pid)
+        shutil.rmtree(self.disk, ignore_errors=True)
+        if self.registry_file:
+            self.registry_file.unlink(missing_ok=True)
+        self.terminated.set()
+
+    async def _notify_hub(self) -> None:
+        """Push the notice to the hub; the hub also polls, so failures only cost latency."""
+        if not self.notify_url or self.notice is None:
+            return
+        headers = {"Authorization": f"token {self.token}"}
+        body = {"host_id": self.host_id, "deadline": self.notice["deadline"]}
+        for attempt in range(3):
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async with session.post(
+                        self.notify_url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(5)
+                    ) as resp:
+                        if resp.status < 400:
+                            return
+                        log.warning("hub refused notice: %s %s", resp.status, await resp.text())
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                log.warning("could not notify hub (attempt %d): %s", attempt + 1, e)
+                await asyncio.sleep(1)
+
+    # -- processes ----------------------------------------------------------
+
+    def _process(self, request: web.Request) -> ManagedProcess:
+        name = request.match_info["name"]
+        if name not in self.processes:
+            raise web.HTTPNotFound(
+                text=f'{{"message": "no process {name}"}}', content_type="application/json"
+            )
+        return self.processes[name]
+
+    async def get_process(self, request: web.Request) -> web.Response:
+        return web.json_response(self._process(request).status())
+
+    async def start_process(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await request.json()
+        cmd = body.get("cmd")
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
+            raise web.HTTPBadRequest(text="cmd must be a non-empty list of strings")
+        if self.notice is not None:
+            raise web.HTTPConflict(text="this host is being reclaimed")
+        old = self.processes.get(name)
+        if old and old.proc.returncode is None:
+            raise web.HTTPConflict(text=f"process {name} is already running")
+        env = {k: os.environ[k] for k in HOST_ENV_KEYS if k in os.environ}
+        env.update({str(k): str(v) for k, v in (body.get("env") or {}).items()})
+        cwd = body.get("cwd") or str(self.disk)
+        Path(cwd).mkdir(parents=True, exist_ok=True)
+        log_dir = self.disk / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{name}.log"
+        with open(log_path, "ab") as out:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *cmd,
+                    env=env,
+                    cwd=cwd,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,  # its own group: a kill reaches its kernels
+                )
+            except OSError as e:
+                raise web.HTTPBadRequest(text=f"cannot start {cmd[0]}: {e}") from None
+        self.processes[name] = ManagedProcess(name, proc, cmd, log_path)
+        log.info("started %s (pid %d): %s", name, proc.pid, " ".join(cmd))
+        return web.json_response(self.processes[name].status(), status=201)
+
+    async def stop_process(self, request: web.Request) -> web.Response:
+        managed = self._process(request)
+        grace = float(request.query.get("grace", "5"))
+        if managed.proc.returncode is None:
+            if grace > 0:
+                kill_group(managed.proc.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(managed.proc.wait(), grace)
+                except asyncio.TimeoutError:
+                    pass
+            kill_group(managed.proc.pid, signal.SIGKILL)
+            await managed.proc.wait()
+        return web.json_response(managed.status())
+
+    async def get_log(self, request: web.Request) -> web.Response:
+        managed = self._process(request)
+        tail = int(request.query.get("tail", "200"))
+        try:
+            lines = managed.log_path.read_text(errors="replace").splitlines()[-tail:]
+        except FileNotFoundError:
+            lines = []
+        return web.json_response({"name": managed.name, "lines": lines})
+
+    # -- home files ----------------------------------------------------------
+
+    async def home_snapshot(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        root = Path(body["root"])
+        store = store_from_config(body["store"])
+        try:
+            files, stats = await asyncio.to_thread(
+                snapshot_tree, root, store, body.get("previous"), body.get("exclude") or []
+            )
+        except (CheckpointError, OSError) as e:
+            raise web.HTTPUnprocessableEntity(text=str(e)) from None
+        return web.json_response({"files": files, "stats": stats})
+
+    async def home_restore(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        root = Path(body["root"])
+        root.mkdir(parents=True, exist_ok=True)
+        store = store_from_config(body["store"])
+        try:
+            stats = await asyncio.to_thread(
+                restore_tree, root, body["files"], store, body.get("current")
+            )
+        except (CheckpointError, OSError) as e:
+            raise web.HTTPUnprocessableEntity(text=str(e)) from None
+        return web.json_response({"stats": stats})
+
+
+async def serve(agent: Agent, port: int) -> None:
+    runner = web.AppRunner(agent.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, agent.address, port)
+    await site.start()
+    log.info("agent for host %s listening on %s:%d", agent.host_id, agent.address, port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.terminated.set)
+    await agent.terminated.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="jupyterhub-migrating host agent")
+    parser.add_argument("--host-id", required=True)
+    parser.add_argument("--address", required=True, help="the host's address to bind")
+    parser.add_argument("--port", type=int, default=8900)
+    parser.add_argument("--token-file", required=True, help="file holding the host secret")
+    parser.add_argument("--disk", required=True, help="the host's own disk folder")
+    parser.add_argument("--registry-file", default="", help="removed when the host goes away")
+    parser.add_argument("--notify-url", default="", help="where to push reclaim notices")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="[%(levelname)1.1s %(asctime)s agent %(name)s] %(message)s",
+        stream=sys.stderr,
+    )
+    token = Path(args.token_file).read_text().strip()
+    disk = Path(args.disk)
+    disk.mkdir(parents=True, exist_ok=True)
+    agent = Agent(
+        host_id=args.host_id,
+        address=args.address,
+        token=token,
+        disk=disk,
+        registry_file=Path(args.registry_file) if args.registry_file else None,
+        notify_url=args.notify_url,
+    )
+    asyncio.run(serve(agent, args.port))
+
+
+if __name__ == "__main__":
+    main()

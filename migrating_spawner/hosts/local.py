@@ -1,0 +1,268 @@
+"""Local hosts: loopback addresses on this machine, each with its own agent and disk.
+
+The embedded default, for demos, tests and single-machine hubs. A host is 127.0.0.N, an
+agent process listening there, and a disk folder that is wiped when the host is reclaimed.
+Agents are detached from the hub, so they (and the user servers under them) outlive a hub
+restart; the registry folder lets a restarted hub find them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from traitlets import Float, Integer, Unicode, default, validate
+
+from ..agent.client import AgentClient, AgentError
+from .base import Host, HostError, HostProvider
+
+
+class LocalHostProvider(HostProvider):
+    """Hosts on loopback addresses 127.0.0.N of this machine."""
+
+    name = "local"
+
+    root_dir = Unicode(
+        help="""Folder for the local hosts' registry, disks and agent logs.
+
+        Defaults to `migrating-hosts/` in the hub's working directory.
+        """
+    ).tag(config=True)
+
+    @default("root_dir")
+    def _default_root_dir(self) -> str:
+        return os.path.abspath("migrating-hosts")
+
+    first_address = Unicode(
+        "127.0.0.10", help="First loopback address handed to a host; later hosts count up."
+    ).tag(config=True)
+
+    @validate("first_address")
+    def _check_first_address(self, proposal):
+        addr = ipaddress.ip_address(proposal["value"])
+        if not addr.is_loopback:
+            raise ValueError(f"local hosts need a loopback address, not {addr}")
+        return str(addr)
+
+    max_hosts = Integer(
+        16, help="Most local hosts alive at once; acquiring another one fails with a clear error."
+    ).tag(config=True)
+
+    agent_port = Integer(8900, help="Port the agent listens on at each host's address.").tag(
+        config=True
+    )
+
+    agent_start_timeout = Float(20, help="Seconds to wait for a new host's agent to answer.").tag(
+        config=True
+    )
+
+    spot_reclaim_rate = Float(
+        0,
+        help="""Spot-market simulator: reclaims per host-hour, at random (0 = off).
+
+        For demos and soak tests: each spot host is reclaimed with this rate, with
+        `spot_notice_seconds` of notice.
+        """,
+    ).tag(config=True)
+
+    spot_notice_seconds = Float(
+        120, help="Notice the spot-market simulator gives (AWS gives 120 s)."
+    ).tag(config=True)
+
+    #: set by the controller: where agents push notices
+    notify_url = ""
+
+    _lock: asyncio.Lock | None = None
+
+    @property
+    def registry(self) -> Path:
+        return Path(self.root_dir) / "registry"
+
+    def _registry_file(self, host_id: str) -> Path:
+        return self.registry / f"{host_id}.json"
+
+    def _read_registry(self) -> list[Host]:
+        hosts = []
+        for path in sorted(self.registry.glob("*.json")):
+            try:
+                hosts.append(Host.from_dict(json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError) as e:
+                self.log.warning("ignoring unreadable host record %s: %s", path, e)
+        return hosts
+
+    def _pick_address(self, taken: set[str]) -> str:
+        first = ipaddress.ip_address(self.first_address)
+        for offset in range(self.max_hosts):
+            candidate = str(first + offset)
+            if candidate not in taken:
+                return candidate
+        raise HostError(
+            f"no local host free: all {self.max_hosts} are in use (raise LocalHostProvider.max_hosts)"
+        )
+
+    async def acquire(self, instance_type: str = "", market: str = "") -> Host:
+        instance_type = self.check_instance_type(instance_type)
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            address = self._pick_address({h.address for h in self._read_registry()})
+            host_id = f"local-{address.rsplit('.', 1)[1]}-{secrets.token_hex(3)}"
+            host = Host(
+                id=host_id,
+                address=address,
+                agent_url=f"http://{address}:{self.agent_port}",
+                agent_token=secrets.token_hex(32),
+                instance_type=instance_type,
+                market=market or self.market,
+                disk=str(Path(self.root_dir) / "disks" / host_id),
+                meta={"provider": self.name, "created": time.time()},
+            )
+            self.registry.mkdir(parents=True, exist_ok=True)
+            record = self._registry_file(host_id)
+            # written before the agent starts: its address is taken from now on
+            self._write_private(record, json.dumps(host.to_dict()))
+        try:
+            await self._start_agent(host, record)
+        except BaseException:
+            await self._remove(host)
+            raise
+        self.log.info("acquired local host %s at %s (%s)", host.id, host.address, instance_type)
+        return host
+
+    def _write_private(self, path: Path, text: str) -> None:
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    async def _start_agent(self, host: Host, record: Path) -> None:
+        secrets_dir = Path(self.root_dir) / "secrets"
+        secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token_file = secrets_dir / f"{host.id}.token"
+        self._write_private(token_file, host.agent_token)
+        log_dir = Path(self.root_dir) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "migrating_spawner.agent.server",
+            f"--host-id={host.id}",
+            f"--address={host.address}",
+            f"--port={self.agent_port}",
+            f"--token-file={token_file}",
+            f"--disk={host.disk}",
+            f"--registry-file={record}",
+        ]
+        if self.notify_url:
+            cmd.append(f"--notify-url={self.notify_url}")
+        with open(log_dir / f"{host.id}.log", "ab") as out:
+            # a session of its own: the agent outlives the hub, as a cloud host would
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        host.meta["agent_pid"] = proc.pid
+        self._write_private(record, json.dumps(host.to_dict()))
+        client = AgentClient(host, timeout=2, retries=0)
+        deadline = time.monotonic() + self.agent_start_timeout
+        while True:
+            try:
+                await client.status()
+                return
+            except AgentError as e:
+                if proc.poll() is not None:
+                    raise HostError(
+                        f"agent for {host.id} exited with {proc.returncode}; "
+                        f"see {log_dir / (host.id + '.log')}"
+                    ) from e
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise HostError(f"agent for {host.id} did not answer: {e}") from e
+                await asyncio.sleep(0.1)
+
+    async def get(self, host_id: str) -> Host | None:
+        try:
+            return Host.from_dict(json.loads(self._registry_file(host_id).read_text()))
+        except FileNotFoundError:
+            return None
+
+    async def list_hosts(self) -> list[Host]:
+        return self._read_registry()
+
+    async def release(self, host: Host) -> None:
+        try:
+            await AgentClient(host, timeout=5, retries=0).shutdown()
+        except AgentError as e:
+            self.log.info("agent of %s did not take the shutdown (%s); cleaning up", host.id, e)
+        pid = host.meta.get("agent_pid")
+        if pid:
+            for _ in range(50):
+                if not _alive(pid):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                _kill(pid)
+        await self._remove(host)
+        self.log.info("released local host %s (%s)", host.id, host.address)
+
+    async def _remove(self, host: Host) -> None:
+        pid = host.meta.get("agent_pid")
+        if pid and _alive(pid):
+            _kill(pid)
+        shutil.rmtree(host.disk, ignore_errors=True)
+        self._registry_file(host.id).unlink(missing_ok=True)
+        (Path(self.root_dir) / "secrets" / f"{host.id}.token").unlink(missing_ok=True)
+
+    async def reclaim(self, host: Host, notice_seconds: float) -> dict[str, Any]:
+        return await AgentClient(host).reclaim(notice_seconds)
+
+    async def simulate_spot_market(self, interval: float = 5) -> None:
+        """Reclaim spot hosts at random, `spot_reclaim_rate` per host-hour (runs until cancelled)."""
+        while self.spot_reclaim_rate > 0:
+            await asyncio.sleep(interval)
+            chance = self.spot_reclaim_rate * interval / 3600
+            for host in self._read_registry():
+                if host.market == "spot" and random.random() < chance:
+                    self.log.warning("spot simulator: reclaiming %s", host.id)
+                    try:
+                        await self.reclaim(host, self.spot_notice_seconds)
+                    except AgentError as e:
+                        self.log.warning("spot simulator could not reclaim %s: %s", host.id, e)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,223 @@
+"""One move of one server from its host to a new one.
+
+The order keeps the hold short: the new host is acquired, the home pre-copied and the new
+server started while the old one still serves. Only the cut-over is held: the final
+(delta) checkpoint, stopping the old server, restoring the delta, and re-pointing the
+route. If the old host dies first, the server comes back from the last good checkpoint and
+the user is told what was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .agent.client import AgentClient, AgentError
+from .checkpoint import CheckpointError
+from .hosts.base import Host, HostError
+
+if TYPE_CHECKING:
+    from .controller import MigratingController
+    from .spawner import MigratingSpawner
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+
+class Move:
+    def __init__(
+        self,
+        controller: MigratingController,
+        spawner: MigratingSpawner,
+        reason: str,
+        deadline: float,
+    ):
+        self.controller = controller
+        self.spawner = spawner
+        self.reason = reason
+        self.deadline = deadline
+        self.old: Host | None = spawner.host
+        self.new: Host | None = None
+        self.held = False
+        self.timings: dict[str, float] = {}
+        self.lost: str | None = None  # what the user lost, said in their log
+
+    @property
+    def proxy(self):
+        return self.spawner.user.settings.get("proxy") or self.controller.app.proxy
+
+    def _left(self) -> float:
+        return self.deadline - time.time()
+
+    async def _old_alive(self) -> bool:
+        if self.old is None:
+            return False
+        try:
+            status = await AgentClient(self.old, timeout=3, retries=0).process("server")
+        except AgentError:
+            return False
+        return bool(status and status["running"])
+
+    async def run(self) -> dict[str, Any]:
+        spawner = self.spawner
+        started = time.monotonic()
+        spawner.emit(f"Moving ({self.reason}); {max(0, self._left()):.0f} s to go", level="warning")
+        try:
+            await self._prepare()
+            await self._cut_over()
+        except BaseException:
+            await self._abort()
+            raise
+        spawner.move_record = None
+        spawner.save_state()
+        if self.old is not None:
+            await spawner._release_quietly(self.old)
+        self.timings["total"] = time.monotonic() - started
+        message = f"Moved to {self.new.id} ({self.new.address}) in {self.timings['total']:.1f} s"
+        if self.lost:
+            message += f"; {self.lost}"
+        spawner.emit(message, level="warning" if self.lost else "info")
+        spawner.start_precopy()
+        return {"from": self.old.id if self.old else None, "to": self.new.id, **self.timings}
+
+    async def _prepare(self) -> None:
+        """Everything that can happen while the old server still serves."""
+        spawner = self.spawner
+        old_alive = await self._old_alive()
+        if not old_alive:
+            self._note_loss("the old host was gone before the move")
+        instance_type = self.old.instance_type if self.old else ""
+        self.new = await self.controller.provider.acquire(instance_type)
+        spawner.move_record = {
+            "reason": self.reason,
+            "deadline": self.deadline,
+            "old_host": self.old.to_dict() if self.old else None,
+            "new_host": self.new.to_dict(),
+            "phase": "preparing",
+        }
+        spawner.save_state()
+        spawner.emit(f"New host {self.new.id} at {self.new.address}")
+        self.current_files = None
+        if spawner.home_mode == "synced":
+            if old_alive:
+                try:
+                    await asyncio.wait_for(
+                        spawner.checkpoint_home(self.old, reason="move pre-copy"),
+                        max(1.0, self._left()),
+                    )
+                except (HostError, CheckpointError, asyncio.TimeoutError) as e:
+                    self._note_loss(f"pre-copy failed ({e})")
+            if spawner.checkpoint_id:
+                self.current_files = await spawner.restore_home(self.new, spawner.checkpoint_id)
+        self.port = await spawner.launch(self.new)
+        await spawner.wait_ready(self.new, self.port)
+        spawner.emit(f"Server ready on {self.new.address}:{self.port}; switching over")
+
+    async def _cut_over(self) -> None:
+        """The held part: final delta, stop the old server, restore, re-point, release."""
+        spawner = self.spawner
+        hold_started = time.monotonic()
+        if hasattr(self.proxy, "hold"):
+            await self.proxy.hold(spawner)
+            self.held = True
+        final_id = None
+        if spawner.home_mode == "synced" and await self._old_alive():
+            try:
+                final_id = await asyncio.wait_for(
+                    spawner.checkpoint_home(self.old, reason="move final"),
+                    max(1.0, self._left()),
+                )
+            except (HostError, CheckpointError, asyncio.TimeoutError) as e:
+                self._note_loss(f"the final checkpoint failed ({e})")
+        if self.old is not None:
+            # SIGKILL, no grace: a clean shutdown would close websockets with 1001,
+            # which JupyterLab does not retry; a dropped connection it does
+            try:
+                await AgentClient(self.old, timeout=5, retries=0).stop_process("server", grace=0)
+            except AgentError:
+                pass
+        if final_id:
+            await spawner.restore_home(self.new, final_id, current=self.current_files)
+        await self._switch()
+        if self.held:
+            await self.proxy.release(spawner)
+            self.held = False
+        self.timings["hold"] = time.monotonic() - hold_started
+
+    async def _switch(self) -> None:
+        """Point the hub's record and the proxy route at the new server."""
+        spawner = self.spawner
+        spawner.host = self.new
+        spawner.ip = self.new.address
+        spawner.port = self.port
+        spawner.server.ip = self.new.address
+        spawner.server.port = self.port
+        spawner.move_record["phase"] = "switched"
+        spawner.save_state()  # also commits the server row
+        await self.proxy.add_user(spawner.user, spawner.name)
+
+    def _note_loss(self, why: str) -> None:
+        spawner = self.spawner
+        if spawner.home_mode != "synced":
+            return
+        if spawner.precopy and spawner.checkpoint_id:
+            created = int(spawner.checkpoint_id.split("-")[0], 16) / 1e9
+            self.lost = f"{why}: files changed after {_clock(created)} were lost"
+        else:
+            self.lost = f"{why}: no checkpoint existed"
+        spawner.emit(self.lost, level="warning")
+
+    async def _abort(self) -> None:
+        """The move failed: the old server (if alive) keeps serving; the new host goes."""
+        spawner = self.spawner
+        if self.held:
+            try:
+                await self.proxy.release(spawner)
+            except Exception as e:
+                spawner.log.error("could not release the hold of %s: %s", spawner._log_name, e)
+        if self.new is not None and spawner.host is not self.new:
+            await spawner._release_quietly(self.new)
+        spawner.move_record = None
+        spawner.save_state()
+
+
+async def settle_interrupted_move(controller: MigratingController, spawner: MigratingSpawner):
+    """The hub restarted during a move. Keep whichever server is whole; free the other host.
+
+    - switched: the new server is the one; release the old host.
+    - not switched, old server alive: drop the half-made new host; a notice still standing
+      starts a fresh move at the next poll.
+    - not switched, old server gone: move again from the last checkpoint.
+    """
+    record = spawner.move_record or {}
+    new = Host.from_dict(record["new_host"]) if record.get("new_host") else None
+    old = Host.from_dict(record["old_host"]) if record.get("old_host") else None
+    spawner.log.warning("settling the interrupted move of %s: %s", spawner._log_name, record)
+    if record.get("phase") == "switched":
+        if old:
+            await spawner._release_quietly(old)
+        spawner.move_record = None
+        spawner.save_state()
+        spawner.emit("Move finished after a hub restart")
+        return
+    if new and (spawner.host is None or new.id != spawner.host.id):
+        await spawner._release_quietly(new)
+    spawner.move_record = None
+    spawner.save_state()
+    try:
+        status = await AgentClient(spawner.host, timeout=3, retries=1).process("server")
+        alive = bool(status and status["running"])
+    except (AgentError, HostError):
+        alive = False
+    if alive:
+        spawner.emit("A move was interrupted by a hub restart; the server stays where it was")
+        # re-arm the proxy route in case it was held by the previous hub process
+        await (spawner.user.settings.get("proxy") or controller.app.proxy).add_user(
+            spawner.user, spawner.name
+        )
+    else:
+        spawner.emit("A move was interrupted by a hub restart and the old host is gone")
+        controller.schedule_move(spawner, "resume after hub restart", time.time())

@@ -1,0 +1,453 @@
+"""MigratingSpawner: user servers on reclaimable hosts that move instead of dying.
+
+The spawner starts `jupyterhub-singleuser` on a host from a HostProvider through the host's
+agent, and keeps what it needs to find that server again (host, port, last checkpoint) in
+its state. Moves are run by the hub-wide MigratingController (controller.py); this class
+holds the per-server steps a move is made of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from jupyterhub.spawner import Spawner, SpawnException
+from jupyterhub.utils import url_path_join
+from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
+
+from . import profiles as profiles_mod
+from .agent.client import AgentClient, AgentError, AgentUnreachable
+from .checkpoint import CheckpointError
+from .hosts.base import Host, HostError
+
+#: bump when the shape of get_state() changes; load_state() reads older versions
+STATE_VERSION = 1
+
+#: the agent's name for the user server process
+SERVER_PROCESS = "server"
+
+
+class MigratingSpawner(Spawner):
+    """Start servers on hosts from a provider, and move them when a host is reclaimed."""
+
+    home_mode = Enum(
+        ["shared", "synced"],
+        default_value="shared",
+        help="""Where users' home folders live.
+
+        - `shared`: on storage every host mounts (EFS/NFS; locally a folder outside the
+          host disks, `shared_home_root`). Nothing to copy on a move.
+        - `synced`: on the host's own disk. Pushed to the checkpoint store in content-
+          addressed chunks (a background pre-copy keeps the final delta small) and restored
+          on the new host.
+        """,
+    ).tag(config=True)
+
+    shared_home_root = Unicode(
+        help="""Folder holding users' homes in `shared` mode; every host must mount it.
+
+        Defaults to `migrating-homes/` in the hub's working directory (local hosts).
+        """
+    ).tag(config=True)
+
+    @default("shared_home_root")
+    def _default_shared_home_root(self) -> str:
+        return os.path.abspath("migrating-homes")
+
+    home_exclude = List(
+        Unicode(),
+        default_value=[".local/share/jupyter/runtime/jpserver-*", ".cache/*"],
+        help="Glob patterns (relative to the home) that synced homes do not copy.",
+    ).tag(config=True)
+
+    precopy_interval = Float(
+        30,
+        help="""Seconds between background checkpoints of a synced home while it runs.
+
+        Keeps the final checkpoint of a move small, and bounds what a host lost without
+        notice can lose. 0 turns the pre-copy off.
+        """,
+    ).tag(config=True)
+
+    checkpoint_on_stop = Bool(
+        True,
+        help="""Keep a checkpoint when the server stops, and resume from it on the next start.
+
+        With this on, JupyterHub's stop button and jupyterhub-idle-culler suspend a server
+        instead of destroying its work.
+        """,
+    ).tag(config=True)
+
+    checkpoint_timeout = Float(
+        300, help="Seconds a home snapshot or restore may take before it is given up."
+    ).tag(config=True)
+
+    stop_grace = Float(
+        5, help="Seconds a stopping server gets after SIGTERM before it is killed."
+    ).tag(config=True)
+
+    lost_host_polls = Integer(
+        3, help="Failed polls in a row before an unreachable host counts as lost."
+    ).tag(config=True)
+
+    profiles = List(
+        default_value=profiles_mod.DEFAULT_PROFILES,
+        help="""Profiles offered on the spawn page: a list of dicts with `slug`,
+        `display_name`, `description`, and optionally `instance_type`, `default_url`,
+        `cmd`, `requires` (a command that must exist for the profile to be offered,
+        e.g. `rserver` for RStudio) and `default: True`.
+        """,
+    ).tag(config=True)
+
+    @default("options_form")
+    def _default_options_form(self):
+        return lambda spawner: profiles_mod.render_form(spawner._profiles())
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return self._checked_options_from_form
+
+    def _checked_options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        options = profiles_mod.options_from_form(formdata)
+        # raising here puts the message on the spawn page next to the form
+        profiles_mod.choose_profile(self._profiles(), options["profile"])
+        return options
+
+    # -- runtime state (kept in get_state) ---------------------------------------
+
+    host: Host | None = None
+    checkpoint_id: str | None = None
+    precopy: dict[str, Any] | None = None  # last pre-copy checkpoint {"id", "files"}
+    move_record: dict[str, Any] | None = None  # a move under way (survives a hub restart)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.events: list[dict[str, Any]] = []
+        self.moving = False
+        self._failed_polls = 0
+        self._precopy_task: asyncio.Task | None = None
+        self.controller.register(self)
+
+    @property
+    def controller(self):
+        from .controller import MigratingController
+
+        return MigratingController.instance(config=self.config)
+
+    @property
+    def agent(self) -> AgentClient:
+        if self.host is None:
+            raise HostError(f"{self._log_name} has no host")
+        return AgentClient(self.host)
+
+    @property
+    def key(self) -> str:
+        """This server's name in the checkpoint store and the API: 'user/server'."""
+        return f"{self.user.name}/{self.name}"
+
+    # -- state -------------------------------------------------------------
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        if not state:
+            return
+        version = state.get("version", 1)
+        if version > STATE_VERSION:
+            self.log.warning("state of %s is from a newer version %s", self._log_name, version)
+        host = state.get("host")
+        self.host = Host.from_dict(host) if host else None
+        if self.host and state.get("port"):
+            self.port = state["port"]
+            self.ip = self.host.address
+        self.checkpoint_id = state.get("checkpoint_id")
+        self.precopy = state.get("precopy")
+        self.move_record = state.get("move")
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state["version"] = STATE_VERSION
+        if self.host:
+            state["host"] = self.host.to_dict()
+            state["port"] = self.port
+        if self.checkpoint_id:
+            state["checkpoint_id"] = self.checkpoint_id
+        if self.precopy:
+            state["precopy"] = self.precopy
+        if self.move_record:
+            state["move"] = self.move_record
+        return state
+
+    def clear_state(self) -> None:
+        # the checkpoint stays: the next start resumes from it
+        super().clear_state()
+        self.host = None
+        self.precopy = None
+        self.move_record = None
+        if not self.checkpoint_on_stop:
+            self.checkpoint_id = None
+
+    def save_state(self) -> None:
+        """Write state to the hub database now (mid-move, so a hub restart can recover)."""
+        if self.orm_spawner is not None and self.db is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
+
+    def delete_forever(self) -> None:
+        """The named server (or the user) is deleted: its checkpoints go too."""
+        self.controller.store.delete_checkpoints(self.key)
+
+    # -- events shown to the user ---------------------------------------------------
+
+    def emit(self, message: str, progress: int | None = None, level: str = "info") -> None:
+        event: dict[str, Any] = {"message": message, "time": time.time()}
+        if progress is not None:
+            event["progress"] = progress
+        self.events.append(event)
+        del self.events[:-200]
+        getattr(self.log, level)("%s: %s", self._log_name, message)
+
+    async def progress(self):
+        sent = 0
+        while True:
+            while sent < len(self.events):
+                event = self.events[sent]
+                sent += 1
+                yield {k: v for k, v in event.items() if k in ("message", "progress")}
+            if self.ready or not self._spawn_pending:
+                break
+            await asyncio.sleep(0.5)
+
+    # -- profiles ------------------------------------------------------------------
+
+    def _profiles(self) -> list[dict[str, Any]]:
+        return profiles_mod.available_profiles(self.profiles)
+
+    def _profile(self) -> dict[str, Any]:
+        try:
+            return profiles_mod.choose_profile(self._profiles(), self.user_options.get("profile"))
+        except profiles_mod.ProfileError as e:
+            raise SpawnException(str(e), reason="profile", status_code=400) from None
+
+    # -- where things live -------------------------------------------------------------
+
+    def home_on(self, host: Host) -> str:
+        folder = self.user.name + (f"-{self.name}" if self.name else "")
+        if self.home_mode == "shared":
+            return os.path.join(self.shared_home_root, folder)
+        return os.path.join(host.disk, "home", folder)
+
+    def get_args(self) -> list[str]:
+        args = super().get_args()
+        if os.geteuid() == 0:
+            # local hosts run servers as the hub's own user; as root that needs the flag
+            args.append("--allow-root")
+        return args
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        if self.host:
+            env["HOME"] = self.home_on(self.host)
+            env["JUPYTERHUB_MIGRATING_HOST"] = self.host.id
+        return env
+
+    async def get_url(self) -> str:
+        if self.host is None or self.server is None:
+            return await super().get_url()
+        return f"http://{self.host.address}:{self.port}" + self.server.base_url
+
+    # -- start / poll / stop ---------------------------------------------------------
+
+    async def start(self) -> str:
+        self.events = []
+        profile = self._profile()
+        if profile.get("default_url"):
+            self.default_url = profile["default_url"]
+        if profile.get("cmd"):
+            self.cmd = profile["cmd"]
+        await self.controller.ensure_started()
+        self.emit(f"Requesting a {profile.get('instance_type', 'default')} host", 10)
+        try:
+            host = await self.controller.provider.acquire(profile.get("instance_type", ""))
+        except HostError as e:
+            raise SpawnException(f"No host available: {e}", reason="host", status_code=503) from e
+        self.emit(f"Host {host.id} ready at {host.address}", 30)
+        try:
+            if self.home_mode == "synced" and self.checkpoint_id:
+                self.emit(f"Resuming from checkpoint {self.checkpoint_id}", 40)
+                await self.restore_home(host, self.checkpoint_id)
+            port = await self.launch(host)
+        except BaseException:
+            await self._release_quietly(host)
+            raise
+        self.host = host
+        self.emit(f"Starting the server on {host.address}:{port}", 60)
+        self.start_precopy()
+        return f"http://{host.address}:{port}"
+
+    async def launch(self, host: Host) -> int:
+        """Start jupyterhub-singleuser on `host`; returns its port. Sets self.ip/port."""
+        agent = AgentClient(host)
+        port = await agent.free_port()
+        home = self.home_on(host)
+        previous = (self.host, self.ip, self.port)
+        self.host, self.ip, self.port = host, host.address, port
+        try:
+            env = self.get_env()
+            cmd = self.cmd + self.get_args()
+        finally:
+            self.host, self.ip, self.port = previous
+        await agent.start_process(SERVER_PROCESS, cmd, env, cwd=home)
+        return port
+
+    async def wait_ready(self, host: Host, port: int, timeout: float | None = None) -> None:
+        """Wait until the server on `host` answers its API, as the hub does after start."""
+        import aiohttp
+
+        url = f"http://{host.address}:{port}" + url_path_join(self.server.base_url, "api")
+        deadline = time.monotonic() + (timeout or self.http_timeout)
+        agent = AgentClient(host)
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                try:
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(2)) as resp:
+                        if resp.status < 500:
+                            return
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                status = await agent.process(SERVER_PROCESS)
+                if status and not status["running"]:
+                    lines = "\n".join(await agent.log(SERVER_PROCESS, 20))
+                    raise HostError(
+                        f"server on {host.id} exited with {status['exit_code']}:\n{lines}"
+                    )
+                await asyncio.sleep(0.2)
+        raise HostError(f"server on {host.id} did not answer {url} in time")
+
+    async def poll(self) -> int | None:
+        if self.moving or self.move_record:
+            if self.move_record and not self.moving:
+                # a hub restart interrupted a move: finish it, or fall back
+                self.controller.recover(self)
+            return None
+        if self.host is None:
+            return 0
+        try:
+            status = await self.agent.process(SERVER_PROCESS)
+        except AgentUnreachable:
+            self._failed_polls += 1
+            gone = await self.controller.provider.get(self.host.id) is None
+            if gone or self._failed_polls >= self.lost_host_polls:
+                return self.controller.host_lost(self)
+            return None
+        except AgentError as e:
+            self.log.warning("poll of %s failed: %s", self._log_name, e)
+            return None
+        self._failed_polls = 0
+        if status is None:
+            return 0
+        return None if status["running"] else (status["exit_code"] or 0)
+
+    async def stop(self, now: bool = False) -> None:
+        if self.moving:
+            self.emit("Stopping: waiting for the move under way to finish")
+            await self.controller.wait_for_move(self)
+        self.stop_precopy()
+        host = self.host
+        if host is None:
+            return
+        if self.home_mode == "synced" and self.checkpoint_on_stop and not now:
+            try:
+                self.checkpoint_id = await self.checkpoint_home(host, reason="stop")
+            except (HostError, CheckpointError) as e:
+                self.log.error("no checkpoint of %s on stop: %s", self._log_name, e)
+        try:
+            await AgentClient(host).stop_process(SERVER_PROCESS, 0 if now else self.stop_grace)
+        except AgentError as e:
+            self.log.warning("stopping %s on %s: %s", self._log_name, host.id, e)
+        await self._release_quietly(host)
+        self.host = None
+
+    async def _release_quietly(self, host: Host) -> None:
+        try:
+            await self.controller.provider.release(host)
+        except Exception as e:  # a host we cannot release must not fail a stop
+            self.log.error("could not release host %s: %s", host.id, e)
+
+    # -- home files -----------------------------------------------------------------
+
+    async def checkpoint_home(
+        self, host: Host, reason: str, parent: dict[str, Any] | None = None
+    ) -> str:
+        """Snapshot the home on `host` into the store; returns the new checkpoint id.
+
+        `parent` (a previous checkpoint's {"id", "files"}) lets the agent skip unchanged
+        files, so only changes are read and sent.
+        """
+        parent = parent or self.precopy
+        store = self.controller.store
+        result = await AgentClient(host).snapshot_home(
+            self.home_on(host),
+            store.agent_config(),
+            parent["files"] if parent else None,
+            list(self.home_exclude),
+            timeout=self.checkpoint_timeout,
+        )
+        checkpoint_id = self.controller.commit_checkpoint(
+            self.key,
+            result["files"],
+            parent=parent["id"] if parent else None,
+            meta={"host": host.id, "reason": reason, "stats": result["stats"]},
+        )
+        self.precopy = {"id": checkpoint_id, "files": result["files"]}
+        self.checkpoint_id = checkpoint_id
+        stats = result["stats"]
+        self.log.info(
+            "checkpoint %s of %s (%s): %d files, %d bytes read, %d bytes sent",
+            checkpoint_id,
+            self._log_name,
+            reason,
+            stats.get("files", 0),
+            stats.get("bytes_read", 0),
+            stats.get("bytes_uploaded", 0),
+        )
+        return checkpoint_id
+
+    async def restore_home(
+        self, host: Host, checkpoint_id: str, current: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Restore a verified checkpoint into the home on `host`; returns its file table."""
+        manifest = self.controller.load_checkpoint(self.key, checkpoint_id)
+        await AgentClient(host).restore_home(
+            self.home_on(host),
+            manifest.files,
+            self.controller.store.agent_config(),
+            current,
+            timeout=self.checkpoint_timeout,
+        )
+        return manifest.files
+
+    # -- background pre-copy ------------------------------------------------------------
+
+    def start_precopy(self) -> None:
+        if self.home_mode != "synced" or self.precopy_interval <= 0:
+            return
+        self.stop_precopy()
+        self._precopy_task = asyncio.create_task(self._precopy_loop())
+
+    def stop_precopy(self) -> None:
+        if self._precopy_task:
+            self._precopy_task.cancel()
+            self._precopy_task = None
+
+    async def _precopy_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.precopy_interval)
+            if self.moving or self.host is None:
+                continue
+            try:
+                await self.checkpoint_home(self.host, reason="pre-copy")
+                self.save_state()
+            except (HostError, CheckpointError) as e:
+                self.log.warning("pre-copy of %s failed: %s", self._log_name, e)

@@ -1,0 +1,216 @@
+"""The hold server on its own: a real aiohttp upstream on another loopback address."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from proxy_plugin.hold import HoldServer
+
+SPEC = "/user/alice/"
+
+
+async def _upstream_handler(request: web.Request) -> web.StreamResponse:
+    if request.path.endswith("/echo"):
+        body = await request.read()
+        return web.json_response(
+            {
+                "method": request.method,
+                "path_qs": request.raw_path,
+                "body": body.decode(),
+                "host": request.headers.get("Host"),
+                "encoding": request.headers.get("Content-Encoding"),
+            },
+            status=201,
+            headers={"X-Upstream": "yes"},
+        )
+    if request.path.endswith("/gzip"):
+        return web.Response(body=gzip.compress(b"compressed"), headers={"Content-Encoding": "gzip"})
+    if request.path.endswith("/cookie"):
+        response = web.Response(text="cookies")
+        response.set_cookie("a", "1")
+        response.set_cookie("b", "2")
+        return response
+    if request.path.endswith("/ws"):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+    return web.Response(text=f"upstream {request.path}", status=200)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", _upstream_handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.2", 0)
+    await site.start()
+    yield f"http://127.0.0.2:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def _hold_server(**kwargs) -> HoldServer:
+    server = HoldServer(ip="127.0.0.1", port=0, **kwargs)
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def hold() -> AsyncIterator[HoldServer]:
+    server = await _hold_server(timeout=10)
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+async def _get(session: aiohttp.ClientSession, url: str, **kwargs) -> tuple[int, str, dict]:
+    async with session.get(url, allow_redirects=False, **kwargs) as r:
+        return r.status, await r.text(), dict(r.headers)
+
+
+async def test_held_get_waits_until_release(hold, upstream, client):
+    hold.hold(SPEC)
+    assert hold.held == {SPEC}
+    task = asyncio.create_task(_get(client, f"{hold.url}/user/alice/api/status"))
+    await asyncio.sleep(0.5)
+    assert not task.done(), "a held request must wait for the release"
+    released = time.monotonic()
+    hold.release(SPEC, upstream)
+    status, body, headers = await asyncio.wait_for(task, 5)
+    assert time.monotonic() - released < 1
+    assert (status, body) == (200, "upstream /user/alice/api/status")
+    assert hold.held == set()
+
+
+async def test_post_body_query_and_headers_pass_through(hold, upstream, client):
+    hold.hold(SPEC)
+    url = URL(f"{hold.url}/user/alice/echo?x=1&y=%2F", encoded=True)  # sent as written
+    task = asyncio.create_task(client.post(url, data=b"payload", headers={"Host": "hub.test"}))
+    await asyncio.sleep(0.2)
+    hold.release(SPEC, upstream)
+    async with await asyncio.wait_for(task, 5) as r:
+        assert r.status == 201
+        assert r.headers["X-Upstream"] == "yes"
+        got = await r.json()
+    assert got["method"] == "POST"
+    assert got["path_qs"] == "/user/alice/echo?x=1&y=%2F"
+    assert got["body"] == "payload"
+    # Like CHP, the hold server keeps the client's Host (jupyter-server checks Origin by it).
+    assert got["host"] == "hub.test"
+
+
+async def test_content_encoding_and_cookies_untouched(hold, upstream, client):
+    hold.release(SPEC, upstream)  # a known target: stray requests go straight on
+    async with client.get(f"{hold.url}/user/alice/gzip") as r:
+        assert r.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(await r.read()) == b"compressed"
+    async with client.get(f"{hold.url}/user/alice/cookie") as r:
+        assert sorted(r.headers.getall("Set-Cookie")) == ["a=1; Path=/", "b=2; Path=/"]
+    posted = gzip.compress(b"zipped upload")
+    async with client.post(
+        f"{hold.url}/user/alice/echo", data=posted, headers={"Content-Encoding": "gzip"}
+    ) as r:
+        assert (await r.json())["encoding"] == "gzip"
+
+
+async def test_timeout_gives_503_json_with_retry_after(upstream, client):
+    server = await _hold_server(timeout=0.3)
+    try:
+        server.hold(SPEC)
+        start = time.monotonic()
+        async with client.get(f"{server.url}/user/alice/api/status") as r:
+            elapsed = time.monotonic() - start
+            assert r.status == 503
+            assert int(r.headers["Retry-After"]) > 0
+            body = await r.json()
+        assert elapsed >= 0.3
+        assert body["status"] == 503
+        assert "still moving" in body["message"]
+    finally:
+        await server.stop()
+
+
+async def test_redirect_mode_answers_307_to_same_url(upstream, client):
+    server = await _hold_server(timeout=10, release_mode="redirect")
+    try:
+        server.hold(SPEC)
+        task = asyncio.create_task(_get(client, f"{server.url}/user/alice/tree?path=a%20b"))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        server.release(SPEC, upstream)
+        status, _, headers = await asyncio.wait_for(task, 5)
+        assert status == 307
+        assert headers["Location"] == "/user/alice/tree?path=a%20b"
+    finally:
+        await server.stop()
+
+
+async def test_websocket_during_hold_gets_503_after_release(hold, upstream, client):
+    hold.hold(SPEC)
+    url = f"{hold.url}/user/alice/api/kernels/k1/channels/ws"
+    task = asyncio.create_task(client.ws_connect(url))
+    await asyncio.sleep(0.3)
+    assert not task.done(), "the handshake must wait for the release"
+    hold.release(SPEC, upstream)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await asyncio.wait_for(task, 5)
+    assert info.value.status == 503  # a failed handshake, not a 101 and a close frame
+
+
+async def test_longest_prefix_match(hold, upstream, client):
+    hold.hold("/user/al/")
+    hold.hold("/user/alice/")
+    assert hold.match("/user/alice/api") == "/user/alice/"
+    assert hold.match("/user/alice") == "/user/alice/"
+    assert hold.match("/user/al/x") == "/user/al/"
+    assert hold.match("/user/alicex/") is None
+    assert hold.match("/@/space%20word/user/alice/") is None
+    hold.hold("/@/space%20word/user/alice/")
+    assert hold.match("/@/space%20word/user/alice/lab") == "/@/space%20word/user/alice/"
+
+    # Releasing /user/alice/ answers only alice's request; al's still waits.
+    al = asyncio.create_task(_get(client, f"{hold.url}/user/al/x"))
+    alice = asyncio.create_task(_get(client, f"{hold.url}/user/alice/x"))
+    await asyncio.sleep(0.2)
+    hold.release("/user/alice/", upstream)
+    assert (await asyncio.wait_for(alice, 5))[1] == "upstream /user/alice/x"
+    await asyncio.sleep(0.2)
+    assert not al.done()
+    hold.release("/user/al/", upstream)
+    assert (await asyncio.wait_for(al, 5))[1] == "upstream /user/al/x"
+
+
+async def test_unknown_and_dropped_routes_get_503(hold, client):
+    status, body, _ = await _get(client, f"{hold.url}/user/nobody/")
+    assert status == 503
+    hold.hold(SPEC)
+    task = asyncio.create_task(_get(client, f"{hold.url}/user/alice/"))
+    await asyncio.sleep(0.2)
+    hold.release(SPEC, None)  # the server went away during the hold
+    status, body, _ = await asyncio.wait_for(task, 5)
+    assert status == 503
+    assert "not available" in body
+
+
+async def test_stop_answers_waiting_requests(upstream, client):
+    server = await _hold_server(timeout=10)
+    server.hold(SPEC)
+    task = asyncio.create_task(_get(client, f"{server.url}/user/alice/"))
+    await asyncio.sleep(0.2)
+    await server.stop()
+    status, _, _ = await asyncio.wait_for(task, 5)
+    assert status == 503

@@ -77,13 +77,21 @@ class MigratingController(SingletonConfigurable):
         4, help="Moves run at once; more wait, the nearest deadline first."
     ).tag(config=True)
 
+    final_checkpoint_margin = Float(
+        3,
+        help="""Seconds before a notice's deadline at which the old server is frozen: its
+        route held, its final checkpoint taken and the server stopped, whether or not the
+        new server is ready yet. Larger homes with many changes need more.
+        """,
+    ).tag(config=True)
+
     notice_poll_interval = Float(
         5, help="Seconds between polls of every host for notices (AWS suggests 5)."
     ).tag(config=True)
 
-    api_ip = Unicode("127.0.0.1", help="Address the control API (the `migrate` service) binds.").tag(
-        config=True
-    )
+    api_ip = Unicode(
+        "127.0.0.1", help="Address the control API (the `migrate` service) binds."
+    ).tag(config=True)
 
     api_port = Integer(8095, help="Port of the control API; the service's `url` points here.").tag(
         config=True
@@ -152,7 +160,9 @@ class MigratingController(SingletonConfigurable):
             self.provider.notify_url = self.api_url + self.base_url + "api/notices"
         self._queue = asyncio.PriorityQueue()
         http = make_app(self).listen(self.api_port, self.api_ip)
-        self._tasks = [asyncio.create_task(self._move_worker()) for _ in range(self.max_concurrent_moves)]
+        self._tasks = [
+            asyncio.create_task(self._move_worker()) for _ in range(self.max_concurrent_moves)
+        ]
         self._tasks.append(asyncio.create_task(self._poll_notices()))
         if isinstance(self.provider, LocalHostProvider) and self.provider.spot_reclaim_rate > 0:
             self._tasks.append(asyncio.create_task(self.provider.simulate_spot_market()))
@@ -164,15 +174,7 @@ class MigratingController(SingletonConfigurable):
     def commit_checkpoint(
         self, key: str, files: dict[str, Any], parent: str | None, meta: dict[str, Any]
     ) -> str:
-        manifest = Manifest(
-            id=f"{time.time_ns():x}-{secrets.token_hex(3)}",
-            server=key,
-            created=time.time(),
-            parent=parent,
-            files=files,
-            blobs={},
-            meta=meta,
-        )
+        manifest = Manifest(server=key, parent=parent, files=files, blobs={}, meta=meta)
         # the manifest is the commit point: chunks are already in the store
         self.store.put_manifest(key, manifest.id, sign_manifest(manifest, self.secret))
         return manifest.id
@@ -182,12 +184,7 @@ class MigratingController(SingletonConfigurable):
             data = self.store.get_manifest(key, checkpoint_id)
         except (OSError, KeyError) as e:
             raise CheckpointError(f"checkpoint {checkpoint_id} of {key} not found: {e}") from e
-        manifest = verify_manifest(data, self.secret)
-        if manifest.server != key:
-            raise CheckpointError(
-                f"checkpoint {checkpoint_id} belongs to {manifest.server}, not {key}; refusing"
-            )
-        return manifest
+        return verify_manifest(data, self.secret, server=key, checkpoint_id=checkpoint_id)
 
     # -- notices --------------------------------------------------------------------
 
@@ -201,7 +198,9 @@ class MigratingController(SingletonConfigurable):
             if spawner.server is None or spawner.key in self._moves:
                 continue
             seconds = deadline - time.time()
-            spawner.emit(f"Host {host_id} will be reclaimed in {seconds:.0f} s: moving", level="warning")
+            spawner.emit(
+                f"Host {host_id} will be reclaimed in {seconds:.0f} s: moving", level="warning"
+            )
             self.schedule_move(spawner, f"reclaim notice for {host_id}", deadline)
             moved.append(spawner.key)
         return moved

@@ -65,10 +65,22 @@ class Move:
         spawner = self.spawner
         started = time.monotonic()
         spawner.emit(f"Moving ({self.reason}); {max(0, self._left()):.0f} s to go", level="warning")
+        self.final_id: str | None = None
+        self.frozen = False
         try:
-            await self._prepare()
+            prepare = asyncio.ensure_future(self._prepare())
+            # the old host dies at the deadline: freeze it (hold, final checkpoint, stop)
+            # while it still answers, even if the new server is not ready yet
+            freeze_at = self._left() - self.controller.final_checkpoint_margin
+            done, _ = await asyncio.wait([prepare], timeout=max(0.0, freeze_at))
+            if not done:
+                spawner.emit("Deadline near: holding requests until the new server is ready")
+                await self._freeze()
+            await prepare
             await self._cut_over()
         except BaseException:
+            if not prepare.done():
+                prepare.cancel()
             await self._abort()
             raise
         spawner.move_record = None
@@ -102,31 +114,33 @@ class Move:
         spawner.emit(f"New host {self.new.id} at {self.new.address}")
         self.current_files = None
         if spawner.home_mode == "synced":
-            if old_alive:
+            if old_alive and not self.frozen:
                 try:
                     await asyncio.wait_for(
                         spawner.checkpoint_home(self.old, reason="move pre-copy"),
-                        max(1.0, self._left()),
+                        max(1.0, self._left() - self.controller.final_checkpoint_margin),
                     )
                 except (HostError, CheckpointError, asyncio.TimeoutError) as e:
-                    self._note_loss(f"pre-copy failed ({e})")
+                    spawner.log.warning("pre-copy for the move failed: %s", e)
             if spawner.checkpoint_id:
                 self.current_files = await spawner.restore_home(self.new, spawner.checkpoint_id)
         self.port = await spawner.launch(self.new)
         await spawner.wait_ready(self.new, self.port)
         spawner.emit(f"Server ready on {self.new.address}:{self.port}; switching over")
 
-    async def _cut_over(self) -> None:
-        """The held part: final delta, stop the old server, restore, re-point, release."""
+    async def _freeze(self) -> None:
+        """Hold the route, take the final checkpoint, stop the old server. Runs once."""
+        if self.frozen:
+            return
+        self.frozen = True
         spawner = self.spawner
-        hold_started = time.monotonic()
+        self.hold_started = time.monotonic()
         if hasattr(self.proxy, "hold"):
             await self.proxy.hold(spawner)
             self.held = True
-        final_id = None
         if spawner.home_mode == "synced" and await self._old_alive():
             try:
-                final_id = await asyncio.wait_for(
+                self.final_id = await asyncio.wait_for(
                     spawner.checkpoint_home(self.old, reason="move final"),
                     max(1.0, self._left()),
                 )
@@ -139,13 +153,20 @@ class Move:
                 await AgentClient(self.old, timeout=5, retries=0).stop_process("server", grace=0)
             except AgentError:
                 pass
-        if final_id:
-            await spawner.restore_home(self.new, final_id, current=self.current_files)
+
+    async def _cut_over(self) -> None:
+        """The held part: final delta, stop the old server, restore, re-point, release."""
+        spawner = self.spawner
+        await self._freeze()
+        if self.final_id:
+            await spawner.restore_home(self.new, self.final_id, current=self.current_files)
+        elif spawner.home_mode == "synced" and spawner.checkpoint_id and self.current_files is None:
+            await spawner.restore_home(self.new, spawner.checkpoint_id)
         await self._switch()
         if self.held:
             await self.proxy.release(spawner)
             self.held = False
-        self.timings["hold"] = time.monotonic() - hold_started
+        self.timings["hold"] = time.monotonic() - self.hold_started
 
     async def _switch(self) -> None:
         """Point the hub's record and the proxy route at the new server."""
@@ -163,8 +184,8 @@ class Move:
         spawner = self.spawner
         if spawner.home_mode != "synced":
             return
-        if spawner.precopy and spawner.checkpoint_id:
-            created = int(spawner.checkpoint_id.split("-")[0], 16) / 1e9
+        if spawner.checkpoint_id:
+            created = self.controller.load_checkpoint(spawner.key, spawner.checkpoint_id).created
             self.lost = f"{why}: files changed after {_clock(created)} were lost"
         else:
             self.lost = f"{why}: no checkpoint existed"

@@ -239,8 +239,8 @@ class MigratingSpawner(Spawner):
         return os.path.join(host.disk, "home", folder)
 
     def get_args(self) -> list[str]:
-        args = super().get_args()
-        if os.geteuid() == 0:
+        args = list(super().get_args())  # the base class returns the trait's own list
+        if os.geteuid() == 0 and "--allow-root" not in args:
             # local hosts run servers as the hub's own user; as root that needs the flag
             args.append("--allow-root")
         return args

@@ -147,7 +147,20 @@ class MigratingProxy(ConfigurableHTTPProxy):
         routes: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         await self._ensure_hold_server()
+        await self._start_controller()
         await super().check_routes(user_dict, service_dict, routes)
+
+    async def _start_controller(self) -> None:
+        """Bring up the migrating controller (and its control API) with the hub.
+
+        The hub checks routes right after it starts, with or without an external CHP, so
+        the API answers before the first server is spawned.
+        """
+        if getattr(self, "app", None) is None:
+            return  # a proxy used on its own, outside a hub
+        from migrating_spawner.controller import MigratingController
+
+        await MigratingController.instance(config=self.config).ensure_started()
 
     # hold and release
 

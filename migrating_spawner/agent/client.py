@@ -86,7 +86,9 @@ class AgentClient:
     async def start_process(
         self, name: str, cmd: list[str], env: dict[str, str], cwd: str
     ) -> dict[str, Any]:
-        return await self.request("POST", f"/processes/{name}", {"cmd": cmd, "env": env, "cwd": cwd})
+        return await self.request(
+            "POST", f"/processes/{name}", {"cmd": cmd, "env": env, "cwd": cwd}
+        )
 
     async def process(self, name: str) -> dict[str, Any] | None:
         try:

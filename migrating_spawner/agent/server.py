@@ -200,7 +200,10 @@ class Agent:
             try:
                 async with aiohttp.ClientSession() as session:
                     async with session.post(
-                        self.notify_url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(5)
+                        self.notify_url,
+                        json=body,
+                        headers=headers,
+                        timeout=aiohttp.ClientTimeout(5),
                     ) as resp:
                         if resp.status < 400:
                             return
@@ -289,7 +292,9 @@ class Agent:
         store = store_from_config(body["store"])
         try:
             files, stats = await asyncio.to_thread(
-                snapshot_tree, root, store, body.get("previous"), body.get("exclude") or []
+                lambda: snapshot_tree(
+                    root, store, body.get("previous"), exclude=body.get("exclude") or []
+                )
             )
         except (CheckpointError, OSError) as e:
             raise web.HTTPUnprocessableEntity(text=str(e)) from None

@@ -208,7 +208,9 @@ class NoticeHandler(APIHandler):
     async def post(self) -> None:
         body = self.body()
         host = await self.controller.provider.get(str(body.get("host_id", "")))
-        if host is None or not hmac.compare_digest(self.token().encode(), host.agent_token.encode()):
+        if host is None or not hmac.compare_digest(
+            self.token().encode(), host.agent_token.encode()
+        ):
             raise web.HTTPError(403, "unknown host or wrong host secret")
         try:
             deadline = float(body["deadline"])

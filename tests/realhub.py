@@ -1,0 +1,236 @@
+"""A real JupyterHub process for tests and benchmarks: real CHP, local hosts, real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_BIN = ROOT / "node_modules" / ".bin"
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+_next_block = iter(range(20, 250, 12))
+
+
+class RealHub:
+    """A real `jupyterhub` process with the real configurable-http-proxy and local hosts.
+
+    It runs in a folder of its own; `restart()` (or `kill()` then `start()`) keeps its
+    database, so a test can restart the hub mid-move.
+    """
+
+    def __init__(self, workdir: Path, extra_config: str = ""):
+        self.workdir = workdir
+        self.port = free_port()
+        self.api_port = free_port()
+        self.proxy_api_port = free_port()
+        self.service_port = free_port()
+        self.agent_port = free_port()
+        self.first_host = f"127.0.0.{next(_next_block)}"
+        self.admin_token = secrets.token_hex(16)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_config = extra_config
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / "hub.log"
+        (workdir / "jupyterhub_config.py").write_text(self._config())
+
+    def _config(self) -> str:
+        return f"""
+c = get_config()  # noqa
+c.JupyterHub.bind_url = "{self.url}"
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {self.api_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+c.ConfigurableHTTPProxy.auth_token = "{secrets.token_hex(16)}"
+c.ConfigurableHTTPProxy.command = ["{NODE_BIN / "configurable-http-proxy"}"]
+c.JupyterHub.cleanup_servers = False
+c.JupyterHub.cleanup_proxy = True
+c.JupyterHub.authenticator_class = "dummy"
+c.DummyAuthenticator.password = "pw"
+c.Authenticator.allow_all = True
+c.Authenticator.admin_users = {{"admin"}}
+c.JupyterHub.spawner_class = "migrating"
+c.JupyterHub.proxy_class = "migrating"
+c.Spawner.http_timeout = 60
+c.Spawner.start_timeout = 90
+c.LocalHostProvider.root_dir = "{self.workdir / "hosts"}"
+c.LocalHostProvider.first_address = "{self.first_host}"
+c.LocalHostProvider.agent_port = {self.agent_port}
+c.LocalCheckpointStore.root_dir = "{self.workdir / "checkpoints"}"
+c.MigratingSpawner.shared_home_root = "{self.workdir / "homes"}"
+c.MigratingController.api_port = {self.service_port}
+c.MigratingController.notice_poll_interval = 1
+c.JupyterHub.services = [
+    {{"name": "migrate", "url": "http://127.0.0.1:{self.service_port}"}},
+    {{"name": "test-admin", "api_token": "{self.admin_token}"}},
+]
+c.JupyterHub.load_roles = [
+    {{"name": "admin", "services": ["test-admin"], "users": ["admin"]}},
+]
+{self.extra_config}
+"""
+
+    def start(self) -> None:
+        env = {**os.environ, "PATH": f"{NODE_BIN}:{VENV_BIN}:{os.environ['PATH']}"}
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "jupyterhub"), "-f", "jupyterhub_config.py", "--debug"],
+            cwd=self.workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def wait_up(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.proc and self.proc.poll() is not None:
+                    raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.tail()}")
+                try:
+                    async with session.get(self.url + "/hub/api/") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise TimeoutError(f"hub did not come up:\n{self.tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if sig == signal.SIGKILL:
+            # a crashed hub leaves its proxy behind, as in production; the next start
+            # finds it through the pid file
+            pass
+
+    def kill_proxy(self) -> None:
+        pid_file = self.workdir / "jupyterhub-proxy.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+
+    def tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def hosts(self) -> list[dict[str, Any]]:
+        registry = self.workdir / "hosts" / "registry"
+        return [json.loads(p.read_text()) for p in sorted(registry.glob("*.json"))]
+
+    def release_all_hosts(self) -> None:
+        """Stop every agent and the servers under it, as releasing the hosts would."""
+        for host in self.hosts():
+            token = host["agent_token"]
+            try:
+                import requests
+
+                requests.post(
+                    host["agent_url"] + "/shutdown",
+                    headers={"Authorization": f"token {token}"},
+                    timeout=3,
+                )
+            except Exception:
+                pass
+            pid = host.get("meta", {}).get("agent_pid")
+            deadline = time.monotonic() + 5
+            while pid and time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.1)
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    # -- REST helpers -------------------------------------------------------------
+
+    async def api(
+        self, method: str, path: str, token: str | None = None, body: Any = None, **kw: Any
+    ) -> tuple[int, Any]:
+        """Call the hub REST API (`/hub/api/...`)."""
+        return await self.request(method, "/hub/api" + path, token, body, **kw)
+
+    async def migrate_api(
+        self, method: str, path: str, token: str | None = None, body: Any = None, **kw: Any
+    ) -> tuple[int, Any]:
+        """Call the control API (`/services/migrate/api/...`) through the proxy."""
+        return await self.request(method, "/services/migrate/api" + path, token, body, **kw)
+
+    async def request(
+        self, method: str, path: str, token: str | None, body: Any = None, timeout: float = 120
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"token {token or self.admin_token}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.request(
+                method,
+                self.url + path,
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(timeout),
+            ) as resp:
+                text = await resp.text()
+                try:
+                    return resp.status, json.loads(text) if text else None
+                except ValueError:
+                    return resp.status, text
+
+    async def user_token(self, name: str) -> str:
+        await self.api("POST", f"/users/{name}")
+        status, data = await self.api("POST", f"/users/{name}/tokens", body={"expires_in": 3600})
+        assert status == 201, data
+        return data["token"]
+
+    async def spawn(self, name: str, server: str = "", options: Any = None) -> dict[str, Any]:
+        """Start a server through the hub REST API and wait until it is ready."""
+        await self.api("POST", f"/users/{name}")
+        path = f"/users/{name}/servers/{server}" if server else f"/users/{name}/server"
+        status, data = await self.api("POST", path, body=options or {})
+        assert status in (201, 202), (status, data)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status, user = await self.api("GET", f"/users/{name}")
+            model = user["servers"].get(server)
+            if model and model["ready"]:
+                return model
+            if not model and status == 200 and not user.get("pending"):
+                raise AssertionError(f"spawn of {name}/{server} failed:\n{self.tail()}")
+            await asyncio.sleep(0.3)
+        raise TimeoutError(f"spawn of {name} did not finish:\n{self.tail()}")
+
+    async def server_info(self, name: str, server: str = "") -> dict[str, Any]:
+        status, data = await self.migrate_api("GET", f"/servers/{name}/{server}")
+        assert status == 200, data
+        return data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -278,6 +278,13 @@ class MigratingSpawner(Spawner):
                 self.emit(f"Resuming from checkpoint {self.checkpoint_id}", 40)
                 await self.restore_home(host, self.checkpoint_id)
             port = await self.launch(host)
+        except CheckpointError as e:
+            await self._release_quietly(host)
+            raise SpawnException(
+                f"Cannot resume from checkpoint {self.checkpoint_id}: {e}",
+                reason="checkpoint",
+                status_code=500,
+            ) from e
         except BaseException:
             await self._release_quietly(host)
             raise

@@ -26,3 +26,46 @@ async def test_spawn_and_reach_through_proxy(hub_factory):
 
     status, _ = await hub.api("DELETE", "/users/alice/server")
     assert status in (202, 204)
+
+
+async def test_users_see_and_act_on_their_own_servers_only(hub_factory):
+    hub = await hub_factory()
+    await hub.spawn("alice")
+    await hub.spawn("bob")
+    alice = await hub.user_token("alice")
+    bob_host = (await hub.server_info("bob"))["host_id"]
+
+    status, data = await hub.migrate_api("GET", "/servers", alice)
+    assert status == 200
+    assert [s["user"] for s in data["servers"]] == ["alice"]
+    status, _ = await hub.migrate_api("GET", "/servers/bob/", alice)
+    assert status == 404
+    status, _ = await hub.migrate_api("POST", "/servers/bob/migrate", alice)
+    assert status == 404
+    status, _ = await hub.migrate_api("GET", "/hosts", alice)
+    assert status == 403
+    status, _ = await hub.migrate_api(
+        "POST", f"/hosts/{bob_host}/reclaim", alice, {"notice_seconds": 1}
+    )
+    assert status == 403
+    status, _ = await hub.migrate_api("GET", "/servers", "not-a-token")
+    assert status == 403
+
+    # bad input is refused with a clear message, and nothing happens
+    status, data = await hub.migrate_api(
+        "POST", f"/hosts/{bob_host}/reclaim", body={"notice_seconds": "soon"}
+    )
+    assert status == 400 and "notice_seconds" in data["message"]
+    status, data = await hub.migrate_api("POST", "/hosts/no-such-host/reclaim", body={})
+    assert status == 404
+    # an agent push with the wrong host secret is refused
+    status, _ = await hub.migrate_api(
+        "POST", "/notices", "wrong", {"host_id": bob_host, "deadline": 0}
+    )
+    assert status == 403
+    assert (await hub.server_info("bob"))["state"] == "Running"
+
+    # the admin sees both, and the hosts they run on
+    status, data = await hub.migrate_api("GET", "/hosts")
+    assert status == 200
+    assert sorted(s for h in data["hosts"] for s in h["servers"]) == ["alice/", "bob/"]

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import hmac
 import logging
+import math
 import os
 import shutil
 import signal
@@ -64,6 +65,17 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; anything else is the caller's error (400), not ours."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="request body must be a JSON object")
+    return body
+
+
 def free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
@@ -79,12 +91,14 @@ class Agent:
         disk: Path,
         registry_file: Path | None = None,
         notify_url: str = "",
+        token_file: Path | None = None,
     ):
         self.host_id = host_id
         self.address = address
         self.token = token
         self.disk = disk
         self.registry_file = registry_file
+        self.token_file = token_file
         self.notify_url = notify_url
         self.processes: dict[str, ManagedProcess] = {}
         self.notice: dict[str, Any] | None = None
@@ -149,11 +163,13 @@ class Agent:
         return web.json_response(self.notice)
 
     async def post_reclaim(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await json_body(request)
         try:
             seconds = float(body.get("notice_seconds", 120))
         except (TypeError, ValueError):
             raise web.HTTPBadRequest(text="notice_seconds must be a number") from None
+        if not math.isfinite(seconds):
+            raise web.HTTPBadRequest(text="notice_seconds must be a finite number")
         if seconds < 0:
             raise web.HTTPBadRequest(text="notice_seconds must not be negative")
         deadline = time.time() + seconds
@@ -188,6 +204,8 @@ class Agent:
         shutil.rmtree(self.disk, ignore_errors=True)
         if self.registry_file:
             self.registry_file.unlink(missing_ok=True)
+            if self.token_file:  # the provider's copy of the secret goes with its record
+                self.token_file.unlink(missing_ok=True)
         self.terminated.set()
 
     async def _notify_hub(self) -> None:
@@ -228,7 +246,7 @@ class Agent:
 
     async def start_process(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        body = await request.json()
+        body = await json_body(request)
         cmd = body.get("cmd")
         if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
             raise web.HTTPBadRequest(text="cmd must be a non-empty list of strings")
@@ -287,7 +305,9 @@ class Agent:
     # -- home files ----------------------------------------------------------
 
     async def home_snapshot(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await json_body(request)
+        if not isinstance(body.get("root"), str) or "store" not in body:
+            raise web.HTTPBadRequest(text="root and store are required")
         root = Path(body["root"])
         store = store_from_config(body["store"])
         try:
@@ -301,7 +321,9 @@ class Agent:
         return web.json_response({"files": files, "stats": stats})
 
     async def home_restore(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await json_body(request)
+        if not isinstance(body.get("root"), str) or "store" not in body or "files" not in body:
+            raise web.HTTPBadRequest(text="root, files and store are required")
         root = Path(body["root"])
         root.mkdir(parents=True, exist_ok=True)
         store = store_from_config(body["store"])
@@ -353,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         disk=disk,
         registry_file=Path(args.registry_file) if args.registry_file else None,
         notify_url=args.notify_url,
+        token_file=Path(args.token_file),
     )
     asyncio.run(serve(agent, args.port))
 

@@ -108,7 +108,8 @@ class LocalHostProvider(HostProvider):
             if candidate not in taken:
                 return candidate
         raise HostError(
-            f"no local host free: all {self.max_hosts} are in use (raise LocalHostProvider.max_hosts)"
+            f"no local host free: all {self.max_hosts} are in use "
+            "(raise LocalHostProvider.max_hosts)"
         )
 
     async def acquire(self, instance_type: str = "", market: str = "") -> Host:
@@ -233,7 +234,7 @@ class LocalHostProvider(HostProvider):
         return await AgentClient(host).reclaim(notice_seconds)
 
     async def simulate_spot_market(self, interval: float = 5) -> None:
-        """Reclaim spot hosts at random, `spot_reclaim_rate` per host-hour (runs until cancelled)."""
+        """Reclaim spot hosts at random, `spot_reclaim_rate` per host-hour, until cancelled."""
         while self.spot_reclaim_rate > 0:
             await asyncio.sleep(interval)
             chance = self.spot_reclaim_rate * interval / 3600

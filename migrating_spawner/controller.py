@@ -113,7 +113,8 @@ class MigratingController(SingletonConfigurable):
         super().__init__(**kwargs)
         self.spawners: dict[str, MigratingSpawner] = {}
         self._moves: dict[str, asyncio.Future] = {}
-        self._queue: asyncio.PriorityQueue | None = None
+        # moves queue up from the start; workers take them once the hub has started
+        self._queue: asyncio.PriorityQueue = asyncio.PriorityQueue()
         self._order = itertools.count()
         self._tasks: list[asyncio.Task] = []
         self._started: asyncio.Future | None = None
@@ -132,6 +133,25 @@ class MigratingController(SingletonConfigurable):
     @property
     def base_url(self) -> str:
         return self.app.base_url + f"services/{self.service_name}/"
+
+    @property
+    def hub_started(self) -> bool:
+        """Whether the hub has finished starting (its startup checks are done)."""
+        future = getattr(self.app, "_start_future", None)
+        return future is None or future.done()
+
+    async def _wait_hub_started(self) -> None:
+        # The hub checks every running server at start (GET on its URL, for up to
+        # http_timeout): a move in that window would make it shut the server down.
+        future = getattr(self.app, "_start_future", None)
+        if future is not None:
+            await asyncio.shield(future)
+
+    async def _wait_checked(self, spawner: MigratingSpawner, timeout: float = 120) -> None:
+        """Wait while the hub's startup check of this server runs (see _wait_hub_started)."""
+        deadline = time.monotonic() + timeout
+        while spawner._check_pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
 
     @property
     def secret(self) -> bytes:
@@ -158,16 +178,40 @@ class MigratingController(SingletonConfigurable):
 
         if isinstance(self.provider, LocalHostProvider):
             self.provider.notify_url = self.api_url + self.base_url + "api/notices"
-        self._queue = asyncio.PriorityQueue()
         http = make_app(self).listen(self.api_port, self.api_ip)
         self._tasks = [
             asyncio.create_task(self._move_worker()) for _ in range(self.max_concurrent_moves)
         ]
         self._tasks.append(asyncio.create_task(self._poll_notices()))
+        self._tasks.append(asyncio.create_task(self._release_orphans(time.time())))
         if isinstance(self.provider, LocalHostProvider) and self.provider.spot_reclaim_rate > 0:
             self._tasks.append(asyncio.create_task(self.provider.simulate_spot_market()))
         self._http = http
         self.log.info("migrate API at http://%s:%d%s", self.api_ip, self.api_port, self.base_url)
+
+    async def _release_orphans(self, started: float) -> None:
+        """Release hosts no server knows about, left by a hub that died mid-acquire.
+
+        Only hosts older than this hub process count: younger ones may be moves in flight.
+        """
+        from jupyterhub import orm
+
+        await self._wait_hub_started()
+        known: set[str] = set()
+        for orm_spawner in self.app.db.query(orm.Spawner):
+            state = orm_spawner.state or {}
+            move = state.get("move") or {}
+            for host in (state.get("host"), move.get("new_host"), move.get("old_host")):
+                if host:
+                    known.add(host["id"])
+        for host in await self.provider.list_hosts():
+            created = host.meta.get("created", started)
+            if host.id not in known and created < started:
+                self.log.warning("releasing orphan host %s (no server refers to it)", host.id)
+                try:
+                    await self.provider.release(host)
+                except HostError as e:
+                    self.log.error("could not release orphan host %s: %s", host.id, e)
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -206,6 +250,7 @@ class MigratingController(SingletonConfigurable):
         return moved
 
     async def _poll_notices(self) -> None:
+        await self._wait_hub_started()
         while True:
             await asyncio.sleep(self.notice_poll_interval)
             for spawner in list(self.spawners.values()):
@@ -227,7 +272,6 @@ class MigratingController(SingletonConfigurable):
         """Queue a move; the nearest deadline goes first. Returns a future of its result."""
         if spawner.key in self._moves:
             return self._moves[spawner.key]
-        assert self._queue is not None, "controller not started"
         future = asyncio.get_running_loop().create_future()
         self._moves[spawner.key] = future
         spawner.moving = True  # poll() says alive from now on
@@ -244,10 +288,11 @@ class MigratingController(SingletonConfigurable):
         return spawner.key in self._moves
 
     async def _move_worker(self) -> None:
-        assert self._queue is not None
+        await self._wait_hub_started()
         while True:
             deadline, _, spawner, reason, future = await self._queue.get()
             try:
+                await self._wait_checked(spawner)
                 result = await self._run_move(spawner, reason, deadline)
             except Exception as e:
                 self.log.exception("move of %s failed", spawner._log_name)
@@ -272,28 +317,31 @@ class MigratingController(SingletonConfigurable):
         if spawner.home_mode == "synced" and not spawner.checkpoint_id:
             spawner.emit(f"Host {spawner.host.id} was lost and no checkpoint exists", level="error")
             return 1
+        if not self.hub_started or spawner._check_pending:
+            # the hub is checking servers at start and would stop this one mid-move;
+            # let it: the checkpoint stays and the next start resumes from it
+            spawner.emit(f"Host {spawner.host.id} was lost while the hub was down", level="warning")
+            return 1
         spawner.emit(f"Host {spawner.host.id} was lost without notice: restoring", level="warning")
+        asyncio.ensure_future(self.ensure_started())
         self.schedule_move(spawner, f"host {spawner.host.id} lost", time.time())
         return None
 
     def recover(self, spawner: MigratingSpawner) -> None:
-        """After a hub restart in the middle of a move: settle it, once."""
-        if spawner.key in self._recovering or self._queue is None:
-            if self._queue is None:
-                asyncio.ensure_future(self._recover_after_start(spawner))
+        """After a hub restart in the middle of a move: settle it, once, after start."""
+        if spawner.key in self._recovering:
             return
         self._recovering.add(spawner.key)
         task = asyncio.ensure_future(self._recover(spawner))
         task.add_done_callback(lambda _: self._recovering.discard(spawner.key))
 
-    async def _recover_after_start(self, spawner: MigratingSpawner) -> None:
-        await self.ensure_started()
-        self.recover(spawner)
-
     async def _recover(self, spawner: MigratingSpawner) -> None:
         from .move import settle_interrupted_move
 
         try:
+            await self.ensure_started()
+            await self._wait_hub_started()
+            await self._wait_checked(spawner)
             await settle_interrupted_move(self, spawner)
         except Exception:
             self.log.exception("could not settle the interrupted move of %s", spawner._log_name)

@@ -42,6 +42,7 @@ class Move:
         self.old: Host | None = spawner.host
         self.new: Host | None = None
         self.held = False
+        self.precopy_task: asyncio.Future | None = None
         self.timings: dict[str, float] = {}
         self.lost: str | None = None  # what the user lost, said in their log
 
@@ -115,13 +116,15 @@ class Move:
         self.current_files = None
         if spawner.home_mode == "synced":
             if old_alive and not self.frozen:
+                # a task the freeze can cancel: a pre-copy committed after the final
+                # checkpoint would make an older state look like the latest
+                self.precopy_task = asyncio.ensure_future(
+                    spawner.checkpoint_home(self.old, reason="move pre-copy")
+                )
                 try:
-                    await asyncio.wait_for(
-                        spawner.checkpoint_home(self.old, reason="move pre-copy"),
-                        max(1.0, self._left() - self.controller.final_checkpoint_margin),
-                    )
-                except (HostError, CheckpointError, asyncio.TimeoutError) as e:
-                    spawner.log.warning("pre-copy for the move failed: %s", e)
+                    await self.precopy_task
+                except (HostError, CheckpointError, asyncio.CancelledError) as e:
+                    spawner.log.warning("pre-copy for the move ended early: %r", e)
             if spawner.checkpoint_id:
                 self.current_files = await spawner.restore_home(self.new, spawner.checkpoint_id)
         self.port = await spawner.launch(self.new)
@@ -134,6 +137,8 @@ class Move:
             return
         self.frozen = True
         spawner = self.spawner
+        if self.precopy_task is not None and not self.precopy_task.done():
+            self.precopy_task.cancel()
         self.hold_started = time.monotonic()
         if hasattr(self.proxy, "hold"):
             await self.proxy.hold(spawner)
@@ -185,15 +190,27 @@ class Move:
         if spawner.home_mode != "synced":
             return
         if spawner.checkpoint_id:
-            created = self.controller.load_checkpoint(spawner.key, spawner.checkpoint_id).created
-            self.lost = f"{why}: files changed after {_clock(created)} were lost"
+            try:
+                created = self.controller.load_checkpoint(
+                    spawner.key, spawner.checkpoint_id
+                ).created
+                since = f"after {_clock(created)}"
+            except CheckpointError:
+                since = f"since checkpoint {spawner.checkpoint_id}"
+            self.lost = f"{why}: files changed {since} were lost"
         else:
             self.lost = f"{why}: no checkpoint existed"
         spawner.emit(self.lost, level="warning")
 
     async def _abort(self) -> None:
-        """The move failed: the old server (if alive) keeps serving; the new host goes."""
+        """The move failed: the old server (if not yet frozen) keeps serving; the new host goes."""
         spawner = self.spawner
+        if self.frozen:
+            spawner.emit(
+                f"The move failed after the old server was stopped; your files are in "
+                f"checkpoint {spawner.checkpoint_id}: start the server again to resume",
+                level="error",
+            )
         if self.held:
             try:
                 await self.proxy.release(spawner)
@@ -203,6 +220,21 @@ class Move:
             await spawner._release_quietly(self.new)
         spawner.move_record = None
         spawner.save_state()
+
+
+async def drop_interrupted_move(spawner: MigratingSpawner) -> None:
+    """The hub restarted mid-move and the old server is gone: free the half-made host."""
+    record = spawner.move_record or {}
+    if record.get("phase") == "switched":
+        return  # the new host is the server's own now
+    if record.get("new_host"):
+        await spawner._release_quietly(Host.from_dict(record["new_host"]))
+    spawner.move_record = None
+    spawner.emit(
+        "A move was interrupted by a hub restart and the old host is gone; "
+        "start the server again to resume from its last checkpoint",
+        level="warning",
+    )
 
 
 async def settle_interrupted_move(controller: MigratingController, spawner: MigratingSpawner):

@@ -129,6 +129,13 @@ class MigratingSpawner(Spawner):
         self._failed_polls = 0
         self._precopy_task: asyncio.Task | None = None
         self.controller.register(self)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # the control API and notice intake come up with the first spawner, too, so a
+        # hub with plain ConfigurableHTTPProxy has them
+        asyncio.ensure_future(self.controller.ensure_started())
 
     @property
     def controller(self):
@@ -288,7 +295,7 @@ class MigratingSpawner(Spawner):
         except BaseException:
             await self._release_quietly(host)
             raise
-        self.host = host
+        self.host, self.ip, self.port = host, host.address, port
         self.emit(f"Starting the server on {host.address}:{port}", 60)
         self.start_precopy()
         return f"http://{host.address}:{port}"
@@ -333,11 +340,19 @@ class MigratingSpawner(Spawner):
         raise HostError(f"server on {host.id} did not answer {url} in time")
 
     async def poll(self) -> int | None:
-        if self.moving or self.move_record:
-            if self.move_record and not self.moving:
-                # a hub restart interrupted a move: finish it, or fall back
-                self.controller.recover(self)
+        if self.moving:
             return None
+        if self.move_record:
+            # a hub restart interrupted a move: if the old server still runs, keep it and
+            # settle the move once the hub is up; if not, report it stopped (its last
+            # checkpoint stays, and the next start resumes from it)
+            if await self._server_running():
+                self.controller.recover(self)
+                return None
+            from .move import drop_interrupted_move
+
+            await drop_interrupted_move(self)
+            return 1
         if self.host is None:
             return 0
         try:
@@ -355,6 +370,15 @@ class MigratingSpawner(Spawner):
         if status is None:
             return 0
         return None if status["running"] else (status["exit_code"] or 0)
+
+    async def _server_running(self) -> bool:
+        if self.host is None:
+            return False
+        try:
+            status = await AgentClient(self.host, timeout=3, retries=1).process(SERVER_PROCESS)
+        except AgentError:
+            return False
+        return bool(status and status["running"])
 
     async def stop(self, now: bool = False) -> None:
         if self.moving:

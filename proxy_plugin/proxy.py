@@ -89,6 +89,15 @@ class MigratingProxy(ConfigurableHTTPProxy):
         self._holds: dict[str, _Hold] = {}
         self._hold_server: HoldServer | None = None
         self._hold_server_lock = asyncio.Lock()
+        self._starting_controller: asyncio.Future | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # constructed outside the hub's loop (e.g. in a test)
+        # The hub builds its proxy during initialize(), before it waits (up to 30 s) for
+        # external services such as `migrate`: bring the controller up now, not at the
+        # first check_routes after that wait.
+        self._starting_controller = asyncio.ensure_future(self._start_controller())
 
     @property
     def hold_server(self) -> HoldServer | None:

@@ -1,0 +1,258 @@
+"""KernelRelay with real ipykernel kernels and a real jupyter_client client on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+from jupyter_client import AsyncKernelClient, AsyncKernelManager, localinterfaces
+
+from kernel_provisioner.relay import KernelRelay
+
+StartKernel = Callable[..., Awaitable[AsyncKernelManager]]
+Connect = Callable[[dict[str, Any]], Awaitable[AsyncKernelClient]]
+
+
+@pytest.fixture
+async def start_kernel(monkeypatch) -> AsyncIterator[StartKernel]:
+    """Start real kernels; every one is shut down afterwards."""
+    # local hosts are 127.0.0.N; jupyter_client only launches on addresses it knows are local
+    monkeypatch.setattr(localinterfaces, "LOCAL_IPS", [*localinterfaces.local_ips(), "127.0.0.2"])
+    kms: list[AsyncKernelManager] = []
+
+    async def start(ip: str = "127.0.0.1") -> AsyncKernelManager:
+        km = AsyncKernelManager(kernel_name="python3", ip=ip)
+        kms.append(km)
+        await km.start_kernel()
+        return km
+
+    yield start
+    for km in kms:
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[KernelRelay]:
+    r = KernelRelay()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Clients connected to a connection info; channels stopped afterwards."""
+    clients: list[AsyncKernelClient] = []
+
+    async def make(info: dict[str, Any]) -> AsyncKernelClient:
+        kc = AsyncKernelClient()
+        kc.load_connection_info(info)
+        kc.start_channels()
+        clients.append(kc)
+        return kc
+
+    yield make
+    for kc in clients:
+        kc.stop_channels()
+
+
+def kernel_info(km: AsyncKernelManager) -> dict[str, Any]:
+    return km.get_connection_info()
+
+
+async def stdout(kc: AsyncKernelClient, msg_id: str, timeout: float = 15) -> str:
+    """What the cell of msg_id printed, read from iopub up to its idle status."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = await kc.get_iopub_msg(timeout=deadline - time.monotonic())
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return "".join(out)
+
+
+async def collect(kc: AsyncKernelClient, msg_id: str, timeout: float = 15) -> tuple[dict, str]:
+    """The execute_reply for msg_id and the stdout its cell printed."""
+    deadline = time.monotonic() + timeout
+    out = await stdout(kc, msg_id, timeout)
+    while True:
+        reply = await kc.get_shell_msg(timeout=deadline - time.monotonic())
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply, "".join(out)
+
+
+async def run(kc: AsyncKernelClient, code: str) -> tuple[dict, str]:
+    return await collect(kc, kc.execute(code))
+
+
+async def test_execute_through_relay(relay, start_kernel, connect):
+    km = await start_kernel()
+    relay.retarget(kernel_info(km))
+    kc = await connect(relay.connection_info)
+    await kc.wait_for_ready(timeout=30)
+    assert kc.session.key == relay.key != km.session.key
+
+    reply, out = await run(kc, "x = 42; print(x)")
+    assert reply["content"]["status"] == "ok" and out == "42\n"
+
+    # stdin: the kernel addresses input_request to the shell idents; it must reach us
+    msg_id = kc.execute("name = input('who? ')", allow_stdin=True)
+    request = await kc.get_stdin_msg(timeout=10)
+    assert request["msg_type"] == "input_request"
+    kc.input("bob")
+    reply, _ = await collect(kc, msg_id)
+    assert reply["content"]["status"] == "ok"
+    assert (await run(kc, "print(name)"))[1] == "bob\n"
+    assert relay.stats["queued"] == 0 and relay.stats["to_kernel"] > 0
+
+    # a gap without a move: queued, then flushed to the same kernel
+    relay.pause()
+    msg_id = kc.execute("print(x + 1)")
+    while relay.stats["queued"] == 0:
+        await asyncio.sleep(0.01)
+    await relay.resume()
+    assert (await collect(kc, msg_id))[1] == "43\n"
+
+
+async def test_heartbeat_answered_during_gap(relay, start_kernel, connect):
+    km = await start_kernel()
+    relay.retarget(kernel_info(km))
+    kc = await connect(relay.connection_info)
+    await kc.wait_for_ready(timeout=30)
+    assert await relay.probe_target()
+
+    relay.pause()
+    await km.shutdown_kernel(now=True)
+    assert not await relay.probe_target(timeout=0.5) and relay.target_alive is False
+
+    req = zmq.asyncio.Context.instance().socket(zmq.REQ)
+    req.linger = 0
+    try:
+        req.connect(f"tcp://127.0.0.1:{relay.connection_info['hb_port']}")
+        await req.send(b"ping")
+        assert await asyncio.wait_for(req.recv(), 2) == b"ping"
+    finally:
+        req.close()
+    # the client's own heartbeat thread (time_to_dead 1 s) keeps seeing beats
+    await asyncio.sleep(2.5)
+    assert kc.hb_channel.is_beating()
+
+
+async def test_queued_request_replied_by_new_kernel(relay, start_kernel, connect, capsys):
+    km1 = await start_kernel()
+    relay.retarget(kernel_info(km1))
+    kc = await connect(relay.connection_info)
+    await kc.wait_for_ready(timeout=30)
+    before = relay.connection_info
+
+    relay.pause()
+    await km1.shutdown_kernel(now=True)
+    msg_id = kc.execute("y = 2; print(y)")
+    while relay.stats["queued"] == 0:
+        await asyncio.sleep(0.01)
+
+    km2 = await start_kernel()
+    info2 = kernel_info(km2)
+    assert info2["key"] != kernel_info(km1)["key"]
+    assert info2["shell_port"] != kernel_info(km1)["shell_port"]
+    # in a move the new kernel is up (and restored) before resume()
+    await (await connect(info2)).wait_for_ready(timeout=30)
+    t0 = time.perf_counter()
+    resumed = relay.resume(info2)
+    reply = await kc.get_shell_msg(timeout=15)
+    delay = time.perf_counter() - t0
+    await resumed
+
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "ok"
+    assert await stdout(kc, msg_id) == "2\n"
+    assert relay.connection_info == before  # same ip, ports and key for the client
+    assert relay.stats["queued"] == 0
+    with capsys.disabled():
+        print(f"\nresume() to first queued reply: {delay * 1000:.1f} ms")
+
+
+async def test_retarget_to_other_address_keeps_iopub(relay, start_kernel, connect):
+    km1 = await start_kernel()
+    relay.retarget(kernel_info(km1))
+    kc = await connect(relay.connection_info)
+    await kc.wait_for_ready(timeout=30)
+    assert (await run(kc, "print('one')"))[1] == "one\n"
+    iopub = kc.iopub_channel.socket
+
+    km2 = await start_kernel(ip="127.0.0.2")
+    assert kernel_info(km2)["ip"] == "127.0.0.2"
+    await relay.retarget(kernel_info(km2))
+    await km1.shutdown_kernel(now=True)
+
+    reply, out = await run(kc, "import os; print(os.getpid())")
+    assert reply["content"]["status"] == "ok"
+    assert int(out) == km2.provisioner.pid  # it ran in the new kernel
+    assert kc.iopub_channel.socket is iopub  # no resubscription on the client
+
+
+async def test_interrupt_and_restart_request_on_control(relay, start_kernel, connect):
+    km = await start_kernel()
+    relay.retarget(kernel_info(km))
+    kc = await connect(relay.connection_info)
+    await kc.wait_for_ready(timeout=30)
+
+    msg_id = kc.execute("import time; time.sleep(30)")
+    while True:  # wait until the cell runs
+        msg = await kc.get_iopub_msg(timeout=10)
+        if msg["msg_type"] == "execute_input":
+            break
+    # ipykernel handles interrupt_request on control itself (it signals its own process)
+    interrupt = kc.session.msg("interrupt_request", {})
+    kc.control_channel.send(interrupt)
+    ack = await kc.get_control_msg(timeout=10)
+    assert ack["parent_header"]["msg_id"] == interrupt["header"]["msg_id"]
+    reply, _ = await collect(kc, msg_id, timeout=10)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+
+    # restart: the kernel acknowledges and exits; starting the new process is the
+    # provisioner's job, after which it re-targets the relay
+    restart_id = kc.shutdown(restart=True)
+    ack = await kc.get_control_msg(timeout=10)
+    assert ack["parent_header"]["msg_id"] == restart_id
+    assert ack["content"]["restart"] is True
+
+
+async def test_latency_relay_vs_direct(relay, start_kernel, connect, capsys):
+    km = await start_kernel()
+    relay.retarget(kernel_info(km))
+    direct = await connect(kernel_info(km))
+    relayed = await connect(relay.connection_info)
+    await direct.wait_for_ready(timeout=30)
+    await relayed.wait_for_ready(timeout=30)
+
+    async def once(kc: AsyncKernelClient, execute: bool) -> float:
+        t0 = time.perf_counter()
+        if execute:
+            await collect(kc, kc.execute("pass", store_history=False))
+        else:
+            await kc.kernel_info(reply=True, timeout=10)
+        return time.perf_counter() - t0
+
+    for execute in (True, False):
+        times: dict[str, list[float]] = {"direct": [], "relay": []}
+        for _ in range(100):  # interleaved, so warm-up and noise hit both alike
+            times["direct"].append(await once(direct, execute))
+            times["relay"].append(await once(relayed, execute))
+        d, r = (statistics.median(times[k]) for k in ("direct", "relay"))
+        with capsys.disabled():
+            what = "execute" if execute else "kernel_info"
+            print(f"\n{what} round trip, median of 100: ", end="")
+            print(f"direct {d * 1e3:.2f} ms, relay {r * 1e3:.2f} ms")
+        assert r < d + 0.02

@@ -143,7 +143,10 @@ class Move:
         if hasattr(self.proxy, "hold"):
             await self.proxy.hold(spawner)
             self.held = True
-        if spawner.home_mode == "synced" and await self._old_alive():
+        old_alive = await self._old_alive()
+        if old_alive:
+            await self._snapshot_kernels()
+        if spawner.home_mode == "synced" and old_alive:
             try:
                 self.final_id = await asyncio.wait_for(
                     spawner.checkpoint_home(self.old, reason="move final"),
@@ -167,11 +170,58 @@ class Move:
             await spawner.restore_home(self.new, self.final_id, current=self.current_files)
         elif spawner.home_mode == "synced" and spawner.checkpoint_id and self.current_files is None:
             await spawner.restore_home(self.new, spawner.checkpoint_id)
+        await self._restore_kernels()
         await self._switch()
         if self.held:
             await self.proxy.release(spawner)
             self.held = False
         self.timings["hold"] = time.monotonic() - self.hold_started
+
+    async def _snapshot_kernels(self) -> None:
+        """The final kernel snapshot on the old server, written into the home."""
+        spawner = self.spawner
+        budget = max(2.0, min(spawner.kernel_state_timeout, self._left() - 1))
+        try:
+            report = await spawner.server_api(
+                self.old,
+                spawner.port,
+                "POST",
+                "migrating/checkpoint",
+                {"timeout": budget},
+                timeout=budget + 10,
+            )
+        except (HostError, OSError, asyncio.TimeoutError) as e:
+            spawner.emit(f"Kernel state could not be saved: {e}", level="warning")
+            return
+        for kernel_id, result in report.get("kernels", {}).items():
+            if result.get("interrupted"):
+                spawner.emit(
+                    f"Kernel {kernel_id[:8]} was busy at the deadline: its running cell was "
+                    "interrupted and will not have finished",
+                    level="warning",
+                )
+
+    async def _restore_kernels(self) -> None:
+        """Re-create the kernels (same ids) on the new server and restore their state."""
+        from kernel_provisioner.state import lost_message
+
+        spawner = self.spawner
+        try:
+            report = await spawner.server_api(
+                self.new,
+                self.port,
+                "POST",
+                "migrating/restore",
+                {"timeout": spawner.kernel_state_timeout},
+                timeout=spawner.kernel_state_timeout + 10,
+            )
+        except (HostError, OSError, asyncio.TimeoutError) as e:
+            spawner.emit(f"Kernels could not be restored: {e}", level="warning")
+            return
+        for kernel_id, result in report.get("kernels", {}).items():
+            message = lost_message(result) if result.get("ok") else result.get("reason")
+            if message:
+                spawner.emit(f"Kernel {kernel_id[:8]}: {message}", level="warning")
 
     async def _switch(self) -> None:
         """Point the hub's record and the proxy route at the new server."""

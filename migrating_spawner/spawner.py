@@ -21,6 +21,7 @@ from . import profiles as profiles_mod
 from .agent.client import AgentClient, AgentError, AgentUnreachable
 from .checkpoint import CheckpointError
 from .hosts.base import Host, HostError
+from .singleuser import JUPYTER_CONFIG_DIR
 
 #: bump when the shape of get_state() changes; load_state() reads older versions
 STATE_VERSION = 1
@@ -252,11 +253,28 @@ class MigratingSpawner(Spawner):
             args.append("--allow-root")
         return args
 
+    kernel_snapshot_interval = Float(
+        30,
+        help="""Seconds between background snapshots of idle kernels that ran something.
+
+        Bounds what a host lost without notice loses: at most what ran since. 0 turns
+        background snapshots off (moves still take a final one).
+        """,
+    ).tag(config=True)
+
+    kernel_state_timeout = Float(
+        60, help="Seconds a move may spend snapshotting or restoring kernels."
+    ).tag(config=True)
+
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
         if self.host:
             env["HOME"] = self.home_on(self.host)
             env["JUPYTERHUB_MIGRATING_HOST"] = self.host.id
+        # enables the singleuser extension that snapshots and restores kernels
+        config_path = [JUPYTER_CONFIG_DIR, os.environ.get("JUPYTER_CONFIG_PATH", "")]
+        env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(p for p in config_path if p)
+        env["JUPYTERHUB_MIGRATING_SNAPSHOT_INTERVAL"] = str(self.kernel_snapshot_interval)
         return env
 
     async def get_url(self) -> str:
@@ -284,7 +302,7 @@ class MigratingSpawner(Spawner):
             if self.home_mode == "synced" and self.checkpoint_id:
                 self.emit(f"Resuming from checkpoint {self.checkpoint_id}", 40)
                 await self.restore_home(host, self.checkpoint_id)
-            port = await self.launch(host)
+            port = await self.launch(host, restore=True)
         except CheckpointError as e:
             await self._release_quietly(host)
             raise SpawnException(
@@ -300,8 +318,11 @@ class MigratingSpawner(Spawner):
         self.start_precopy()
         return f"http://{host.address}:{port}"
 
-    async def launch(self, host: Host) -> int:
-        """Start jupyterhub-singleuser on `host`; returns its port. Sets self.ip/port."""
+    async def launch(self, host: Host, restore: bool = False) -> int:
+        """Start jupyterhub-singleuser on `host`; returns its port.
+
+        With `restore`, the server restores its kernels from the home by itself (a resume).
+        """
         agent = AgentClient(host)
         port = await agent.free_port()
         home = self.home_on(host)
@@ -309,6 +330,8 @@ class MigratingSpawner(Spawner):
         self.host, self.ip, self.port = host, host.address, port
         try:
             env = self.get_env()
+            if restore:
+                env["JUPYTERHUB_MIGRATING_RESTORE"] = "1"
             cmd = self.cmd + self.get_args()
         finally:
             self.host, self.ip, self.port = previous
@@ -338,6 +361,23 @@ class MigratingSpawner(Spawner):
                     )
                 await asyncio.sleep(0.2)
         raise HostError(f"server on {host.id} did not answer {url} in time")
+
+    async def server_api(
+        self, host: Host, port: int, method: str, path: str, body: Any = None, timeout: float = 60
+    ) -> Any:
+        """Call the singleuser extension's API on the server at host:port (its own token)."""
+        import aiohttp
+
+        url = f"http://{host.address}:{port}" + url_path_join(self.server.base_url, "api", path)
+        headers = {"Authorization": f"token {self.api_token}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.request(
+                method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(timeout)
+            ) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise HostError(f"{method} {path} on {host.id}: {resp.status} {text[:300]}")
+                return await resp.json(content_type=None)
 
     async def poll(self) -> int | None:
         if self.moving:

@@ -1,0 +1,68 @@
+"""Kernels move with their server: same kernel id, same variables, counter continues."""
+
+import asyncio
+import time
+
+import pytest
+from kernelws import KernelSocket
+from test_move import read_file
+
+pytestmark = pytest.mark.integration
+
+
+async def move_and_wait(hub, user, notice=15):
+    old = (await hub.server_info(user))["host_id"]
+    status, data = await hub.migrate_api(
+        "POST", f"/hosts/{old}/reclaim", body={"notice_seconds": notice}
+    )
+    assert status == 202, data
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        info = await hub.server_info(user)
+        if info["state"] == "Running" and info["host_id"] != old:
+            return info
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{user} did not move: {info}\n{hub.tail()}")
+
+
+@pytest.mark.parametrize("home_mode", ["shared", "synced"])
+async def test_kernel_state_moves_with_the_server(hub_factory, home_mode):
+    hub = await hub_factory(f'c.MigratingSpawner.home_mode = "{home_mode}"')
+    await hub.spawn("kim")
+    token = await hub.user_token("kim")
+    status, session = await hub.request(
+        "POST",
+        "/user/kim/api/sessions",
+        token,
+        {
+            "path": "work.ipynb",
+            "name": "work.ipynb",
+            "type": "notebook",
+            "kernel": {"name": "python3"},
+        },
+    )
+    assert status == 201, session
+    kernel_id = session["kernel"]["id"]
+    base = hub.url + "/user/kim"
+    async with KernelSocket(base, kernel_id, token) as kernel:
+        await kernel.run("x = 42")
+        await kernel.run("with open('kept.txt', 'w') as f:\n    f.write('from a cell')")
+        await kernel.run("gen = (i * i for i in range(10))\nnext(gen)")
+        _, reply = await kernel.run("squares = [i * i for i in range(5)]")
+        count_before = reply["execution_count"]
+
+    info = await move_and_wait(hub, "kim")
+
+    # the same kernel id and session on the new host
+    status, kernels = await hub.request("GET", "/user/kim/api/kernels", token)
+    assert status == 200
+    assert [k["id"] for k in kernels] == [kernel_id]
+    status, sessions = await hub.request("GET", "/user/kim/api/sessions", token)
+    assert [s["id"] for s in sessions] == [session["id"]]
+    async with KernelSocket(base, kernel_id, token) as kernel:
+        out, reply = await kernel.run("print(x, squares, next(gen))")
+        assert out.split("\n")[0] == "42 [0, 1, 4, 9, 16] 1", out
+        assert reply["execution_count"] == count_before + 1
+    # the cell that wrote the file was not re-run over it
+    assert await read_file(hub, "kim", token, "kept.txt") == "from a cell"
+    assert info["state"] == "Running"

@@ -42,9 +42,7 @@ async def test_five_servers_reclaimed_at_once_all_come_back(hub_factory):
         )
     )
     assert all(status == 202 for status, _ in replies), replies
-    after = await asyncio.gather(
-        *(wait_running_elsewhere(hub, u, before[u], 120) for u in USERS)
-    )
+    after = await asyncio.gather(*(wait_running_elsewhere(hub, u, before[u], 120) for u in USERS))
     for u, info in zip(USERS, after, strict=True):
         assert await read_file(hub, u, tokens[u], "mine.txt") == f"belongs to {u}"
         assert info["host_id"] not in before.values()

@@ -1,0 +1,92 @@
+"""A real kernel driven through jupyter_client, for the kernel state tests and benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from jupyter_client import KernelManager
+
+from kernel_provisioner.state import restore_code, snapshot_code
+
+
+class KernelError(AssertionError):
+    pass
+
+
+class Kernel:
+    """One running kernel; `with Kernel(...) as k:` shuts it down whatever happens."""
+
+    def __init__(self, kernel_name: str = "python3", cwd: str | os.PathLike | None = None):
+        self.km = KernelManager(kernel_name=kernel_name)
+        self.language = ""
+        self.cwd = str(cwd or os.getcwd())
+
+    def __enter__(self) -> Kernel:
+        env = {**os.environ, "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+        self.km.start_kernel(cwd=self.cwd, env=env)
+        try:
+            self.kc = self.km.client()
+            self.kc.start_channels()
+            self.kc.wait_for_ready(timeout=60)
+            self.language = self.km.kernel_spec.language
+        except BaseException:
+            self.km.shutdown_kernel(now=True)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+    def execute(self, code: str, silent=False, store_history=True, expressions=None) -> dict:
+        """Run code; returns the reply content plus "stdout" and "outputs" (iopub)."""
+        outputs: list[dict] = []
+        reply = self.kc.execute_interactive(
+            code,
+            silent=silent,
+            store_history=store_history,
+            user_expressions=expressions or {},
+            timeout=600,
+            output_hook=lambda m: outputs.append({"type": m["msg_type"], **m["content"]}),
+        )["content"]
+        reply["outputs"] = [o for o in outputs if o["type"] not in ("status", "execute_input")]
+        reply["stdout"] = "".join(o.get("text", "") for o in outputs if o["type"] == "stream")
+        return reply
+
+    def run(self, code: str) -> dict:
+        """A user cell: it must succeed."""
+        reply = self.execute(code)
+        if reply["status"] != "ok":
+            raise KernelError(f"cell failed: {reply.get('ename')}: {reply.get('evalue')}\n{code}")
+        return reply
+
+    def eval(self, expr: str) -> str:
+        """repr() (R: print) of an expression, without touching history."""
+        if self.language.lower() == "r":  # IRkernel does not answer user_expressions
+            reply = self.execute(f"print({expr})", store_history=False)
+            if reply["status"] != "ok":
+                raise KernelError(f"{expr}: {reply.get('ename')}: {reply.get('evalue')}")
+            return reply["stdout"].strip()
+        reply = self.execute("", silent=True, store_history=False, expressions={"e": expr})
+        out = reply["user_expressions"]["e"]
+        if out["status"] != "ok":
+            raise KernelError(f"{expr}: {out.get('ename')}: {out.get('evalue')}")
+        return out["data"]["text/plain"]
+
+    def snapshot(self, state_dir) -> dict:
+        reply = self.execute(
+            snapshot_code(self.language, str(state_dir)), silent=True, store_history=False
+        )
+        assert reply["status"] == "ok", reply
+        assert not reply["outputs"], f"the snapshot printed: {reply['outputs']}"
+        return json.loads(Path(state_dir, "snapshot-report.json").read_text())
+
+    def restore(self, state_dir) -> dict:
+        reply = self.execute(
+            restore_code(self.language, str(state_dir)), silent=True, store_history=False
+        )
+        assert reply["status"] == "ok", reply
+        assert not reply["outputs"], f"the restore printed: {reply['outputs']}"
+        return json.loads(Path(state_dir, "restore-report.json").read_text())

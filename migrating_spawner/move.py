@@ -194,10 +194,12 @@ class Move:
             spawner.emit(f"Kernel state could not be saved: {e}", level="warning")
             return
         for kernel_id, result in report.get("kernels", {}).items():
-            if result.get("interrupted"):
+            cell = result.get("interrupted")
+            if cell:
+                which = f": {cell.strip().splitlines()[0][:80]!r}" if isinstance(cell, str) else ""
                 spawner.emit(
-                    f"Kernel {kernel_id[:8]} was busy at the deadline: its running cell was "
-                    "interrupted and will not have finished",
+                    f"Kernel {kernel_id[:8]} was busy at the deadline; the cell it was running "
+                    f"was interrupted and did not finish{which}",
                     level="warning",
                 )
 

@@ -17,6 +17,7 @@ every `snapshot_interval` seconds, so a host lost without notice loses little.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -64,19 +65,35 @@ class ServerState:
     def kernels(self):
         return self.app.kernel_manager
 
-    async def _run_in_kernel(self, kernel_id: str, code: str, timeout: float) -> None:
+    async def _run_in_kernel(
+        self, kernel_id: str, code: str, timeout: float, expressions: dict | None = None
+    ) -> dict[str, Any]:
         client = self.kernels.get_kernel(kernel_id).client()
         client.start_channels()
         try:
             await client.wait_for_ready(timeout=timeout)
             reply = await client.execute_interactive(
-                code, silent=True, store_history=False, allow_stdin=False, timeout=timeout
+                code,
+                silent=True,
+                store_history=False,
+                allow_stdin=False,
+                user_expressions=expressions or {},
+                timeout=timeout,
             )
-            if reply["content"]["status"] != "ok":
-                content = reply["content"]
+            content = reply["content"]
+            if content["status"] != "ok":
                 raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}")
+            return content.get("user_expressions", {})
         finally:
             client.stop_channels()
+
+    async def _last_cell(self, kernel_id: str) -> str:
+        """The source of the cell a Python kernel ran last (the one an interrupt stopped)."""
+        try:
+            found = await self._run_in_kernel(kernel_id, "", 5, {"cell": "In[-1] if In else ''"})
+            return ast.literal_eval(found["cell"]["data"]["text/plain"])
+        except Exception:
+            return ""
 
     async def _wait_idle(self, kernel_id: str, until: float) -> bool:
         kernel = self.kernels.get_kernel(kernel_id)
@@ -110,6 +127,8 @@ class ServerState:
             await self.kernels.interrupt_kernel(kernel_id)
             interrupted = True
             await self._wait_idle(kernel_id, time.time() + 5)
+            if language.startswith("python"):
+                interrupted = await self._last_cell(kernel_id) or True
         target = self.root / "kernels" / kernel_id
         started = time.monotonic()
         try:

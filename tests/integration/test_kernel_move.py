@@ -66,3 +66,31 @@ async def test_kernel_state_moves_with_the_server(hub_factory, home_mode):
     # the cell that wrote the file was not re-run over it
     assert await read_file(hub, "kim", token, "kept.txt") == "from a cell"
     assert info["state"] == "Running"
+
+
+async def test_busy_kernel_is_interrupted_at_the_deadline_and_named(hub_factory):
+    hub = await hub_factory('c.MigratingSpawner.home_mode = "shared"')
+    await hub.spawn("lee")
+    token = await hub.user_token("lee")
+    status, session = await hub.request(
+        "POST",
+        "/user/lee/api/sessions",
+        token,
+        {"path": "long.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
+    )
+    assert status == 201
+    kernel_id = session["kernel"]["id"]
+    base = hub.url + "/user/lee"
+    async with KernelSocket(base, kernel_id, token) as kernel:
+        await kernel.run("done = 'before the notice'")
+        busy = asyncio.create_task(kernel.run("import time\ntime.sleep(600)", timeout=600))
+        await asyncio.sleep(1)
+        await move_and_wait(hub, "lee", notice=8)
+        busy.cancel()
+    info = await hub.server_info("lee")
+    messages = [e["message"] for e in info["events"]]
+    # the user is told which cell did not finish
+    assert any("interrupted" in m and "import time" in m for m in messages), messages
+    async with KernelSocket(base, kernel_id, token) as kernel:
+        out, _ = await kernel.run("print(done)")
+        assert out.strip() == "before the notice"

@@ -1,0 +1,136 @@
+"""Move downtime with kernel state: how long the route is held when a kernel holds N MB.
+
+A real hub, CHP and local hosts (synced homes); a notebook kernel builds a numpy array of
+N MB over its websocket; the host is reclaimed with a 20 s notice; the hold (hub log
+"Holding" to "Released") and the kernel's first answer after the move are measured, and
+the array is checked on the new host. Prints a table and writes the section "Move downtime
+with kernel state" of benchmarks/results.md.
+
+    .venv/bin/python benchmarks/kernel_move.py [--sizes 10,100,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+
+from kernelws import KernelSocket  # noqa: E402
+from move import _log_lines  # noqa: E402
+from realhub import RealHub  # noqa: E402
+
+SECTION = "## Move downtime with kernel state"
+
+
+async def one_case(size_mb: int, workdir: Path) -> dict:
+    hub = RealHub(workdir, 'c.MigratingSpawner.home_mode = "synced"\n')
+    hub.start()
+    try:
+        await hub.wait_up()
+        await hub.spawn("alice")
+        token = await hub.user_token("alice")
+        status, session = await hub.request(
+            "POST",
+            "/user/alice/api/sessions",
+            token,
+            {"path": "b.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
+        )
+        assert status == 201, session
+        base = hub.url + "/user/alice"
+        kernel_id = session["kernel"]["id"]
+        code = f"import numpy as np\narr = np.full({size_mb} * 2**20 // 8, 7.0)\nx = 42"
+        async with KernelSocket(base, kernel_id, token) as kernel:
+            await kernel.run(code, timeout=300)
+        old = (await hub.server_info("alice"))["host_id"]
+        since = time.time()
+        status, _ = await hub.migrate_api(
+            "POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 20}
+        )
+        assert status == 202
+        while True:
+            info = await hub.server_info("alice")
+            if info["state"] == "Running" and info["host_id"] != old:
+                break
+            await asyncio.sleep(0.2)
+        moved = time.time() - since
+        async with KernelSocket(base, kernel_id, token) as kernel:
+            out, _ = await kernel.run("print(x, arr.nbytes // 2**20, arr[-1])", timeout=120)
+        answered = time.time() - since
+        lines = _log_lines(hub, since)
+        held = next((ts for ts, line in lines if "Holding /user/alice/" in line), None)
+        released = next(
+            (ts for ts, line in lines if "Released /user/alice/" in line and held), None
+        )
+        return {
+            "size": size_mb,
+            "hold": (released - held) if held and released else None,
+            "moved": moved,
+            "answered": answered,
+            "intact": out.split() == ["42", str(size_mb), "7.0"],
+        }
+    finally:
+        hub.stop()
+        hub.kill_proxy()
+        hub.release_all_hosts()
+
+
+def replace_section(path: Path, text: str) -> None:
+    """Put `text` in place of this script's section of results.md; keep the others."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = old.find(SECTION)
+    if start == -1:
+        path.write_text(old.rstrip("\n") + "\n\n" + text)
+        return
+    end = old.find("\n## ", start + len(SECTION))
+    rest = old[end + 1 :] if end != -1 else ""
+    path.write_text(old[:start] + text + ("\n" + rest if rest else ""))
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| kernel state | hold (hold → release) | notice → new host running "
+        "| notice → kernel answers | variables intact |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        hold = f"{r['hold']:.2f} s" if r["hold"] is not None else "no hold logged"
+        lines.append(
+            f"| {r['size']} MB | {hold} | {r['moved']:.2f} s | {r['answered']:.2f} s "
+            f"| {'yes' if r['intact'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,100,1000", help="kernel state sizes in MB")
+    args = parser.parse_args()
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(await one_case(size, Path(tmp)))
+            print(rows[-1], flush=True)
+    text = table(rows)
+    print(text)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        f"{SECTION}\n\nRun {stamp} by `benchmarks/kernel_move.py`; Python "
+        f"{platform.python_version()}, 2 cores. Synced home, notice 20 s, a numpy array "
+        "of the given size in one notebook kernel; the kernel snapshot is taken in the "
+        "freeze (inside the hold) and restored on the new server before release.\n\n"
+        f"{text}\n"
+    )
+    replace_section(HERE / "results.md", section)
+    return 0 if all(r["intact"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -43,6 +43,8 @@ async def test_kernel_state_moves_with_the_server(hub_factory, home_mode):
     )
     assert status == 201, session
     kernel_id = session["kernel"]["id"]
+    status, terminal = await hub.request("POST", "/user/kim/api/terminals", token, {})
+    assert status == 200, terminal
     base = hub.url + "/user/kim"
     async with KernelSocket(base, kernel_id, token) as kernel:
         await kernel.run("x = 42")
@@ -63,6 +65,9 @@ async def test_kernel_state_moves_with_the_server(hub_factory, home_mode):
         out, reply = await kernel.run("print(x, squares, next(gen))")
         assert out.split("\n")[0] == "42 [0, 1, 4, 9, 16] 1", out
         assert reply["execution_count"] == count_before + 1
+    # terminals come back under their names (their processes could not move)
+    status, terminals = await hub.request("GET", "/user/kim/api/terminals", token)
+    assert [t["name"] for t in terminals] == [terminal["name"]]
     # the cell that wrote the file was not re-run over it
     assert await read_file(hub, "kim", token, "kept.txt") == "from a cell"
     assert info["state"] == "Running"

@@ -302,7 +302,7 @@ class MigratingSpawner(Spawner):
             if self.home_mode == "synced" and self.checkpoint_id:
                 self.emit(f"Resuming from checkpoint {self.checkpoint_id}", 40)
                 await self.restore_home(host, self.checkpoint_id)
-            port = await self.launch(host, restore=True)
+            port = await self.launch(host, restore=self.checkpoint_on_stop)
         except CheckpointError as e:
             await self._release_quietly(host)
             raise SpawnException(
@@ -428,6 +428,19 @@ class MigratingSpawner(Spawner):
         host = self.host
         if host is None:
             return
+        if self.checkpoint_on_stop and not now:
+            try:
+                # kernels first: their snapshot lives in the home the next line copies
+                await self.server_api(
+                    host,
+                    self.port,
+                    "POST",
+                    "migrating/checkpoint",
+                    {"timeout": self.kernel_state_timeout},
+                    timeout=self.kernel_state_timeout + 10,
+                )
+            except (HostError, OSError, asyncio.TimeoutError) as e:
+                self.log.warning("no kernel snapshot of %s on stop: %s", self._log_name, e)
         if self.home_mode == "synced" and self.checkpoint_on_stop and not now:
             try:
                 self.checkpoint_id = await self.checkpoint_home(host, reason="stop")

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from kernelws import KernelSocket
 from test_move import read_file, write_file
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,16 @@ async def test_stop_then_start_resumes_files_on_a_new_host(hub_factory):
     )
     assert status == 201
     await write_file(hub, "carol", token, "work/report.txt", "suspend me")
+    status, session = await hub.request(
+        "POST",
+        "/user/carol/api/sessions",
+        token,
+        {"path": "s.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
+    )
+    assert status == 201
+    kernel_id = session["kernel"]["id"]
+    async with KernelSocket(hub.url + "/user/carol", kernel_id, token) as kernel:
+        await kernel.run("x = 42")
     first = await hub.server_info("carol")
 
     await stop_server(hub, "carol")
@@ -45,6 +56,20 @@ async def test_stop_then_start_resumes_files_on_a_new_host(hub_factory):
     assert resumed["host_id"] != first["host_id"]
     assert resumed["state"] == "Running"
     assert await read_file(hub, "carol", token, "work/report.txt") == "suspend me"
+    # the kernel resumes too, under its id (restored as the server starts)
+    for _ in range(100):
+        status, kernels = await hub.request("GET", "/user/carol/api/kernels", token)
+        if kernels:
+            break
+        await asyncio.sleep(0.2)
+    assert [k["id"] for k in kernels] == [kernel_id]
+    async with KernelSocket(hub.url + "/user/carol", kernel_id, token) as kernel:
+        for _ in range(50):  # the namespace restore may still be running
+            out, _ = await kernel.run("print(x)")
+            if out.strip() == "42":
+                break
+            await asyncio.sleep(0.2)
+        assert out.strip() == "42", out
 
 
 async def test_tampered_checkpoint_is_refused_and_kept(hub_factory):

@@ -84,11 +84,18 @@ class AgentClient:
         await self.request("POST", "/shutdown", {})
 
     async def start_process(
-        self, name: str, cmd: list[str], env: dict[str, str], cwd: str
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        cwd: str,
+        files: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        return await self.request(
-            "POST", f"/processes/{name}", {"cmd": cmd, "env": env, "cwd": cwd}
-        )
+        """Start `cmd`; `files` ({path relative to the host's disk: text}) are written first."""
+        body: dict[str, Any] = {"cmd": cmd, "env": env, "cwd": cwd}
+        if files:
+            body["files"] = files
+        return await self.request("POST", f"/processes/{name}", body)
 
     async def process(self, name: str) -> dict[str, Any] | None:
         try:

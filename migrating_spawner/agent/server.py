@@ -76,6 +76,36 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def check_files(root: Path, files: Any) -> list[tuple[Path, str]]:
+    """Where each of ``{relative_path: text}`` goes under ``root``.
+
+    Paths must stay inside ``root``: absolute paths and '..' are the caller's error (400).
+    """
+    if files is None:
+        return []
+    if not isinstance(files, dict):
+        raise web.HTTPBadRequest(text="files must be an object of relative path -> text")
+    checked = []
+    for rel, text in files.items():
+        parts = Path(rel).parts if isinstance(rel, str) else ()
+        if not parts or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
+            raise web.HTTPBadRequest(text=f"files: {rel!r} is not a relative path inside the disk")
+        if not isinstance(text, str):
+            raise web.HTTPBadRequest(text=f"files: content of {rel!r} must be a string")
+        checked.append((root.joinpath(*parts), text))
+    return checked
+
+
+def write_files(checked: list[tuple[Path, str]]) -> None:
+    """Write checked files (0600): e.g. a kernel's connection file, which holds its key."""
+    for path, text in checked:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o600)  # O_CREAT keeps the mode of a file that existed
+
+
 def free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
@@ -250,11 +280,14 @@ class Agent:
         cmd = body.get("cmd")
         if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
             raise web.HTTPBadRequest(text="cmd must be a non-empty list of strings")
+        # checked before anything else happens: a bad path is refused with 400
+        files = check_files(self.disk, body.get("files"))
         if self.notice is not None:
             raise web.HTTPConflict(text="this host is being reclaimed")
         old = self.processes.get(name)
         if old and old.proc.returncode is None:
             raise web.HTTPConflict(text=f"process {name} is already running")
+        write_files(files)  # before the start: a kernel reads its connection file at once
         env = {k: os.environ[k] for k in HOST_ENV_KEYS if k in os.environ}
         env.update({str(k): str(v) for k, v in (body.get("env") or {}).items()})
         cwd = body.get("cwd") or str(self.disk)

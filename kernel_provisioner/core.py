@@ -1,0 +1,574 @@
+"""MovableKernel: one kernel that lives behind a stable relay and moves between hosts.
+
+Provider-agnostic: it needs a HostProvider (hosts with agents), a folder both the old and the
+new host reach (``state_dir``, for the namespace snapshot) and a kernel command. Adapters
+(the jupyter_client provisioner, an Enterprise Gateway process proxy) own one each and map
+their lifecycle calls onto ``start``/``move``/``stop_kernel``/``shutdown``.
+
+Clients only ever see ``relay.connection_info``. The kernel behind it (the "target") runs on a
+host under the host's agent with ports and an HMAC key of its own, written into a connection
+file through the agent. A watch task polls the host's agent for a reclaim notice and moves the
+kernel: pause the relay, start the new kernel (in parallel), snapshot the old one, restore
+into the new one, resume the relay, release the old host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.session import new_id_bytes
+
+from migrating_spawner.agent.client import AgentClient, AgentError, AgentUnreachable
+from migrating_spawner.hosts.base import Host, HostProvider
+
+from . import state
+from .relay import KernelRelay
+
+#: version stamp of ``MovableKernel.to_info()``: old records load after an upgrade
+INFO_VERSION = 1
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+class KernelMoveError(Exception):
+    """A kernel could not be started, moved or reached on its host."""
+
+
+# -- pure parts ------------------------------------------------------------------------------
+
+
+def build_connection_info(
+    ip: str, ports: list[int], key: str, signature_scheme: str = "hmac-sha256"
+) -> dict[str, Any]:
+    """The connection info of a target kernel: 5 distinct ports on its host's address."""
+    if len(ports) != len(PORT_NAMES) or len(set(ports)) != len(ports):
+        raise ValueError(f"need {len(PORT_NAMES)} distinct ports, got {ports}")
+    return {
+        "transport": "tcp",
+        "ip": ip,
+        **dict(zip(PORT_NAMES, (int(p) for p in ports), strict=True)),
+        "key": key,
+        "signature_scheme": signature_scheme,
+    }
+
+
+def connection_file_text(info: dict[str, Any], kernel_name: str = "") -> str:
+    """The connection file a kernel reads (``-f``): the standard Jupyter format."""
+    data = {k: info[k] for k in ("transport", "ip", *PORT_NAMES, "key", "signature_scheme")}
+    if kernel_name:
+        data["kernel_name"] = kernel_name
+    return json.dumps(data, indent=1)
+
+
+def kernel_argv(argv: list[str], connection_file: str) -> list[str]:
+    """The kernelspec's argv with ``{connection_file}`` filled in; it must be there, since a
+    kernel started without one would pick ports of its own that nobody knows."""
+    if not any("{connection_file}" in arg for arg in argv):
+        raise KernelMoveError(f"kernel argv has no {{connection_file}}: {argv}")
+    return [arg.replace("{connection_file}", connection_file) for arg in argv]
+
+
+def process_name(kernel_id: str) -> str:
+    return f"kernel-{kernel_id}"
+
+
+class MovableKernel:
+    """A kernel with a stable endpoint (the relay) that moves when its host is reclaimed."""
+
+    def __init__(
+        self,
+        provider: HostProvider,
+        kernel_id: str,
+        language: str,
+        state_dir: str,
+        *,
+        relay_ip: str = "127.0.0.1",
+        relay_ports: dict[str, int] | None = None,
+        relay_key: bytes | str | None = None,
+        kernel_name: str = "",
+        notice_poll_interval: float = 1.0,
+        start_timeout: float = 60.0,
+        cell_timeout: float = 30.0,
+        lost_after: int = 3,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.provider = provider
+        self.kernel_id = kernel_id
+        self.language = language
+        self.state_dir = state_dir
+        self.kernel_name = kernel_name
+        self.notice_poll_interval = notice_poll_interval
+        # how long a new kernel may take to answer kernel_info
+        self.start_timeout = start_timeout
+        # how long a running cell may go on once a move begins, before it is interrupted
+        self.cell_timeout = cell_timeout
+        # consecutive failed agent polls before the host counts as lost
+        self.lost_after = lost_after
+        self.log = log or logging.getLogger(__name__)
+        self.relay = KernelRelay(ip=relay_ip, key=relay_key, ports=relay_ports, log=self.log)
+        self.host: Host | None = None
+        self.target: dict[str, Any] | None = None
+        self.argv: list[str] = []
+        self.env: dict[str, str] = {}
+        self.cwd = ""
+        self.moving = False
+        self.stopping = False
+        self.moves: list[dict[str, Any]] = []  # one record per move, for logs and benchmarks
+        self._relay_started = False
+        self._watch_task: asyncio.Task | None = None
+        self._move_task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+
+    @property
+    def process(self) -> str:
+        return process_name(self.kernel_id)
+
+    @property
+    def snapshot_report(self) -> Path:
+        return Path(self.state_dir) / "snapshot-report.json"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start_relay(self) -> dict[str, Any]:
+        """Bind the relay (idempotent); returns the connection info clients use."""
+        if not self._relay_started:
+            await self.relay.start()
+            self._relay_started = True
+        return self.relay.connection_info
+
+    async def start(
+        self, argv: list[str], env: dict[str, str] | None = None, cwd: str = ""
+    ) -> dict[str, Any]:
+        """Start the kernel (on the current host on a restart, else on a new one) and point
+        the relay at it. Returns the relay's connection info."""
+        self.argv, self.env, self.cwd = list(argv), dict(env or {}), cwd
+        self.stopping = False
+        await self.start_relay()
+        fresh_host = self.host is None
+        if fresh_host:
+            self.host = await self.provider.acquire()
+        try:
+            self.target = await self._launch(self.host)
+        except BaseException:
+            if fresh_host:
+                host, self.host = self.host, None
+                await self._release(host)
+            raise
+        await self._retarget(self.target)
+        self._ensure_watch()
+        return self.relay.connection_info
+
+    async def reattach(self, host_id: str, target: dict[str, Any]) -> None:
+        """Take over a running kernel after the owning process restarted (same relay ports
+        and key, from ``to_info()``)."""
+        self.host = await self.provider.get(host_id)
+        if self.host is None:
+            raise KernelMoveError(f"host {host_id} of kernel {self.kernel_id} is gone")
+        self.target = dict(target)
+        await self.start_relay()
+        await self._retarget(self.target)
+        self._ensure_watch()
+
+    async def stop_kernel(self, grace: float = 5.0) -> None:
+        """Stop the kernel process; the host and the relay stay (a restart follows)."""
+        if self.host is None:
+            return
+        try:
+            await AgentClient(self.host).stop_process(self.process, grace=grace)
+        except AgentError as e:
+            self.log.warning("kernel %s: could not stop its process: %s", self.kernel_id, e)
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Stop the kernel, release its host, close the relay, drop its snapshot."""
+        self.stopping = True
+        tasks = [t for t in (self._watch_task, self._move_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._watch_task = self._move_task = None
+        await self.stop_kernel(grace)
+        host, self.host = self.host, None
+        if host is not None:
+            await self._release(host)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._relay_started:
+            await self.relay.stop()
+            self._relay_started = False
+        _rmtree(self.state_dir)
+
+    async def status(self) -> dict[str, Any] | None:
+        """The agent's record of the kernel process; None if the agent is unreachable."""
+        if self.host is None:
+            return {"running": False, "exit_code": 0}
+        try:
+            proc = await AgentClient(self.host, timeout=3, retries=0).process(self.process)
+        except AgentUnreachable:
+            return None
+        return proc or {"running": False, "exit_code": -1}
+
+    async def is_alive(self) -> bool:
+        """True while the kernel runs or moves (clients must not see it die meanwhile)."""
+        if self.moving:
+            return True
+        proc = await self.status()
+        # an unreachable agent is the watch task's business: it restarts the kernel elsewhere
+        return proc is None or bool(proc.get("running"))
+
+    async def interrupt(self) -> None:
+        """Interrupt the running cell: an interrupt_request on the target's control channel
+        (works whatever the kernelspec's interrupt_mode, and across hosts)."""
+        if self.target is None:
+            return
+        client = self._client(self.target)
+        try:
+            msg = client.session.msg("interrupt_request", content={})
+            client.control_channel.send(msg)
+            await client.get_control_msg(timeout=5)
+        except Exception as e:  # the interrupt is best effort, as a SIGINT is
+            self.log.warning("kernel %s: interrupt got no reply: %s", self.kernel_id, e)
+        finally:
+            client.stop_channels()
+
+    # -- moving ----------------------------------------------------------------------------
+
+    async def move(self, reason: str, deadline: float | None = None) -> dict[str, Any]:
+        """Move the kernel to a new host with its namespace; clients keep their sockets.
+
+        ``deadline`` (epoch seconds) bounds how long a running cell may go on.
+        """
+        if self.moving:
+            raise KernelMoveError(f"kernel {self.kernel_id} is already moving")
+        if self.host is None or self.target is None:
+            raise KernelMoveError(f"kernel {self.kernel_id} is not running")
+        self.moving = True
+        t0 = time.monotonic()
+        old_host, old_target = self.host, self.target
+        record: dict[str, Any] = {"reason": reason, "from": old_host.id, "started": time.time()}
+        self.log.warning("kernel %s: moving off %s (%s)", self.kernel_id, old_host.id, reason)
+        self.relay.pause()
+        # the new host and kernel start while the old kernel finishes its cell and snapshots
+        new = asyncio.create_task(self._start_elsewhere())
+        try:
+            bound = self.cell_timeout
+            if deadline is not None:
+                # keep time for the restore and the cut-over before the host goes
+                bound = max(1.0, min(bound, deadline - time.time() - 5))
+            record["snapshot"] = await self._snapshot(old_target, bound)
+            record["snapshot_seconds"] = round(time.monotonic() - t0, 3)
+            new_host, new_target = await new
+        except BaseException as e:
+            new.cancel()
+            await asyncio.gather(new, return_exceptions=True)
+            self.moving = False
+            # still on the old kernel: let the queued requests through to it
+            self.relay.resume()
+            record["error"] = repr(e)
+            self.moves.append(record)
+            raise
+        self.host, self.target = new_host, new_target
+        self._keep(self._release(old_host))
+        try:
+            record["restore"] = await self._restore(new_target, record["snapshot"])
+            await self._retarget(new_target)
+        finally:
+            self.moving = False
+        record.update(to=new_host.id, seconds=round(time.monotonic() - t0, 3))
+        self.moves.append(record)
+        self.log.warning(
+            "kernel %s: moved %s -> %s in %.2f s",
+            self.kernel_id,
+            old_host.id,
+            new_host.id,
+            record["seconds"],
+        )
+        return record
+
+    async def recover(self, reason: str) -> dict[str, Any]:
+        """The host went away without notice: start the kernel elsewhere, from the last
+        snapshot if there is one (variables defined after it are lost)."""
+        self.moving = True
+        t0 = time.monotonic()
+        old_host = self.host
+        self.relay.pause()
+        record: dict[str, Any] = {"reason": reason, "from": old_host.id if old_host else None}
+        try:
+            self.host, self.target = await self._start_elsewhere()
+            snap = _read_json(self.snapshot_report)
+            if snap is None:
+                self.log.error(
+                    "kernel %s: host lost (%s) and no snapshot: it starts fresh; "
+                    "its variables are lost",
+                    self.kernel_id,
+                    reason,
+                )
+            record["restore"] = await self._restore(self.target, snap)
+            await self._retarget(self.target)
+        finally:
+            self.moving = False
+        if old_host is not None:
+            self._keep(self._release(old_host))
+        record.update(to=self.host.id, seconds=round(time.monotonic() - t0, 3))
+        self.moves.append(record)
+        return record
+
+    async def _start_elsewhere(self) -> tuple[Host, dict[str, Any]]:
+        host = await self.provider.acquire()
+        try:
+            return host, await self._launch(host)
+        except BaseException:
+            await self._release(host)
+            raise
+
+    async def _snapshot(self, target: dict[str, Any], bound: float) -> dict[str, Any] | None:
+        """Write the namespace into ``state_dir``; None if the language has no support."""
+        if not state.supported(self.language):
+            self.log.warning("kernel %s: no state support for %r", self.kernel_id, self.language)
+            return None
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        self.snapshot_report.unlink(missing_ok=True)
+        code = state.snapshot_code(self.language, self.state_dir)
+        client = self._client(target)
+        try:
+            msg_id = client.execute(code, silent=True, store_history=False)
+            # shell requests run in order: this waits for a running cell, up to `bound`
+            reply = await self._reply(client, msg_id, bound)
+            if reply is None:
+                self.log.warning(
+                    "kernel %s: cell still running after %.0f s; interrupting it",
+                    self.kernel_id,
+                    bound,
+                )
+                client.control_channel.send(client.session.msg("interrupt_request", content={}))
+                reply = await self._reply(client, msg_id, 10)
+            if reply is None:
+                self.log.error("kernel %s: no snapshot; its variables are lost", self.kernel_id)
+                return None
+        finally:
+            client.stop_channels()
+        # the cell that was running when the move began sent its reply before ours: give
+        # the relay a moment to pass it on before its sockets to this kernel close
+        await asyncio.sleep(0.1)
+        report = _read_json(self.snapshot_report)
+        if report is None or not report.get("ok"):
+            self.log.error("kernel %s: snapshot failed: %s", self.kernel_id, report)
+        return report
+
+    async def _restore(
+        self, target: dict[str, Any], snapshot: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        if snapshot is None or not snapshot.get("ok"):
+            return None
+        report_path = Path(self.state_dir) / "restore-report.json"
+        report_path.unlink(missing_ok=True)
+        client = self._client(target)
+        try:
+            msg_id = client.execute(
+                state.restore_code(self.language, self.state_dir),
+                silent=True,
+                store_history=False,
+            )
+            await self._reply(client, msg_id, self.start_timeout)
+        finally:
+            client.stop_channels()
+        report = _read_json(report_path) or {"ok": False, "error": "no restore report"}
+        message = state.lost_message(report)
+        if message:
+            # TODO: show this to the user on iopub (needs a relay API to publish)
+            self.log.warning("kernel %s: %s", self.kernel_id, message)
+        return report
+
+    # -- the target kernel -----------------------------------------------------------------
+
+    async def _launch(self, host: Host) -> dict[str, Any]:
+        """Start the kernel process on ``host`` with fresh ports and key; wait until it
+        answers kernel_info. Returns its connection info."""
+        agent = AgentClient(host)
+        ports: list[int] = []
+        for _ in range(20):
+            port = await agent.free_port()
+            if port not in ports:
+                ports.append(port)
+            if len(ports) == len(PORT_NAMES):
+                break
+        info = build_connection_info(host.address, ports, new_id_bytes().decode())
+        rel = f"kernels/{self.process}.json"
+        path = os.path.join(host.disk, rel)
+        argv = kernel_argv(self.argv, path)
+        await agent.start_process(
+            self.process,
+            argv,
+            self.env,
+            self.cwd,
+            files={rel: connection_file_text(info, self.kernel_name)},
+        )
+        client = self._client(info)
+        try:
+            ready = asyncio.create_task(client.wait_for_ready(timeout=self.start_timeout))
+            while not ready.done():
+                await asyncio.wait({ready}, timeout=0.5)
+                proc = await agent.process(self.process)
+                if not ready.done() and proc and not proc.get("running"):
+                    ready.cancel()
+                    lines = "\n".join(await agent.log(self.process, tail=20))
+                    raise KernelMoveError(
+                        f"kernel {self.kernel_id} exited on {host.id} "
+                        f"({proc.get('exit_code')}):\n{lines}"
+                    )
+            ready.result()
+        except BaseException:
+            await agent.stop_process(self.process, grace=0)
+            raise
+        finally:
+            client.stop_channels()
+        self.log.info("kernel %s runs on %s (%s)", self.kernel_id, host.id, host.address)
+        return info
+
+    def _client(self, info: dict[str, Any]) -> AsyncKernelClient:
+        client = AsyncKernelClient()
+        client.load_connection_info(info)
+        client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        return client
+
+    @staticmethod
+    async def _reply(client: AsyncKernelClient, msg_id: str, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await client.get_shell_msg(timeout=left)
+            except Exception:  # queue.Empty on timeout
+                return None
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return msg
+        return None
+
+    async def _retarget(self, target: dict[str, Any]) -> None:
+        flushed = self.relay.retarget(target)
+        try:
+            await asyncio.wait_for(asyncio.shield(flushed), self.relay.ready_timeout + 5)
+        except asyncio.TimeoutError:
+            self.log.warning("kernel %s: relay flush is slow; going on", self.kernel_id)
+
+    async def _release(self, host: Host) -> None:
+        try:
+            await self.provider.release(host)
+        except Exception as e:  # a host that is gone already is fine
+            self.log.warning("kernel %s: releasing %s failed: %s", self.kernel_id, host.id, e)
+
+    def _keep(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- watching for notices ----------------------------------------------------------------
+
+    def _ensure_watch(self) -> None:
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        failures = 0
+        while not self.stopping:
+            await asyncio.sleep(self.notice_poll_interval)
+            if self.moving or self.stopping or self.host is None:
+                continue
+            try:
+                notice = await AgentClient(self.host, timeout=3, retries=0).notice()
+                failures = 0
+            except AgentUnreachable as e:
+                failures += 1
+                if failures < self.lost_after:
+                    continue
+                failures = 0
+                await self._run_move(self.recover(f"host {self.host.id} unreachable: {e}"))
+                continue
+            except AgentError as e:
+                self.log.warning("kernel %s: notice poll failed: %s", self.kernel_id, e)
+                continue
+            if notice is not None:
+                reason = f"host {self.host.id} reclaimed at {notice.get('time')}"
+                await self._run_move(self.move(reason, deadline=notice.get("deadline")))
+
+    async def _run_move(self, coro: Any) -> None:
+        """Run a move as its own task (shutdown cancels it); a failure is logged and the
+        next poll tries again while the notice stands."""
+        self._move_task = asyncio.ensure_future(coro)
+        try:
+            await asyncio.shield(self._move_task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.log.error("kernel %s: move failed: %s", self.kernel_id, e, exc_info=True)
+            await asyncio.sleep(1)
+        finally:
+            self._move_task = None
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def to_info(self) -> dict[str, Any]:
+        """What another process needs to take this kernel over (see ``reattach``)."""
+        return {
+            "version": INFO_VERSION,
+            "host_id": self.host.id if self.host else None,
+            "target": self.target,
+            "relay": {
+                "ip": self.relay.ip,
+                "ports": dict(self.relay.ports),
+                "key": self.relay.key.decode(),
+                "signature_scheme": self.relay.signature_scheme,
+            },
+            "language": self.language,
+            "state_dir": self.state_dir,
+            "argv": self.argv,
+            "cwd": self.cwd,
+        }
+
+    @classmethod
+    def from_info(
+        cls, provider: HostProvider, kernel_id: str, info: dict[str, Any], **kw: Any
+    ) -> MovableKernel:
+        """A kernel object for ``info`` (not yet attached: call ``reattach``)."""
+        if info.get("version", 1) > INFO_VERSION:
+            raise KernelMoveError(f"kernel info version {info.get('version')} is too new")
+        relay = info["relay"]
+        kernel = cls(
+            provider,
+            kernel_id,
+            info.get("language", ""),
+            info["state_dir"],
+            relay_ip=relay["ip"],
+            relay_ports=relay["ports"],
+            relay_key=relay["key"],
+            **kw,
+        )
+        kernel.argv = list(info.get("argv") or [])
+        kernel.cwd = info.get("cwd") or ""
+        kernel.target = info.get("target")
+        return kernel
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _rmtree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def python_executable(argv: list[str]) -> list[str]:
+    """``python``/``python3`` in a kernelspec means this environment's Python, as
+    jupyter_client's ``format_kernel_cmd`` has it (local hosts share this machine)."""
+    names = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}
+    if argv and argv[0] in names:
+        return [sys.executable, *argv[1:]]
+    return list(argv)

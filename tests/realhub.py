@@ -21,10 +21,21 @@ NODE_BIN = ROOT / "node_modules" / ".bin"
 VENV_BIN = Path(sys.executable).parent
 
 
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return sock.getsockname()[1]
+def free_port(*addresses: str) -> int:
+    """A port free on every one of `addresses` (agents of local hosts share one port)."""
+    addresses = addresses or ("127.0.0.1",)
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind((addresses[0], 0))
+            port = sock.getsockname()[1]
+        try:
+            for address in addresses[1:]:
+                with socket.socket() as sock:
+                    sock.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on all of {addresses}")
 
 
 _next_block = iter(range(20, 250, 12))

@@ -8,7 +8,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from kernelws import KernelSocket
+from realhub import free_port
 
 from migrating_spawner.hosts.base import Host
 from migrating_spawner.hosts.local import LocalHostProvider
@@ -24,22 +24,6 @@ from migrating_spawner.hosts.local import LocalHostProvider
 pytestmark = pytest.mark.integration
 
 NOTICE = 8.0
-
-
-def _free_port(*addresses: str) -> int:
-    """A port free on every one of `addresses` (local hosts' agents share one port)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind((addresses[0], 0))
-            port = sock.getsockname()[1]
-        try:
-            for address in addresses[1:]:
-                with socket.socket() as sock:
-                    sock.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no port free on all of {addresses}")
 
 
 class Server:
@@ -50,9 +34,9 @@ class Server:
         self.hosts_root = tmp / "hosts"
         base = random.randrange(100, 240)
         self.addresses = [f"127.0.{base}.{i}" for i in range(10, 14)]
-        self.agent_port = _free_port(*self.addresses)
+        self.agent_port = free_port(*self.addresses)
         self.token = secrets.token_hex(16)
-        self.port = _free_port("127.0.0.1")
+        self.port = free_port("127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
         spec_dir = tmp / "jupyter" / "kernels" / "moving"
         spec_dir.mkdir(parents=True)

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
-
-
-def free_port(*addresses: str) -> int:
-    """A port free on every one of `addresses` (agents of local hosts share one port)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind((addresses[0], 0))
-            port = sock.getsockname()[1]
-        try:
-            for address in addresses[1:]:
-                with socket.socket() as sock:
-                    sock.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no port free on all of {addresses}")
+from realhub import free_port  # noqa: F401  (re-exported for the unit tests)
 
 
 def pid_gone(pid: int) -> bool:

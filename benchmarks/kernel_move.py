@@ -37,13 +37,7 @@ async def one_case(size_mb: int, workdir: Path) -> dict:
         await hub.wait_up()
         await hub.spawn("alice")
         token = await hub.user_token("alice")
-        status, session = await hub.request(
-            "POST",
-            "/user/alice/api/sessions",
-            token,
-            {"path": "b.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
-        )
-        assert status == 201, session
+        session = await hub.new_session("alice", token, "b.ipynb")
         base = hub.url + "/user/alice"
         kernel_id = session["kernel"]["id"]
         code = f"import numpy as np\narr = np.full({size_mb} * 2**20 // 8, 7.0)\nx = 42"

@@ -12,7 +12,6 @@ Writes the section "## Kernel state snapshot and restore" of benchmarks/results.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -27,12 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from corpus.kernels import Kernel  # noqa: E402
+from corpus.kernels import Kernel, canonical  # noqa: E402
 from corpus.scenarios import SCENARIOS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results.md"
 HEADING = "## Kernel state snapshot and restore"
-CANON = ROOT / "tests" / "corpus" / "canon.py"
 
 BUILD = """\
 import numpy as np
@@ -119,18 +117,6 @@ def pickle_vs_dill(k: Kernel) -> dict:
             "dill": timed(k, f"dill.loads(dill.dumps({obj}, protocol=5))"),
         }
     return out
-
-
-def canonical(k: Kernel, out: Path) -> dict:
-    code = (
-        "def __kp_canon():\n    import json, runpy\n"
-        f"    m = runpy.run_path({str(CANON)!r})\n"
-        f"    with open({str(out)!r}, 'w') as f:\n"
-        "        json.dump(m['canon_all'](get_ipython()), f)\n"
-        "try:\n    __kp_canon()\nfinally:\n    del __kp_canon"
-    )
-    k.execute(code, silent=True, store_history=False)
-    return json.loads(out.read_text())
 
 
 def corpus(work: Path) -> tuple[dict, dict]:

@@ -27,7 +27,7 @@ from .checkpoint import (
     sign_manifest,
     verify_manifest,
 )
-from .hosts.base import Host, HostError, HostProvider
+from .hosts.base import HostError, HostProvider
 from .hosts.local import LocalHostProvider
 
 if TYPE_CHECKING:
@@ -353,9 +353,3 @@ class MigratingController(SingletonConfigurable):
         if host is None:
             raise HostError(f"no host {host_id}")
         return await self.provider.reclaim(host, notice_seconds)
-
-    def known_host(self, host_id: str) -> Host | None:
-        for spawner in self.spawners.values():
-            if spawner.host and spawner.host.id == host_id:
-                return spawner.host
-        return None

@@ -236,6 +236,17 @@ c.JupyterHub.load_roles = [
             await asyncio.sleep(0.3)
         raise TimeoutError(f"spawn of {name} did not finish:\n{self.tail()}")
 
+    async def new_session(self, user: str, token: str, path: str) -> dict[str, Any]:
+        """Open a notebook session with a python3 kernel, as JupyterLab does."""
+        status, session = await self.request(
+            "POST",
+            f"/user/{user}/api/sessions",
+            token,
+            {"path": path, "type": "notebook", "kernel": {"name": "python3"}},
+        )
+        assert status == 201, session
+        return session
+
     async def server_info(self, name: str, server: str = "") -> dict[str, Any]:
         status, data = await self.migrate_api("GET", f"/servers/{name}/{server}")
         assert status == 200, data

@@ -65,24 +65,23 @@ def _python(func: str, state_dir: str) -> str:
     )
 
 
-def snapshot_code(language: str, state_dir: str) -> str:
-    """Code that writes a snapshot of the kernel's namespace into `state_dir`."""
+def _code(action: str, language: str, state_dir: str) -> str:
     lang = _lang(language)
     if lang == "python":
-        return _python("snapshot", state_dir)
+        return _python(action, state_dir)
     if lang == "r":
-        return r.snapshot_code(os.path.abspath(state_dir))
+        return getattr(r, f"{action}_code")(os.path.abspath(state_dir))
     raise ValueError(f"no kernel state support for language {language!r}")
+
+
+def snapshot_code(language: str, state_dir: str) -> str:
+    """Code that writes a snapshot of the kernel's namespace into `state_dir`."""
+    return _code("snapshot", language, state_dir)
 
 
 def restore_code(language: str, state_dir: str) -> str:
     """Code that restores the snapshot in `state_dir` into a fresh kernel."""
-    lang = _lang(language)
-    if lang == "python":
-        return _python("restore", state_dir)
-    if lang == "r":
-        return r.restore_code(os.path.abspath(state_dir))
-    raise ValueError(f"no kernel state support for language {language!r}")
+    return _code("restore", language, state_dir)
 
 
 def lost_message(report: dict) -> str | None:

@@ -90,3 +90,20 @@ class Kernel:
         assert reply["status"] == "ok", reply
         assert not reply["outputs"], f"the restore printed: {reply['outputs']}"
         return json.loads(Path(state_dir, "restore-report.json").read_text())
+
+
+CANON = Path(__file__).parent / "canon.py"
+
+
+def canonical(k: Kernel, out: Path) -> dict:
+    """Canonical values of the kernel's user variables (computed in the kernel by canon.py)."""
+    code = (
+        "def __kp_canon():\n    import json, runpy\n"
+        f"    m = runpy.run_path({str(CANON)!r})\n"
+        f"    with open({str(out)!r}, 'w') as f:\n"
+        "        json.dump(m['canon_all'](get_ipython()), f)\n"
+        "try:\n    __kp_canon()\nfinally:\n    del __kp_canon"
+    )
+    reply = k.execute(code, silent=True, store_history=False)
+    assert reply["status"] == "ok", reply
+    return json.loads(out.read_text())

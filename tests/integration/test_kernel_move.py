@@ -1,11 +1,10 @@
 """Kernels move with their server: same kernel id, same variables, counter continues."""
 
 import asyncio
-import time
 
 import pytest
 from kernelws import KernelSocket
-from test_move import read_file
+from test_move import read_file, wait_moved
 
 pytestmark = pytest.mark.integration
 
@@ -16,13 +15,7 @@ async def move_and_wait(hub, user, notice=15):
         "POST", f"/hosts/{old}/reclaim", body={"notice_seconds": notice}
     )
     assert status == 202, data
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        info = await hub.server_info(user)
-        if info["state"] == "Running" and info["host_id"] != old:
-            return info
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"{user} did not move: {info}\n{hub.tail()}")
+    return await wait_moved(hub, user, old, timeout=90)
 
 
 @pytest.mark.parametrize("home_mode", ["shared", "synced"])
@@ -30,18 +23,7 @@ async def test_kernel_state_moves_with_the_server(hub_factory, home_mode):
     hub = await hub_factory(f'c.MigratingSpawner.home_mode = "{home_mode}"')
     await hub.spawn("kim")
     token = await hub.user_token("kim")
-    status, session = await hub.request(
-        "POST",
-        "/user/kim/api/sessions",
-        token,
-        {
-            "path": "work.ipynb",
-            "name": "work.ipynb",
-            "type": "notebook",
-            "kernel": {"name": "python3"},
-        },
-    )
-    assert status == 201, session
+    session = await hub.new_session("kim", token, "work.ipynb")
     kernel_id = session["kernel"]["id"]
     status, terminal = await hub.request("POST", "/user/kim/api/terminals", token, {})
     assert status == 200, terminal
@@ -77,13 +59,7 @@ async def test_busy_kernel_is_interrupted_at_the_deadline_and_named(hub_factory)
     hub = await hub_factory('c.MigratingSpawner.home_mode = "shared"')
     await hub.spawn("lee")
     token = await hub.user_token("lee")
-    status, session = await hub.request(
-        "POST",
-        "/user/lee/api/sessions",
-        token,
-        {"path": "long.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
-    )
-    assert status == 201
+    session = await hub.new_session("lee", token, "long.ipynb")
     kernel_id = session["kernel"]["id"]
     base = hub.url + "/user/lee"
     async with KernelSocket(base, kernel_id, token) as kernel:

@@ -33,13 +33,7 @@ async def test_stop_then_start_resumes_files_on_a_new_host(hub_factory):
     )
     assert status == 201
     await write_file(hub, "carol", token, "work/report.txt", "suspend me")
-    status, session = await hub.request(
-        "POST",
-        "/user/carol/api/sessions",
-        token,
-        {"path": "s.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
-    )
-    assert status == 201
+    session = await hub.new_session("carol", token, "s.ipynb")
     kernel_id = session["kernel"]["id"]
     async with KernelSocket(hub.url + "/user/carol", kernel_id, token) as kernel:
         await kernel.run("x = 42")

@@ -7,7 +7,6 @@ Kernels are started ahead in the background so the corpus stays well under 90 s.
 
 from __future__ import annotations
 
-import json
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -16,10 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from corpus.kernels import Kernel  # noqa: E402
+from corpus.kernels import Kernel, canonical  # noqa: E402
 from corpus.scenarios import SCENARIOS  # noqa: E402
 
-CANON = Path(__file__).parents[1] / "corpus" / "canon.py"
 WARM = "__import__('numpy'); __import__('pandas')"  # imports only: no user-visible names
 
 
@@ -57,19 +55,6 @@ def pool():
     p = Pool()
     yield p
     p.close()
-
-
-def canonical(k: Kernel, out: Path) -> dict:
-    code = (
-        "def __kp_canon():\n    import json, runpy\n"
-        f"    m = runpy.run_path({str(CANON)!r})\n"
-        f"    with open({str(out)!r}, 'w') as f:\n"
-        "        json.dump(m['canon_all'](get_ipython()), f)\n"
-        "try:\n    __kp_canon()\nfinally:\n    del __kp_canon"
-    )
-    reply = k.execute(code, silent=True, store_history=False)
-    assert reply["status"] == "ok", reply
-    return json.loads(out.read_text())
 
 
 def shut(k: Kernel, pool: Pool) -> None:

@@ -365,6 +365,10 @@ class MovableKernel:
         self, target: dict[str, Any], snapshot: dict[str, Any] | None
     ) -> dict[str, Any] | None:
         if snapshot is None or not snapshot.get("ok"):
+            self.relay.announce(
+                "This kernel was moved to another machine without its variables (no snapshot "
+                "of them could be taken): it starts fresh. Re-run the cells you need."
+            )
             return None
         report_path = Path(self.state_dir) / "restore-report.json"
         report_path.unlink(missing_ok=True)
@@ -381,8 +385,8 @@ class MovableKernel:
         report = _read_json(report_path) or {"ok": False, "error": "no restore report"}
         message = state.lost_message(report)
         if message:
-            # TODO: show this to the user on iopub (needs a relay API to publish)
             self.log.warning("kernel %s: %s", self.kernel_id, message)
+            self.relay.announce(message)
         return report
 
     # -- the target kernel -----------------------------------------------------------------

@@ -18,113 +18,31 @@ derives from KernelProvisionerBase and never launches a process itself.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import sys
 from typing import Any
 
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from traitlets import Dict, Float, Integer, Type, Unicode, default
-
-from migrating_spawner.hosts.base import HostProvider
-from migrating_spawner.hosts.local import LocalHostProvider
 
 from .core import PORT_NAMES as _PORT_NAMES
 from .core import MovableKernel, python_executable
-
-# One provider per configuration in this process: kernels of one server share its lock
-# (local hosts pick addresses under it) instead of racing for the same address.
-_PROVIDERS: dict[str, HostProvider] = {}
+from .settings import KernelHostSettings
 
 
-class MigratingProvisioner(KernelProvisionerBase):  # type: ignore[misc]
-    """Runs each kernel on a reclaimable host behind a stable relay; moves it on notice."""
+class MigratingProvisioner(KernelHostSettings, KernelProvisionerBase):  # type: ignore[misc]
+    """Runs each kernel on a reclaimable host behind a stable relay; moves it on notice.
 
-    host_provider_class = Type(
-        LocalHostProvider,
-        klass=HostProvider,
-        help="The HostProvider that gives hosts to kernels (default: local loopback hosts).",
-    ).tag(config=True)
-
-    host_provider_config = Dict(
-        help="""Extra traits for the host provider, e.g. {"max_hosts": 8}.
-
-        `root_dir`, `first_address` and `agent_port` have traits of their own here, so a
-        kernelspec's `metadata.kernel_provisioner.config` can set them directly.
-        """
-    ).tag(config=True)
-
-    root_dir = Unicode(
-        "", help="LocalHostProvider.root_dir for the kernels' hosts (empty: its default)."
-    ).tag(config=True)
-
-    first_address = Unicode(
-        "", help="LocalHostProvider.first_address for the kernels' hosts (empty: its default)."
-    ).tag(config=True)
-
-    agent_port = Integer(
-        0, help="LocalHostProvider.agent_port for the kernels' hosts (0: its default)."
-    ).tag(config=True)
-
-    state_root = Unicode(
-        help="""Folder for kernel namespace snapshots, one subfolder per kernel.
-
-        Both the old and the new host must reach it. Defaults to `kernel-state/` under the
-        local provider's root_dir.
-        """
-    ).tag(config=True)
-
-    @default("state_root")
-    def _default_state_root(self) -> str:
-        root = getattr(self.provider, "root_dir", "") or os.getcwd()
-        return os.path.join(root, "kernel-state")
-
-    notice_poll_interval = Float(
-        1.0, help="Seconds between polls of the kernel's host agent for a reclaim notice."
-    ).tag(config=True)
-
-    start_timeout = Float(
-        60.0, help="Seconds a kernel on a new host may take to answer kernel_info."
-    ).tag(config=True)
-
-    cell_timeout = Float(
-        30.0,
-        help="""Seconds a cell that runs when a move begins may go on before it is
-        interrupted (never beyond the notice's deadline minus 5 s).""",
-    ).tag(config=True)
+    Its settings (host provider, root_dir, first_address, agent_port, state_root, timings)
+    are KernelHostSettings' traits.
+    """
 
     kernel: MovableKernel | None = None
 
-    # -- the host provider -----------------------------------------------------------------
-
-    def _provider_config(self) -> dict[str, Any]:
-        config = dict(self.host_provider_config)
-        for name in ("root_dir", "first_address", "agent_port"):
-            value = getattr(self, name)
-            if value:
-                config[name] = value
-        return config
-
-    @property
-    def provider(self) -> HostProvider:
-        config = self._provider_config()
-        key = json.dumps([self.host_provider_class.__qualname__, config], sort_keys=True)
-        if key not in _PROVIDERS:
-            _PROVIDERS[key] = self.host_provider_class(log=self.log, **config)
-        return _PROVIDERS[key]
-
     def _new_kernel(self, **kw: Any) -> MovableKernel:
-        return MovableKernel(
-            self.provider,
+        return self.new_kernel(
             str(self.kernel_id),
             self.kernel_spec.language or "",
-            os.path.join(self.state_root, str(self.kernel_id)),
             kernel_name=getattr(self.parent, "kernel_name", "") or "",
-            notice_poll_interval=self.notice_poll_interval,
-            start_timeout=self.start_timeout,
-            cell_timeout=self.cell_timeout,
-            log=self.log,
             **kw,
         )
 
@@ -255,14 +173,6 @@ class MigratingProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         data = provisioner_info.get("migrating")
         if not data:
             return
-        self.kernel = MovableKernel.from_info(
-            self.provider,
-            str(self.kernel_id),
-            data,
-            notice_poll_interval=self.notice_poll_interval,
-            start_timeout=self.start_timeout,
-            cell_timeout=self.cell_timeout,
-            log=self.log,
-        )
+        self.kernel = self.restored_kernel(str(self.kernel_id), data)
         if data.get("host_id") and data.get("target"):
             await self.kernel.reattach(data["host_id"], data["target"])

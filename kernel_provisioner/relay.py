@@ -122,6 +122,7 @@ class KernelRelay:
         self._own: set[str] = set()  # ids of the relay's own nudges, never shown to clients
         self._target_alive: bool | None = None
         self._flush_task: asyncio.Task | None = None
+        self._announcement = ""  # shown in the output of the next cell a client runs
         self._stats = {"to_kernel": 0, "to_clients": 0, "dropped": 0, "retargets": 0}
 
     # -- public API ------------------------------------------------------------------------
@@ -216,6 +217,12 @@ class KernelRelay:
             raise RuntimeError("resume() without a target before the first retarget()")
         self._gen += 1
         return self._keep(self._flush(self._gen))
+
+    def announce(self, text: str) -> None:
+        """Show ``text`` (as stderr) in the output of the next cell a client runs: a kernel
+        has no channel of its own to tell the user what a move could not carry over, and
+        output without a parent request is not shown in a notebook."""
+        self._announcement = text
 
     def _keep(self, coro: Any) -> asyncio.Task:
         # the loop holds tasks weakly: keep the flush alive when the caller does not await it
@@ -314,6 +321,8 @@ class KernelRelay:
 
     async def _to_kernel(self, ch: str, idents: list[bytes], parts: list[bytes]) -> None:
         assert self._target_session is not None
+        if self._announcement and ch == "shell" and b'"execute_request"' in parts[0]:
+            await self._publish_announcement(parts[0])
         msg_id = _msg_id(parts[0])
         if msg_id:
             self._recent[msg_id] = None
@@ -322,6 +331,17 @@ class KernelRelay:
         sig = self._target_session.sign(parts[:4])
         await self._back[ch].send_multipart([*idents, DELIM, sig, *parts])
         self._stats["to_kernel"] += 1
+
+    async def _publish_announcement(self, request_header: bytes) -> None:
+        try:
+            parent = json.loads(request_header)
+        except ValueError:
+            return
+        text, self._announcement = self._announcement, ""
+        msg = self.session.msg(
+            "stream", content={"name": "stderr", "text": text.rstrip() + "\n"}, parent=parent
+        )
+        await self._front["iopub"].send_multipart([b"stream", *self.session.serialize(msg)])
 
     async def _kernel_loop(self, ch: str, sock: zmq.asyncio.Socket) -> None:
         """Replies (and stdin input_requests) from the kernel, back to the client they name."""

@@ -201,6 +201,31 @@ async def test_retarget_to_other_address_keeps_iopub(relay, start_kernel, connec
     assert kc.iopub_channel.socket is iopub  # no resubscription on the client
 
 
+async def test_announcement_shown_in_the_next_cell_only(relay, start_kernel, connect):
+    km1 = await start_kernel()
+    relay.retarget(kernel_info(km1))
+    kc = await connect(relay.connection_info)
+    await kc.wait_for_ready(timeout=30)
+
+    # after a move that lost something, the user's next cell says what
+    relay.announce("gen (generator) could not be moved")
+    msg_id = kc.execute("print('after')")
+    errors = []
+    deadline = time.monotonic() + 15
+    while True:
+        msg = await kc.get_iopub_msg(timeout=deadline - time.monotonic())
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stderr":
+            errors.append(msg["content"]["text"])
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    assert errors == ["gen (generator) could not be moved\n"]
+    # signed with the relay's key like everything else the client gets, and said once
+    reply, out = await run(kc, "print('again')")
+    assert out == "again\n" and reply["content"]["status"] == "ok"
+
+
 async def test_interrupt_and_restart_request_on_control(relay, start_kernel, connect):
     km = await start_kernel()
     relay.retarget(kernel_info(km))

@@ -1,0 +1,118 @@
+"""KernelHostSettings: where moving kernels run and how they move; shared by both adapters.
+
+The jupyter_client provisioner inherits these traits (a kernelspec's
+``metadata.kernel_provisioner.config`` sets them); the Enterprise Gateway 3 process proxy
+builds one from ``metadata.process_proxy.config``. Either way the same names mean the same
+thing, and ``new_kernel()`` gives the ``MovableKernel`` both adapters wrap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from traitlets import Dict, Float, Integer, Type, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from migrating_spawner.hosts.base import HostProvider
+from migrating_spawner.hosts.local import LocalHostProvider
+
+from .core import MovableKernel
+
+# One provider per configuration in this process: kernels of one server share its lock
+# (local hosts pick addresses under it) instead of racing for the same address.
+_PROVIDERS: dict[str, HostProvider] = {}
+
+
+class KernelHostSettings(LoggingConfigurable):
+    """Host provider and move timings for kernels that live on reclaimable hosts."""
+
+    host_provider_class = Type(
+        LocalHostProvider,
+        klass=HostProvider,
+        help="The HostProvider that gives hosts to kernels (default: local loopback hosts).",
+    ).tag(config=True)
+
+    host_provider_config = Dict(
+        help="""Extra traits for the host provider, e.g. {"max_hosts": 8}.
+
+        `root_dir`, `first_address` and `agent_port` have traits of their own here, so a
+        kernelspec's config can set them directly.
+        """
+    ).tag(config=True)
+
+    root_dir = Unicode(
+        "", help="LocalHostProvider.root_dir for the kernels' hosts (empty: its default)."
+    ).tag(config=True)
+
+    first_address = Unicode(
+        "", help="LocalHostProvider.first_address for the kernels' hosts (empty: its default)."
+    ).tag(config=True)
+
+    agent_port = Integer(
+        0, help="LocalHostProvider.agent_port for the kernels' hosts (0: its default)."
+    ).tag(config=True)
+
+    state_root = Unicode(
+        help="""Folder for kernel namespace snapshots, one subfolder per kernel.
+
+        Both the old and the new host must reach it. Defaults to `kernel-state/` under the
+        local provider's root_dir.
+        """
+    ).tag(config=True)
+
+    @default("state_root")
+    def _default_state_root(self) -> str:
+        root = getattr(self.provider, "root_dir", "") or os.getcwd()
+        return os.path.join(root, "kernel-state")
+
+    notice_poll_interval = Float(
+        1.0, help="Seconds between polls of the kernel's host agent for a reclaim notice."
+    ).tag(config=True)
+
+    start_timeout = Float(
+        60.0, help="Seconds a kernel on a new host may take to answer kernel_info."
+    ).tag(config=True)
+
+    cell_timeout = Float(
+        30.0,
+        help="""Seconds a cell that runs when a move begins may go on before it is
+        interrupted (never beyond the notice's deadline minus 5 s).""",
+    ).tag(config=True)
+
+    @property
+    def provider(self) -> HostProvider:
+        config = dict(self.host_provider_config)
+        for name in ("root_dir", "first_address", "agent_port"):
+            value = getattr(self, name)
+            if value:
+                config[name] = value
+        key = json.dumps([self.host_provider_class.__qualname__, config], sort_keys=True)
+        if key not in _PROVIDERS:
+            _PROVIDERS[key] = self.host_provider_class(log=self.log, **config)
+        return _PROVIDERS[key]
+
+    def kernel_options(self) -> dict[str, Any]:
+        """MovableKernel's keyword arguments that come from these settings."""
+        return {
+            "notice_poll_interval": self.notice_poll_interval,
+            "start_timeout": self.start_timeout,
+            "cell_timeout": self.cell_timeout,
+            "log": self.log,
+        }
+
+    def new_kernel(self, kernel_id: str, language: str, **kw: Any) -> MovableKernel:
+        """A kernel (not started yet) with its snapshot folder under ``state_root``."""
+        return MovableKernel(
+            self.provider,
+            kernel_id,
+            language,
+            os.path.join(self.state_root, kernel_id),
+            **self.kernel_options(),
+            **kw,
+        )
+
+    def restored_kernel(self, kernel_id: str, info: dict[str, Any]) -> MovableKernel:
+        """A kernel object for another process's ``MovableKernel.to_info()``."""
+        return MovableKernel.from_info(self.provider, kernel_id, info, **self.kernel_options())

@@ -5,14 +5,24 @@
 VENV    := .venv
 PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
+# Enterprise Gateway 3 pins jupyter_client 6 / jupyter_server 1: it gets a venv of its own
+EG_VENV := .venv-eg
+EG_REQS := examples/enterprise-gateway/requirements.txt
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test install system-deps lint bench clean
+.PHONY: demo demo-eg test install install-eg system-deps lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,lab]'
+	touch $@
+
+$(EG_VENV)/.installed: pyproject.toml $(EG_REQS)
+	test -x $(EG_VENV)/bin/python || python3 -m venv $(EG_VENV)
+	$(EG_VENV)/bin/pip install -q --upgrade pip
+	$(EG_VENV)/bin/pip install -q -r $(EG_REQS)
+	$(EG_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -30,10 +40,16 @@ system-deps:
 
 install: $(VENV)/.installed node_modules/.installed
 
+install-eg: $(EG_VENV)/.installed
+
 demo: install
 	cd examples/local && jupyterhub -f jupyterhub_config.py
 
-test: install system-deps
+# Enterprise Gateway with moving kernels and JupyterLab in front (--gateway-url)
+demo-eg: install install-eg
+	examples/enterprise-gateway/run.sh
+
+test: install install-eg system-deps
 	$(PY) -m pytest -ra
 
 lint: install
@@ -43,4 +59,4 @@ bench: install
 	$(PY) benchmarks/move.py
 
 clean:
-	rm -rf $(VENV) node_modules examples/local/var
+	rm -rf $(VENV) $(EG_VENV) node_modules examples/*/var

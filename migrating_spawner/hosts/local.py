@@ -44,6 +44,11 @@ class LocalHostProvider(HostProvider):
     def _default_root_dir(self) -> str:
         return os.path.abspath("migrating-hosts")
 
+    @validate("root_dir")
+    def _absolute_root_dir(self, proposal):
+        # agents and kernels run in other folders: a relative path must not move with them
+        return os.path.abspath(os.path.expanduser(proposal["value"]))
+
     first_address = Unicode(
         "127.0.0.10", help="First loopback address handed to a host; later hosts count up."
     ).tag(config=True)

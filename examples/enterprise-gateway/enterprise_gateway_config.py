@@ -1,0 +1,28 @@
+"""Enterprise Gateway 3.3 with kernels that move between local hosts (127.0.0.60 and up).
+
+Started by ./run.sh (see README.md): `jupyter enterprisegateway` in this folder, with
+JUPYTER_PATH pointing here so that kernels/python3-moving is the kernelspec it offers.
+"""
+
+c = get_config()  # noqa: F821
+
+c.EnterpriseGatewayApp.ip = "127.0.0.1"
+c.EnterpriseGatewayApp.port = 8889
+c.EnterpriseGatewayApp.port_retries = 0
+
+# Only the moving kernelspec of this folder, and it is the default.
+c.KernelSpecManager.whitelist = {"python3-moving"}
+c.KernelSpecManager.ensure_native_kernel = False
+c.EnterpriseGatewayApp.default_kernel_name = "python3-moving"
+
+# JupyterLab lists kernels (GET /api/kernels) through the gateway, which Enterprise Gateway
+# forbids unless asked.
+c.EnterpriseGatewayApp.list_kernels = True
+
+# Enterprise Gateway refuses kernels for "root" by default. The demo (and CI) run as
+# whoever starts them, root in a container; a real deployment keeps root out.
+c.EnterpriseGatewayApp.unauthorized_users = set()
+
+# Culling stays off (Enterprise Gateway's default). If you turn it on, a move counts as
+# activity: the gap does not make a kernel look idle.
+# c.EnterpriseGatewayApp.cull_idle_timeout = 3600

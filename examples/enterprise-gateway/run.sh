@@ -1,0 +1,52 @@
+#!/bin/sh
+# Enterprise Gateway 3.3 with kernels that move between local hosts, and JupyterLab in
+# front of it (jupyter lab --gateway-url). See README.md. Ctrl-C stops both.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+EG_VENV=${EG_VENV:-$root/.venv-eg}
+VENV=${VENV:-$root/.venv}
+GATEWAY_PORT=${GATEWAY_PORT:-8889}
+LAB_PORT=${LAB_PORT:-8888}
+LAB_TOKEN=${LAB_TOKEN:-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')}
+
+cd "$here"
+mkdir -p var
+# Kernels run with the python3 on their host's PATH: here the project's venv (ipykernel).
+export PATH="$VENV/bin:$PATH"
+export JUPYTER_PATH="$here"
+root_flag=""
+[ "$(id -u)" = 0 ] && root_flag="--allow-root"
+
+"$EG_VENV/bin/jupyter-enterprisegateway" --config="$here/enterprise_gateway_config.py" \
+    --EnterpriseGatewayApp.port="$GATEWAY_PORT" >var/gateway.log 2>&1 &
+gateway=$!
+lab=""
+stop() {
+    [ -n "$lab" ] && kill "$lab" 2>/dev/null
+    kill "$gateway" 2>/dev/null
+    wait 2>/dev/null
+}
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
+
+"$VENV/bin/python" - "$GATEWAY_PORT" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/api/kernelspecs"
+for _ in range(300):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit("Enterprise Gateway did not answer in 30 s: see var/gateway.log")
+PY
+
+echo "Enterprise Gateway: http://127.0.0.1:$GATEWAY_PORT (log: $here/var/gateway.log)"
+echo "JupyterLab:         http://127.0.0.1:$LAB_PORT/lab?token=$LAB_TOKEN"
+"$VENV/bin/jupyter-lab" --gateway-url="http://127.0.0.1:$GATEWAY_PORT" \
+    --ServerApp.ip=127.0.0.1 --ServerApp.port="$LAB_PORT" --ServerApp.port_retries=0 \
+    --IdentityProvider.token="$LAB_TOKEN" --ServerApp.open_browser=False \
+    --ServerApp.root_dir="$here" $root_flag &
+lab=$!
+wait "$lab"

@@ -10,8 +10,8 @@ c.EnterpriseGatewayApp.ip = "127.0.0.1"
 c.EnterpriseGatewayApp.port = 8889
 c.EnterpriseGatewayApp.port_retries = 0
 
-# Only the moving kernelspec of this folder, and it is the default.
-c.KernelSpecManager.whitelist = {"python3-moving"}
+# The kernelspecs on JUPYTER_PATH (this folder's kernels/python3-moving); not the gateway's
+# own Python, which has no ipykernel.
 c.KernelSpecManager.ensure_native_kernel = False
 c.EnterpriseGatewayApp.default_kernel_name = "python3-moving"
 

@@ -14,7 +14,7 @@ cd "$here"
 mkdir -p var
 # Kernels run with the python3 on their host's PATH: here the project's venv (ipykernel).
 export PATH="$VENV/bin:$PATH"
-export JUPYTER_PATH="$here"
+export JUPYTER_PATH="$here${JUPYTER_PATH:+:$JUPYTER_PATH}"
 root_flag=""
 [ "$(id -u)" = 0 ] && root_flag="--allow-root"
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -42,7 +43,7 @@ if not (EG_VENV / "bin" / "jupyter-enterprisegateway").exists():
 class Example:
     """examples/enterprise-gateway/run.sh on free ports."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_kernels: Path) -> None:
         self.kernel_hosts = LocalHostProvider(root_dir=str(EXAMPLE / "var" / "kernel-hosts"))
         self.gateway_port = free_port("127.0.0.1")
         self.port = free_port("127.0.0.1")
@@ -57,6 +58,8 @@ class Example:
             "GATEWAY_PORT": str(self.gateway_port),
             "LAB_PORT": str(self.port),
             "LAB_TOKEN": self.token,
+            # run.sh puts the example's folder first; these come after it
+            "JUPYTER_PATH": str(extra_kernels),
         }
         self.proc = subprocess.Popen(
             [str(EXAMPLE / "run.sh")],
@@ -136,9 +139,17 @@ async def until(condition, timeout: float, what: str) -> None:
 
 
 @pytest.fixture
-async def example(request):
-    ex = Example()
-    await ex.release_all()  # an earlier run killed hard may have left hosts behind
+async def example(request, tmp_path):
+    # a kernelspec with a mistake in its process_proxy config, for the error test
+    broken = tmp_path / "kernels" / "python3-broken"
+    broken.mkdir(parents=True)
+    spec = json.loads((EXAMPLE / "kernels" / "python3-moving" / "kernel.json").read_text())
+    spec["metadata"]["process_proxy"]["config"]["root_dirr"] = "/tmp/typo"
+    (broken / "kernel.json").write_text(json.dumps(spec))
+    ex = Example(tmp_path)
+    # an earlier run killed hard may have left hosts behind
+    await ex.release_all()
+    shutil.rmtree(Path(ex.kernel_hosts.root_dir) / "logs", ignore_errors=True)
     try:
         await ex.wait_up()
         yield ex
@@ -176,13 +187,18 @@ async def test_kernel_moves_behind_one_websocket(example):
         # the user is told, in this cell, what could not move
         assert out.splitlines()[-1] == "42", out
         assert "ghost" in out and "could not be brought along" in out, out
-        assert old.id not in [h.id for h in example.hosts()]
         out, _ = await ws.run("x + 1")
         assert out.strip() == "43"
     print(
         f"\nEnterprise Gateway kernel move: queued cell answered {first_after - sent:.2f} s "
         f"after it was sent; gap between replies {first_after - last_before:.2f} s "
         f"(reclaim -> move start {sent - reclaimed:.2f} s)"
+    )
+    # the old host is given back (by its deadline at the latest)
+    await until(
+        lambda: old.id not in [h.id for h in example.hosts()],
+        max(1.0, reclaimed + NOTICE + 1 - time.monotonic()),
+        "the old host was not released",
     )
     # one kernel, the same id, in JupyterLab and in the gateway
     for base in (example.url, example.gateway_url):
@@ -219,3 +235,17 @@ async def test_interrupt_restart_and_gateway_exit(example):
     assert len(example.hosts()) == 2
     await example.stop()
     assert example.hosts() == [], example.tail()
+
+
+async def test_bad_process_proxy_config_is_a_clear_error(example):
+    status, body = await example.request("POST", "/api/kernels", {"name": "python3-broken"})
+    assert status == 500, body
+    # jupyter_server 2's gateway client drops the gateway's reason from its message, so ask
+    # the gateway itself for what a client is told
+    body = {"name": "python3-broken"}
+    status, body = await example.request("POST", "/api/kernels", body, base=example.gateway_url)
+    assert status == 500, body
+    assert "unknown process_proxy config ['root_dirr']" in body["reason"], body
+    assert example.hosts() == []
+    status, kernels = await example.request("GET", "/api/kernels")
+    assert status == 200 and kernels == []

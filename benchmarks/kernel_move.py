@@ -26,6 +26,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 from kernelws import KernelSocket  # noqa: E402
 from move import _log_lines  # noqa: E402
 from realhub import RealHub  # noqa: E402
+from results import replace_section  # noqa: E402
 
 SECTION = "## Move downtime with kernel state"
 
@@ -76,18 +77,6 @@ async def one_case(size_mb: int, workdir: Path) -> dict:
         hub.release_all_hosts()
 
 
-def replace_section(path: Path, text: str) -> None:
-    """Put `text` in place of this script's section of results.md; keep the others."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start == -1:
-        path.write_text(old.rstrip("\n") + "\n\n" + text)
-        return
-    end = old.find("\n## ", start + len(SECTION))
-    rest = old[end + 1 :] if end != -1 else ""
-    path.write_text(old[:start] + text + ("\n" + rest if rest else ""))
-
-
 def table(rows: list[dict]) -> str:
     lines = [
         "| kernel state | hold (hold → release) | notice → new host running "
@@ -122,7 +111,7 @@ async def main() -> int:
         "freeze (inside the hold) and restored on the new server before release.\n\n"
         f"{text}\n"
     )
-    replace_section(HERE / "results.md", section)
+    replace_section(section)
     return 0 if all(r["intact"] for r in rows) else 1
 
 

@@ -25,11 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from corpus.kernels import Kernel, canonical  # noqa: E402
 from corpus.scenarios import SCENARIOS  # noqa: E402
+from results import replace_section  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results.md"
 HEADING = "## Kernel state snapshot and restore"
 
 BUILD = """\
@@ -239,16 +240,6 @@ def render(rows: list[dict], pvd: dict, corp: dict, notes: dict, elapsed: float)
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10,100,1000", help="namespace sizes in MB")
@@ -266,7 +257,7 @@ def main() -> None:
     text = render(rows, pvd, corp, notes, time.perf_counter() - t0)
     print(text)
     if not args.no_write:
-        write_section(text)
+        replace_section(text)
 
 
 if __name__ == "__main__":

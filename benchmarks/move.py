@@ -48,6 +48,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from realhub import RealHub  # noqa: E402
+from results import replace_section  # noqa: E402
 
 USER = "alice"
 SECTION = "## Move downtime (synced homes)"
@@ -479,18 +480,6 @@ def section(results: list[Result], elapsed: float) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_results(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        rest = old[nxt + 1 :] if nxt != -1 else ""
-        new = old[:start] + text + ("\n" + rest if rest else "")
-    path.write_text(new)
-
-
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -544,7 +533,7 @@ async def main() -> int:
     print()
     print(text)
     if output:
-        write_results(output, text)
+        replace_section(text, output)
         print(f"written to {output}")
     return 1 if any(r.error for r in results) else 0
 

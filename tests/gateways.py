@@ -1,0 +1,332 @@
+"""Real notebook servers and kernel gateways for tests, each one process with a log file.
+
+- `JupyterServer`: a plain jupyter_server 2 whose kernels use the migrating-provisioner
+  kernelspec directly.
+- `KernelGateway`: Jupyter Kernel Gateway 3 with that kernelspec (the kernels move behind it).
+- `GatewayClient`: `jupyter server` (or `jupyter lab`) with `--gateway-url` in front of a
+  gateway; it runs no kernels itself.
+
+Another gateway is one more subclass of `ServerProcess` with its own `command()`. Every process
+a test starts, the test stops: `stop()` ends the process (SIGTERM, then SIGKILL) and then
+releases whatever local hosts (agents and their kernels) are left under its `hosts_root`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from realhub import free_port
+
+from migrating_spawner.hosts.base import Host
+from migrating_spawner.hosts.local import LocalHostProvider
+
+MOVING_KERNEL = "moving"
+
+
+def write_moving_kernelspec(
+    jupyter_path: Path,
+    hosts_root: Path,
+    name: str = MOVING_KERNEL,
+    notice_poll_interval: float = 0.2,
+) -> dict[str, Any]:
+    """Write `<jupyter_path>/kernels/<name>/kernel.json`: ipykernel under the
+    migrating-provisioner on local hosts under `hosts_root` (fresh loopback addresses and an
+    agent port free on them). Returns the kernelspec."""
+    base = random.randrange(100, 240)
+    addresses = [f"127.0.{base}.{i}" for i in range(10, 14)]
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (moving)",
+        "language": "python",
+        "metadata": {
+            "kernel_provisioner": {
+                "provisioner_name": "migrating-provisioner",
+                "config": {
+                    "root_dir": str(hosts_root),
+                    "first_address": addresses[0],
+                    "agent_port": free_port(*addresses),
+                    "notice_poll_interval": notice_poll_interval,
+                },
+            }
+        },
+    }
+    spec_dir = jupyter_path / "kernels" / name
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    return spec
+
+
+class ServerProcess:
+    """One server process on 127.0.0.1 with a token; subclasses give `command()`.
+
+    Its files live in `<tmp>/<name>/` (log, Jupyter config and runtime folders). `hosts_root`
+    is the local host provider's root of the kernels it runs, if any.
+    """
+
+    name = "server"
+    #: a GET that answers 200 once the server is ready
+    status_path = "/api/status"
+
+    def __init__(self, tmp: Path, *, name: str = "", hosts_root: Path | None = None):
+        self.name = name or self.name
+        self.dir = tmp / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.hosts_root = hosts_root
+        self.token = secrets.token_hex(16)
+        self.port = free_port("127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.dir / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self._log: Any = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "JUPYTER_CONFIG_DIR": str(self.dir / "config"),
+            "JUPYTER_RUNTIME_DIR": str(self.dir / "runtime"),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def start(self) -> ServerProcess:
+        assert self.proc is None, "started already"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command(),
+            env=self.environment(),
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    async def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 60
+    ) -> tuple[int, Any]:
+        """An API call with the server's token: (status, decoded JSON body or None)."""
+        headers = {"Authorization": f"token {self.token}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.request(
+                method,
+                self.url + path,
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(timeout),
+            ) as resp:
+                text = await resp.text()
+                try:
+                    data = json.loads(text) if text else None
+                except ValueError:
+                    data = text
+                return resp.status, data
+
+    async def wait_up(self, timeout: float = 60) -> None:
+        assert self.proc is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                status, _ = await self.request("GET", self.status_path, timeout=5)
+                if status == 200:
+                    return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not answer in {timeout:.0f} s:\n{self.tail()}")
+
+    def hosts(self) -> list[Host]:
+        """The local hosts of this server's kernels (the provider's registry records)."""
+        if self.hosts_root is None:
+            return []
+        hosts = []
+        for path in sorted((self.hosts_root / "registry").glob("*.json")):
+            try:
+                hosts.append(Host.from_dict(json.loads(path.read_text())))
+            except (OSError, ValueError):
+                pass  # being written or removed right now
+        return hosts
+
+    def tail(self, n: int = 80) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-n:])
+
+    def report(self, n: int = 200) -> str:
+        """Its log and its hosts' agent logs, for a failed test."""
+        parts = [f"===== {self.name} log =====\n{self.tail(n)}"]
+        if self.hosts_root is not None:
+            for log in sorted((self.hosts_root / "logs").glob("*.log")):
+                parts.append(f"===== agent log {log.name} =====\n{log.read_text()[-3000:]}")
+        return "\n".join(parts)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, 15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait, 5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        await self.release_hosts()
+
+    async def release_hosts(self) -> None:
+        """Whatever hosts are left (a failed test): their agents and kernels go too."""
+        if self.hosts_root is None or not (self.hosts_root / "registry").exists():
+            return
+        provider = LocalHostProvider(root_dir=str(self.hosts_root))
+        for host in provider._read_registry():
+            await provider.release(host)
+
+
+def _root_flag(app: str) -> list[str]:
+    return [f"--{app}.allow_root=True"] if os.geteuid() == 0 else []
+
+
+class JupyterServer(ServerProcess):
+    """`python -m jupyter_server` with the migrating-provisioner kernelspec on JUPYTER_PATH."""
+
+    name = "jupyter-server"
+
+    def __init__(self, tmp: Path, *, name: str = "", kernel: str = MOVING_KERNEL):
+        super().__init__(tmp, name=name, hosts_root=tmp / (name or self.name) / "hosts")
+        self.jupyter_path = self.dir / "jupyter"
+        self.kernelspec = write_moving_kernelspec(self.jupyter_path, self.hosts_root, kernel)
+        self.root_dir = self.dir / "notebooks"
+        self.root_dir.mkdir(exist_ok=True)
+
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), "JUPYTER_PATH": str(self.jupyter_path)}
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.token={self.token}",
+            "--ServerApp.open_browser=False",
+            f"--ServerApp.root_dir={self.root_dir}",
+            "--ServerApp.log_level=DEBUG",
+            *_root_flag("ServerApp"),
+        ]
+
+
+class KernelGateway(ServerProcess):
+    """Jupyter Kernel Gateway 3 (`python -m kernel_gateway`, websocket personality) with the
+    migrating-provisioner kernelspec on JUPYTER_PATH; it lists its kernels (GatewayClient
+    needs GET /api/kernels)."""
+
+    name = "kernel-gateway"
+    status_path = "/api/kernelspecs"
+
+    def __init__(self, tmp: Path, *, name: str = "", kernel: str = MOVING_KERNEL):
+        super().__init__(tmp, name=name, hosts_root=tmp / (name or self.name) / "hosts")
+        self.jupyter_path = self.dir / "jupyter"
+        self.kernel = kernel
+        self.kernelspec = write_moving_kernelspec(self.jupyter_path, self.hosts_root, kernel)
+
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), "JUPYTER_PATH": str(self.jupyter_path)}
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "kernel_gateway",
+            "--KernelGatewayApp.ip=127.0.0.1",
+            f"--KernelGatewayApp.port={self.port}",
+            "--KernelGatewayApp.port_retries=0",
+            f"--KernelGatewayApp.auth_token={self.token}",
+            f"--KernelGatewayApp.default_kernel_name={self.kernel}",
+            "--JupyterWebsocketPersonality.list_kernels=True",
+            "--KernelGatewayApp.log_level=DEBUG",
+        ]
+
+
+class GatewayClient(ServerProcess):
+    """`jupyter server` (or `jupyter lab`, ``app="lab"``) with ``--gateway-url`` pointing at
+    `gateway` and the gateway's token; its own token for the test's requests. Its kernels
+    are the gateway's: `hosts()` are the gateway's hosts."""
+
+    name = "gateway-client"
+
+    def __init__(
+        self,
+        tmp: Path,
+        gateway: ServerProcess,
+        *,
+        name: str = "",
+        app: str = "server",
+        extra_args: tuple[str, ...] = (),
+    ):
+        super().__init__(tmp, name=name, hosts_root=None)
+        self.gateway = gateway
+        self.app = app
+        self.extra_args = list(extra_args)
+        self.root_dir = self.dir / "notebooks"
+        self.root_dir.mkdir(exist_ok=True)
+
+    def hosts(self) -> list[Host]:
+        return self.gateway.hosts()
+
+    def command(self) -> list[str]:
+        module = {"server": "jupyter_server", "lab": "jupyterlab"}[self.app]
+        return [
+            sys.executable,
+            "-m",
+            module,
+            f"--gateway-url={self.gateway.url}",
+            f"--GatewayClient.auth_token={self.gateway.token}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.token={self.token}",
+            "--ServerApp.open_browser=False",
+            f"--ServerApp.root_dir={self.root_dir}",
+            "--ServerApp.log_level=DEBUG",
+            *_root_flag("ServerApp"),
+            *self.extra_args,
+        ]
+
+
+async def start_all(*servers: ServerProcess, timeout: float = 60) -> None:
+    """Start `servers` in order, each answering before the next starts."""
+    for server in servers:
+        server.start()
+        await server.wait_up(timeout)
+
+
+async def stop_all(*servers: ServerProcess, failed: bool = False) -> None:
+    """Stop `servers` in reverse order (front first); print their logs if the test failed."""
+    for server in reversed(servers):
+        if failed:
+            print("\n" + server.report())
+        await server.stop()
+
+
+def call_failed(request: Any) -> bool:
+    """Whether the test of a fixture's `request` failed (conftest records `rep_call`)."""
+    rep = getattr(request.node, "rep_call", None)
+    return rep is not None and rep.failed

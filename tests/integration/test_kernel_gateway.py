@@ -1,0 +1,149 @@
+"""A kernel under Jupyter Kernel Gateway 3 moves between local hosts while a websocket opened
+through a `jupyter server --gateway-url` in front of the gateway stays open."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+from gateways import GatewayClient, KernelGateway, call_failed, start_all, stop_all
+from kernelws import KernelSocket
+
+pytestmark = pytest.mark.integration
+
+NOTICE = 8.0
+
+
+@pytest.fixture
+async def servers(tmp_path, request):
+    """(front, gateway): Kernel Gateway with the migrating-provisioner kernelspec, and a
+    jupyter server with --gateway-url in front of it."""
+    gateway = KernelGateway(tmp_path)
+    front = GatewayClient(tmp_path, gateway)
+    try:
+        await start_all(gateway, front)
+        yield front, gateway
+    finally:
+        await stop_all(gateway, front, failed=call_failed(request))
+    assert gateway.hosts() == [], "hosts left after the servers stopped"
+
+
+async def reclaim(host, notice: float = NOTICE) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            host.agent_url + "/reclaim",
+            json={"notice_seconds": notice},
+            headers={"Authorization": f"token {host.agent_token}"},
+            timeout=aiohttp.ClientTimeout(10),
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+
+
+async def kernel_ids(server) -> list[str]:
+    status, kernels = await server.request("GET", "/api/kernels")
+    assert status == 200, kernels
+    return [k["id"] for k in kernels]
+
+
+def gateway_websockets(gateway, kernel_id: str) -> int:
+    """How many kernel websockets the gateway accepted for `kernel_id` (its access log)."""
+    return gateway.tail(100_000).count(f"101 GET /api/kernels/{kernel_id}/channels")
+
+
+async def wait_no_hosts(gateway, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while gateway.hosts() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert gateway.hosts() == [], f"hosts not released: {[h.id for h in gateway.hosts()]}"
+
+
+async def test_kernel_moves_behind_the_gateway_on_one_websocket(servers):
+    front, gateway = servers
+    status, kernel = await front.request("POST", "/api/kernels", {"name": "moving"})
+    assert status == 201, (kernel, front.tail(), gateway.tail())
+    kernel_id = kernel["id"]
+    [old] = gateway.hosts()
+
+    async with KernelSocket(front.url, kernel_id, front.token) as ws:
+        out, reply = await ws.run("x = 42")
+        assert reply["status"] == "ok", out
+        last_before = time.monotonic()
+
+        await reclaim(old)
+        reclaimed = time.monotonic()
+        # the move is under way once a second host is being acquired
+        while len(gateway.hosts()) < 2:
+            assert time.monotonic() - reclaimed < 10, "the move did not begin"
+            await asyncio.sleep(0.02)
+        sent = time.monotonic()
+        out, reply = await ws.run("print(x)", timeout=60)
+        first_after = time.monotonic()
+        assert out.strip() == "42", out
+        assert reply["status"] == "ok"
+        assert [h.id for h in gateway.hosts()] != [old.id]
+
+        # the same websocket goes on working
+        out, _ = await ws.run("x + 1")
+        assert out.strip() == "43"
+        assert not ws.ws.closed
+        # and so did the front server's own websocket to the gateway (no reconnect)
+        assert gateway_websockets(gateway, kernel_id) == 1, gateway.tail()
+
+    print(
+        f"\nkernel move through Kernel Gateway + gateway client: queued cell answered "
+        f"{first_after - sent:.2f} s after it was sent; gap between replies "
+        f"{first_after - last_before:.2f} s (reclaim -> move start {sent - reclaimed:.2f} s)"
+    )
+
+    # one kernel, the same id, on both servers
+    assert await kernel_ids(front) == [kernel_id]
+    assert await kernel_ids(gateway) == [kernel_id]
+
+    # the old host is gone by its deadline (released right after the move)
+    await asyncio.sleep(max(0.0, reclaimed + NOTICE + 0.5 - time.monotonic()))
+    assert old.id not in [h.id for h in gateway.hosts()]
+    with pytest.raises(aiohttp.ClientError):
+        async with aiohttp.ClientSession() as http:
+            await http.get(old.agent_url + "/status", timeout=aiohttp.ClientTimeout(2))
+    [new] = gateway.hosts()
+    assert new.id != old.id
+
+    status, _ = await front.request("DELETE", f"/api/kernels/{kernel_id}")
+    assert status == 204
+    await wait_no_hosts(gateway)
+    assert await kernel_ids(gateway) == []
+    assert not (gateway.hosts_root / "kernel-state" / kernel_id).exists()
+
+
+async def test_restart_and_interrupt_through_the_gateway_keep_the_websocket(servers):
+    front, gateway = servers
+    status, kernel = await front.request("POST", "/api/kernels", {"name": "moving"})
+    assert status == 201, (kernel, front.tail(), gateway.tail())
+    kernel_id = kernel["id"]
+    [host] = gateway.hosts()
+    async with KernelSocket(front.url, kernel_id, front.token) as ws:
+        await ws.run("x = 42")
+        # interrupt: front -> gateway REST -> an interrupt_request to the kernel on its host
+        cell = asyncio.create_task(ws.run("import time; time.sleep(30)"))
+        await asyncio.sleep(1.5)
+        status, _ = await front.request("POST", f"/api/kernels/{kernel_id}/interrupt")
+        assert status == 204
+        out, reply = await asyncio.wait_for(cell, 15)
+        assert reply["status"] == "error" and "KeyboardInterrupt" in out, out
+
+        # restart: a fresh kernel on the same host behind the same relay and websocket
+        status, _ = await front.request("POST", f"/api/kernels/{kernel_id}/restart")
+        assert status == 200
+        assert [h.id for h in gateway.hosts()] == [host.id]
+        out, _ = await ws.run("print('x' in dir())")
+        assert out.strip() == "False"
+        out, _ = await ws.run("y = 7; print(y * 6)")
+        assert out.strip() == "42"
+        assert not ws.ws.closed
+        assert gateway_websockets(gateway, kernel_id) == 1, gateway.tail()
+    assert await kernel_ids(gateway) == [kernel_id]
+    status, _ = await front.request("DELETE", f"/api/kernels/{kernel_id}")
+    assert status == 204
+    await wait_no_hosts(gateway)

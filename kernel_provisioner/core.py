@@ -97,6 +97,7 @@ class MovableKernel:
         notice_poll_interval: float = 1.0,
         start_timeout: float = 60.0,
         cell_timeout: float = 30.0,
+        snapshot_interval: float = 30.0,
         lost_after: int = 3,
         log: logging.Logger | None = None,
     ) -> None:
@@ -110,6 +111,9 @@ class MovableKernel:
         self.start_timeout = start_timeout
         # how long a running cell may go on once a move begins, before it is interrupted
         self.cell_timeout = cell_timeout
+        # seconds between snapshots of an idle kernel that ran something since the last one,
+        # which a host lost without notice comes back from (0: snapshots on notice only)
+        self.snapshot_interval = snapshot_interval
         # consecutive failed agent polls before the host counts as lost
         self.lost_after = lost_after
         self.log = log or logging.getLogger(__name__)
@@ -123,6 +127,8 @@ class MovableKernel:
         self.stopping = False
         self.moves: list[dict[str, Any]] = []  # one record per move, for logs and benchmarks
         self._relay_started = False
+        self._last_snapshot = time.monotonic()
+        self._snapshot_executes = 0  # relay.executes at the last good snapshot
         self._watch_task: asyncio.Task | None = None
         self._move_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
@@ -299,9 +305,20 @@ class MovableKernel:
         old_host = self.host
         self.relay.pause()
         record: dict[str, Any] = {"reason": reason, "from": old_host.id if old_host else None}
+        # what the dead kernel was running or had queued runs on its successor
+        record["requeued"] = self.relay.requeue_unanswered()
         try:
             self.host, self.target = await self._start_elsewhere()
             snap = _read_json(self.snapshot_report)
+            if snap is not None and snap.get("ok"):
+                taken = time.strftime(
+                    "%H:%M:%S", time.localtime(self.snapshot_report.stat().st_mtime)
+                )
+                self.relay.announce(
+                    "This kernel's machine went away without notice. The kernel was restarted "
+                    f"on another machine from its last snapshot (taken at {taken}, after cell "
+                    f"[{snap.get('execution_count', '?')}]): what you ran after that is lost."
+                )
             if snap is None:
                 self.log.error(
                     "kernel %s: host lost (%s) and no snapshot: it starts fresh; "
@@ -327,19 +344,29 @@ class MovableKernel:
             await self._release(host)
             raise
 
-    async def _snapshot(self, target: dict[str, Any], bound: float) -> dict[str, Any] | None:
-        """Write the namespace into ``state_dir``; None if the language has no support."""
+    async def _snapshot(
+        self, target: dict[str, Any], bound: float, background: bool = False
+    ) -> dict[str, Any] | None:
+        """Write the namespace into ``state_dir``; None if the language has no support.
+
+        In the background (no move under way) the last snapshot stays until a new one is
+        complete, and a cell the user started meanwhile is never interrupted."""
         if not state.supported(self.language):
             self.log.warning("kernel %s: no state support for %r", self.kernel_id, self.language)
             return None
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        self.snapshot_report.unlink(missing_ok=True)
+        if not background:
+            self.snapshot_report.unlink(missing_ok=True)
         code = state.snapshot_code(self.language, self.state_dir)
         client = self._client(target)
         try:
             msg_id = client.execute(code, silent=True, store_history=False)
+            self.relay.hide(msg_id)  # its busy/idle is not the user's kernel status
             # shell requests run in order: this waits for a running cell, up to `bound`
             reply = await self._reply(client, msg_id, bound)
+            if reply is None and background:
+                self.log.warning("kernel %s: background snapshot timed out", self.kernel_id)
+                return None
             if reply is None:
                 self.log.warning(
                     "kernel %s: cell still running after %.0f s; interrupting it",
@@ -379,6 +406,7 @@ class MovableKernel:
                 silent=True,
                 store_history=False,
             )
+            self.relay.hide(msg_id)
             await self._reply(client, msg_id, self.start_timeout)
         finally:
             client.stop_channels()
@@ -409,7 +437,7 @@ class MovableKernel:
         await agent.start_process(
             self.process,
             argv,
-            self.env,
+            {**self.env, state.HOST_ROOT: host.disk},
             self.cwd,
             files={rel: connection_file_text(info, self.kernel_name)},
         )
@@ -499,6 +527,32 @@ class MovableKernel:
             if notice is not None:
                 reason = f"host {self.host.id} reclaimed at {notice.get('time')}"
                 await self._run_move(self.move(reason, deadline=notice.get("deadline")))
+            elif self._snapshot_due():
+                await self._background_snapshot()
+
+    def _snapshot_due(self) -> bool:
+        return bool(
+            self.snapshot_interval
+            and self.target is not None
+            and time.monotonic() - self._last_snapshot >= self.snapshot_interval
+            and self.relay.executes != self._snapshot_executes
+            and self.relay.execution_state == "idle"
+            and not self.relay.paused
+        )
+
+    async def _background_snapshot(self) -> None:
+        """Snapshot an idle kernel that ran something since the last snapshot: what a host
+        lost without notice comes back from."""
+        assert self.target is not None
+        executes = self.relay.executes
+        self._last_snapshot = time.monotonic()
+        try:
+            report = await self._snapshot(self.target, self.cell_timeout, background=True)
+        except Exception as e:  # the kernel went away meanwhile: the watch sees to it
+            self.log.warning("kernel %s: background snapshot failed: %s", self.kernel_id, e)
+            return
+        if report is not None and report.get("ok"):
+            self._snapshot_executes = executes
 
     async def _run_move(self, coro: Any) -> None:
         """Run a move as its own task (shutdown cancels it); a failure is logged and the

@@ -73,6 +73,13 @@ def _msg_id(frame: bytes) -> str | None:
         return None
 
 
+def _execution_state(content: bytes, default: str) -> str:
+    try:
+        return json.loads(content).get("execution_state") or default
+    except (ValueError, AttributeError):
+        return default
+
+
 class KernelRelay:
     """One kernel's stable endpoint: fixed ip, ports and key; the kernel behind it can change.
 
@@ -119,10 +126,15 @@ class KernelRelay:
         self._gen = 0  # bumped by pause/retarget so a stale flush stops
         self._queue: deque[tuple[str, list[bytes], list[bytes]]] = deque()
         self._recent: OrderedDict[str, None] = OrderedDict()
+        # shell requests forwarded and not answered yet: a kernel that dies without notice
+        # takes them along, and they go to its successor instead (requeue_unanswered)
+        self._unanswered: OrderedDict[str, tuple[list[bytes], list[bytes]]] = OrderedDict()
         self._own: set[str] = set()  # ids of the relay's own nudges, never shown to clients
         self._target_alive: bool | None = None
         self._flush_task: asyncio.Task | None = None
         self._announcement = ""  # shown in the output of the next cell a client runs
+        self._executes = 0  # execute_requests forwarded so far
+        self._execution_state = "starting"  # the kernel's, from client requests' status
         self._stats = {"to_kernel": 0, "to_clients": 0, "dropped": 0, "retargets": 0}
 
     # -- public API ------------------------------------------------------------------------
@@ -149,6 +161,21 @@ class KernelRelay:
     @property
     def stats(self) -> dict[str, int]:
         return {**self._stats, "queued": len(self._queue)}
+
+    @property
+    def executes(self) -> int:
+        """How many execute_requests clients have sent through the relay (so far)."""
+        return self._executes
+
+    @property
+    def execution_state(self) -> str:
+        """The kernel's last status (busy/idle) for a client's request."""
+        return self._execution_state
+
+    def hide(self, msg_id: str) -> None:
+        """Keep the kernel's iopub output for ``msg_id`` (a request of the provisioner's own,
+        sent to the kernel directly) from clients."""
+        self._own.add(msg_id)
 
     @property
     def target_alive(self) -> bool | None:
@@ -202,8 +229,10 @@ class KernelRelay:
         """Point the relay at a (new) kernel and flush queued requests to it once its iopub is
         connected. Returns a task; await it to know the queue has been flushed."""
         self.pause()
-        # replies still in flight from the old kernel are lost with its sockets
+        # replies still in flight from the old kernel are lost with its sockets; what it was
+        # asked is its business (requeue_unanswered() first, if it died)
         self._close_back()
+        self._unanswered.clear()
         self._connect(target)
         self._stats["retargets"] += 1
         return self._keep(self._open_when_ready(self._gen))
@@ -218,11 +247,19 @@ class KernelRelay:
         self._gen += 1
         return self._keep(self._flush(self._gen))
 
+    def requeue_unanswered(self) -> int:
+        """Queue again the shell requests the current kernel never answered (it died): the
+        next target runs them. Call while paused, before ``retarget()``. Returns how many."""
+        pending = [("shell", idents, parts) for idents, parts in self._unanswered.values()]
+        self._unanswered.clear()
+        self._queue.extendleft(reversed(pending))
+        return len(pending)
+
     def announce(self, text: str) -> None:
         """Show ``text`` (as stderr) in the output of the next cell a client runs: a kernel
         has no channel of its own to tell the user what a move could not carry over, and
         output without a parent request is not shown in a notebook."""
-        self._announcement = text
+        self._announcement = "\n".join(filter(None, [self._announcement, text.strip()]))
 
     def _keep(self, coro: Any) -> asyncio.Task:
         # the loop holds tasks weakly: keep the flush alive when the caller does not await it
@@ -321,13 +358,19 @@ class KernelRelay:
 
     async def _to_kernel(self, ch: str, idents: list[bytes], parts: list[bytes]) -> None:
         assert self._target_session is not None
-        if self._announcement and ch == "shell" and b'"execute_request"' in parts[0]:
-            await self._publish_announcement(parts[0])
         msg_id = _msg_id(parts[0])
         if msg_id:
             self._recent[msg_id] = None
             if len(self._recent) > _RECENT_IDS:
                 self._recent.popitem(last=False)
+            if ch == "shell":
+                self._unanswered[msg_id] = (idents, parts)
+                if len(self._unanswered) > _RECENT_IDS:
+                    self._unanswered.popitem(last=False)
+        if ch == "shell" and b'"execute_request"' in parts[0]:
+            self._executes += 1
+            if self._announcement:
+                await self._publish_announcement(parts[0])
         sig = self._target_session.sign(parts[:4])
         await self._back[ch].send_multipart([*idents, DELIM, sig, *parts])
         self._stats["to_kernel"] += 1
@@ -356,6 +399,8 @@ class KernelRelay:
             idents, parts = split
             if not idents:  # a reply to the relay's own nudge
                 continue
+            if ch == "shell":
+                self._unanswered.pop(_msg_id(parts[1]) or "", None)
             await self._front[ch].send_multipart(
                 [*idents, DELIM, self.session.sign(parts[:4]), *parts]
             )
@@ -371,6 +416,8 @@ class KernelRelay:
             self._iopub_seen.set()
             topic, parts = split
             parent = _msg_id(parts[1])
+            if b'"status"' in parts[0] and parent in self._recent:
+                self._execution_state = _execution_state(parts[3], self._execution_state)
             if (
                 parent in self._own
                 or (not self._open and parent not in self._recent)

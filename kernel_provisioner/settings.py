@@ -81,6 +81,13 @@ class KernelHostSettings(LoggingConfigurable):
         interrupted (never beyond the notice's deadline minus 5 s).""",
     ).tag(config=True)
 
+    snapshot_interval = Float(
+        30.0,
+        help="""Seconds between snapshots of an idle kernel that ran something since the last
+        one. A host lost without notice brings its kernel back from the last snapshot
+        (0: snapshots only when a notice comes).""",
+    ).tag(config=True)
+
     @property
     def provider(self) -> HostProvider:
         config = dict(self.host_provider_config)
@@ -99,6 +106,7 @@ class KernelHostSettings(LoggingConfigurable):
             "notice_poll_interval": self.notice_poll_interval,
             "start_timeout": self.start_timeout,
             "cell_timeout": self.cell_timeout,
+            "snapshot_interval": self.snapshot_interval,
             "log": self.log,
         }
 

@@ -20,6 +20,7 @@ import json
 import os
 
 from . import r
+from .python import HOST_ROOT  # noqa: F401  (the env var a kernel's host disk is named in)
 
 _PYTHON = {"python", "python3", "ipython", "ipython3"}
 _R = {"r"}

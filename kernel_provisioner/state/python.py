@@ -32,6 +32,9 @@ from .cells import analyze, plan
 from .guard import replay_guard
 
 VERSION = 1
+# set by whoever starts the kernel on a host (MovableKernel): the host's own disk, whose
+# path differs from host to host
+HOST_ROOT = "JUPYTER_MIGRATING_HOST_ROOT"
 # IPython's own names: output caches, input history and dunders
 _SKIP = re.compile(r"^(_{1,3}|_i{1,3}|_i\d+|_\d+|_ih|_oh|_dh|__\w*__|__kp_\w*)$")
 _ATOMIC = (int, float, complex, str, bytes, bool, type(None))
@@ -279,6 +282,7 @@ def _snapshot(ip, state_dir: str) -> dict:
         "history": history,
         "execution_count": ip.execution_count - 1,
         "cwd": os.getcwd(),
+        "cwd_on_host": _on_host(os.getcwd()),
         "sys_path": list(sys.path),
         "extras": extras,
     }
@@ -292,6 +296,14 @@ def _snapshot(ip, state_dir: str) -> dict:
         "execution_count": index["execution_count"],
         "written_bytes": written,
     }
+
+
+def _on_host(path: str) -> str | None:
+    """`path` relative to the host's own disk (HOST_ROOT), or None if it is elsewhere."""
+    root = os.environ.get(HOST_ROOT)
+    if not root or not (path == root or path.startswith(root.rstrip(os.sep) + os.sep)):
+        return None
+    return os.path.relpath(path, root)
 
 
 # -- restore ---------------------------------------------------------------------------------
@@ -320,8 +332,12 @@ def _restore(ip, state_dir: str) -> dict:
     ns["_ih"][:] = history  # In and _ih are one list: the history replay reads next time
     ip.history_manager.input_hist_raw[:] = history
     ip.execution_count = index["execution_count"] + 1
-    if os.path.isdir(index["cwd"]):
-        os.chdir(index["cwd"])
+    cwd = index["cwd"]
+    if index.get("cwd_on_host") is not None and os.environ.get(HOST_ROOT):
+        # a folder on the old host's own disk: the same folder on this host's
+        cwd = os.path.join(os.environ[HOST_ROOT], index["cwd_on_host"])
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
     sys.path.extend(p for p in index["sys_path"] if p not in sys.path)
 
     entries: dict[str, dict] = index["entries"]

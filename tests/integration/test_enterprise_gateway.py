@@ -146,6 +146,14 @@ async def example(request, tmp_path):
     spec = json.loads((EXAMPLE / "kernels" / "python3-moving" / "kernel.json").read_text())
     spec["metadata"]["process_proxy"]["config"]["root_dirr"] = "/tmp/typo"
     (broken / "kernel.json").write_text(json.dumps(spec))
+    # and one that snapshots an idle kernel every second, for the lost-host test
+    fast = tmp_path / "kernels" / "python3-fastsnap"
+    fast.mkdir(parents=True)
+    spec = json.loads((EXAMPLE / "kernels" / "python3-moving" / "kernel.json").read_text())
+    spec["metadata"]["process_proxy"]["config"].update(
+        snapshot_interval=1.0, notice_poll_interval=0.5
+    )
+    (fast / "kernel.json").write_text(json.dumps(spec))
     ex = Example(tmp_path)
     # an earlier run killed hard may have left hosts behind
     await ex.release_all()
@@ -249,3 +257,31 @@ async def test_bad_process_proxy_config_is_a_clear_error(example):
     assert example.hosts() == []
     status, kernels = await example.request("GET", "/api/kernels")
     assert status == 200 and kernels == []
+
+
+async def test_host_lost_without_notice_comes_back_from_its_last_snapshot(example):
+    status, kernel = await example.request("POST", "/api/kernels", {"name": "python3-fastsnap"})
+    assert status == 201, kernel
+    kernel_id = kernel["id"]
+    [old] = example.hosts()
+    async with KernelSocket(example.url, kernel_id, example.token) as ws:
+        out, _ = await ws.run("x = 42\nimport os\nprint(os.getpid())")
+        kernel_pid = int(out.split()[-1])
+        state = Path(example.kernel_hosts.root_dir) / "kernel-state" / kernel_id
+        report = state / "snapshot-report.json"
+        await until(report.exists, 15, "no background snapshot of the idle kernel")
+
+        # the host vanishes: its agent and the kernel die, nobody gives notice
+        os.killpg(os.getpgid(kernel_pid), signal.SIGKILL)
+        os.killpg(old.meta["agent_pid"], signal.SIGKILL)
+        lost = time.monotonic()
+        out, reply = await ws.run("print(x)", timeout=60)
+        back = time.monotonic()
+        assert reply["status"] == "ok", out
+        assert out.splitlines()[-1] == "42", out
+        assert "went away without notice" in out and "from its last snapshot" in out, out
+        assert old.id not in [h.id for h in example.hosts()]
+    print(f"\nhost lost without notice: the kernel answered again after {back - lost:.2f} s")
+    status, _ = await example.request("DELETE", f"/api/kernels/{kernel_id}")
+    assert status == 204
+    await until(lambda: not example.hosts(), 15, "the kernel's host was not released")

@@ -226,6 +226,31 @@ async def test_announcement_shown_in_the_next_cell_only(relay, start_kernel, con
     assert out == "again\n" and reply["content"]["status"] == "ok"
 
 
+async def test_requests_a_dead_kernel_took_along_go_to_its_successor(
+    relay, start_kernel, connect
+):
+    km1 = await start_kernel()
+    relay.retarget(kernel_info(km1))
+    kc = await connect(relay.connection_info)
+    await kc.wait_for_ready(timeout=30)
+    assert (await run(kc, "print(1)"))[1] == "1\n"  # answered: not pending any more
+
+    msg_id = kc.execute("import time; time.sleep(1); print('done')")
+    while relay.stats["to_kernel"] < 3:  # kernel_info, print(1), this one
+        await asyncio.sleep(0.01)
+    await km1.shutdown_kernel(now=True)  # the host went away: no reply will come
+    relay.pause()
+    assert relay.requeue_unanswered() == 1
+
+    km2 = await start_kernel()
+    await relay.retarget(kernel_info(km2))
+    reply, out = await collect(kc, msg_id, timeout=30)
+    assert reply["content"]["status"] == "ok" and out == "done\n"
+    # a normal re-target does not run anything twice
+    await relay.retarget(kernel_info(km2))
+    assert relay.requeue_unanswered() == 0
+
+
 async def test_interrupt_and_restart_request_on_control(relay, start_kernel, connect):
     km = await start_kernel()
     relay.retarget(kernel_info(km))

@@ -5,6 +5,8 @@
 - `KernelGateway`: Jupyter Kernel Gateway 3 with that kernelspec (the kernels move behind it).
 - `GatewayClient`: `jupyter server` (or `jupyter lab`) with `--gateway-url` in front of a
   gateway; it runs no kernels itself.
+- `EnterpriseGatewayExample`: examples/enterprise-gateway/run.sh, Enterprise Gateway 3.3
+  from .venv-eg with JupyterLab in front, as the example's README runs it.
 
 Another gateway is one more subclass of `ServerProcess` with its own `command()`. Every process
 a test starts, the test stops: `stop()` ends the process (SIGTERM, then SIGKILL) and then
@@ -18,6 +20,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,7 +179,8 @@ class ServerProcess:
                 parts.append(f"===== agent log {log.name} =====\n{log.read_text()[-3000:]}")
         return "\n".join(parts)
 
-    async def stop(self) -> None:
+    async def stop(self, release_hosts: bool = True) -> None:
+        """End the process; then release the hosts it left (unless a test checks them)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -187,7 +191,8 @@ class ServerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
-        await self.release_hosts()
+        if release_hosts:
+            await self.release_hosts()
 
     async def release_hosts(self) -> None:
         """Whatever hosts are left (a failed test): their agents and kernels go too."""
@@ -309,6 +314,89 @@ class GatewayClient(ServerProcess):
             *_root_flag("ServerApp"),
             *self.extra_args,
         ]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+EG_EXAMPLE = ROOT / "examples" / "enterprise-gateway"
+EG_VENV = ROOT / ".venv-eg"
+
+
+class EnterpriseGatewayExample(ServerProcess):
+    """`examples/enterprise-gateway/run.sh` on free ports: Enterprise Gateway 3.3 (from
+    .venv-eg) with MigratingProcessProxy kernels, and JupyterLab in front (``url``, ``token``).
+
+    Kernelspecs given to `add_kernelspec()` before `start()` come after the example's own on
+    JUPYTER_PATH. Its hosts live where the example keeps them (``var/kernel-hosts``).
+    """
+
+    name = "enterprise-gateway-example"
+
+    def __init__(self, tmp: Path, *, name: str = ""):
+        super().__init__(tmp, name=name, hosts_root=EG_EXAMPLE / "var" / "kernel-hosts")
+        self.gateway_port = free_port("127.0.0.1")
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self.jupyter_path = self.dir / "jupyter"
+
+    @staticmethod
+    def moving_kernelspec() -> dict[str, Any]:
+        """The example's kernelspec (a copy to change)."""
+        return json.loads((EG_EXAMPLE / "kernels" / "python3-moving" / "kernel.json").read_text())
+
+    def add_kernelspec(self, name: str, spec: dict[str, Any]) -> None:
+        spec_dir = self.jupyter_path / "kernels" / name
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+
+    def command(self) -> list[str]:
+        return [str(EG_EXAMPLE / "run.sh")]
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **super().environment(),
+            "GATEWAY_PORT": str(self.gateway_port),
+            "LAB_PORT": str(self.port),
+            "LAB_TOKEN": self.token,
+            "JUPYTER_PATH": str(self.jupyter_path),
+        }
+
+    async def clean(self) -> None:
+        """Release hosts an earlier run killed hard left behind; drop old agent logs."""
+        await self.release_hosts()
+        shutil.rmtree(self.hosts_root / "logs", ignore_errors=True)
+
+    async def gateway(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A request to Enterprise Gateway itself, not through JupyterLab."""
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, self.gateway_url + path, json=body) as resp:
+                text = await resp.text()
+                return resp.status, json.loads(text) if text else None
+
+    def report(self, n: int = 200) -> str:
+        gateway_log = EG_EXAMPLE / "var" / "gateway.log"
+        text = gateway_log.read_text(errors="replace") if gateway_log.exists() else ""
+        gateway = "\n".join(text.splitlines()[-n:])
+        return f"{super().report(n)}\n===== gateway.log =====\n{gateway}"
+
+
+async def reclaim(host: Host, notice: float) -> None:
+    """Give `host` notice through its agent, as the cloud would."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            host.agent_url + "/reclaim",
+            json={"notice_seconds": notice},
+            headers={"Authorization": f"token {host.agent_token}"},
+        ) as resp:
+            if resp.status != 202:
+                raise RuntimeError(f"reclaim of {host.id}: {resp.status} {await resp.text()}")
+
+
+async def until(condition: Any, timeout: float, what: str) -> None:
+    """Wait until `condition()` is true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(what)
+        await asyncio.sleep(0.05)
 
 
 async def start_all(*servers: ServerProcess, timeout: float = 60) -> None:

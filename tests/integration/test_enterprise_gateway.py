@@ -8,28 +8,24 @@ browser does, and reclaim the kernel's host through its agent.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import secrets
-import shutil
 import signal
-import subprocess
 import time
-from pathlib import Path
 
-import aiohttp
 import pytest
+from gateways import (
+    EG_VENV,
+    EnterpriseGatewayExample,
+    call_failed,
+    reclaim,
+    start_all,
+    stop_all,
+    until,
+)
 from kernelws import KernelSocket
-from realhub import free_port
-
-from migrating_spawner.hosts.base import Host
-from migrating_spawner.hosts.local import LocalHostProvider
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "enterprise-gateway"
-EG_VENV = ROOT / ".venv-eg"
 NOTICE = 8.0
 
 if not (EG_VENV / "bin" / "jupyter-enterprisegateway").exists():
@@ -40,140 +36,30 @@ if not (EG_VENV / "bin" / "jupyter-enterprisegateway").exists():
     )
 
 
-class Example:
-    """examples/enterprise-gateway/run.sh on free ports."""
-
-    def __init__(self, extra_kernels: Path) -> None:
-        self.kernel_hosts = LocalHostProvider(root_dir=str(EXAMPLE / "var" / "kernel-hosts"))
-        self.gateway_port = free_port("127.0.0.1")
-        self.port = free_port("127.0.0.1")
-        self.token = secrets.token_hex(16)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
-        self.log_path = EXAMPLE / "var" / "run.log"
-        self.log_path.parent.mkdir(exist_ok=True)
-        self._log = open(self.log_path, "wb")
-        env = {
-            **os.environ,
-            "GATEWAY_PORT": str(self.gateway_port),
-            "LAB_PORT": str(self.port),
-            "LAB_TOKEN": self.token,
-            # run.sh puts the example's folder first; these come after it
-            "JUPYTER_PATH": str(extra_kernels),
-        }
-        self.proc = subprocess.Popen(
-            [str(EXAMPLE / "run.sh")],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def request(self, method: str, path: str, body=None, *, base: str = ""):
-        headers = {"Authorization": f"token {self.token}"}
-        async with aiohttp.ClientSession() as http:
-            async with http.request(
-                method,
-                (base or self.url) + path,
-                json=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(60),
-            ) as resp:
-                text = await resp.text()
-                return resp.status, json.loads(text) if text else None
-
-    async def wait_up(self) -> None:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"run.sh exited:\n{self.tail()}")
-            try:
-                if (await self.request("GET", "/api/status"))[0] == 200:
-                    return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"JupyterLab did not answer:\n{self.tail()}")
-
-    def hosts(self) -> list[Host]:
-        return self.kernel_hosts._read_registry()
-
-    async def release_all(self) -> None:
-        for host in self.hosts():
-            await self.kernel_hosts.release(host)
-
-    def tail(self, n: int = 60) -> str:
-        out = []
-        for path in (self.log_path, EXAMPLE / "var" / "gateway.log"):
-            if path.exists():
-                lines = path.read_text(errors="replace").splitlines()[-n:]
-                out.append(f"===== {path.name} =====\n" + "\n".join(lines))
-        return "\n".join(out)
-
-    async def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-
-
-async def reclaim(host: Host, notice: float = NOTICE) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            host.agent_url + "/reclaim",
-            json={"notice_seconds": notice},
-            headers={"Authorization": f"token {host.agent_token}"},
-        ) as resp:
-            assert resp.status == 202, await resp.text()
-
-
-async def until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def example(request, tmp_path):
+    ex = EnterpriseGatewayExample(tmp_path)
     # a kernelspec with a mistake in its process_proxy config, for the error test
-    broken = tmp_path / "kernels" / "python3-broken"
-    broken.mkdir(parents=True)
-    spec = json.loads((EXAMPLE / "kernels" / "python3-moving" / "kernel.json").read_text())
+    spec = ex.moving_kernelspec()
     spec["metadata"]["process_proxy"]["config"]["root_dirr"] = "/tmp/typo"
-    (broken / "kernel.json").write_text(json.dumps(spec))
+    ex.add_kernelspec("python3-broken", spec)
     # and one that snapshots an idle kernel every second, for the lost-host test
-    fast = tmp_path / "kernels" / "python3-fastsnap"
-    fast.mkdir(parents=True)
-    spec = json.loads((EXAMPLE / "kernels" / "python3-moving" / "kernel.json").read_text())
+    spec = ex.moving_kernelspec()
     spec["metadata"]["process_proxy"]["config"].update(
         snapshot_interval=1.0, notice_poll_interval=0.5
     )
-    (fast / "kernel.json").write_text(json.dumps(spec))
-    ex = Example(tmp_path)
-    # an earlier run killed hard may have left hosts behind
-    await ex.release_all()
-    shutil.rmtree(Path(ex.kernel_hosts.root_dir) / "logs", ignore_errors=True)
+    ex.add_kernelspec("python3-fastsnap", spec)
+    await ex.clean()
     try:
-        await ex.wait_up()
+        await start_all(ex, timeout=90)
         yield ex
     finally:
-        failed = getattr(request.node, "rep_call", None)
-        if failed is not None and failed.failed:
-            print(f"\n{ex.tail(200)}")
-            for log in sorted((Path(ex.kernel_hosts.root_dir) / "logs").glob("*.log")):
-                print(f"===== agent log {log.name} =====\n{log.read_text()[-3000:]}")
-        await ex.stop()
-        await ex.release_all()
+        await stop_all(ex, failed=call_failed(request))
 
 
-async def new_kernel(ex: Example) -> str:
+async def new_kernel(ex: EnterpriseGatewayExample) -> str:
     status, kernel = await ex.request("POST", "/api/kernels", {"name": "python3-moving"})
-    assert status == 201, (kernel, ex.tail())
+    assert status == 201, kernel
     return kernel["id"]
 
 
@@ -184,7 +70,7 @@ async def test_kernel_moves_behind_one_websocket(example):
         out, reply = await ws.run("x = 42\nexec('ghost = (i for i in range(3))')")
         assert reply["status"] == "ok", out
         last_before = time.monotonic()
-        await reclaim(old)
+        await reclaim(old, NOTICE)
         reclaimed = time.monotonic()
         await until(lambda: len(example.hosts()) >= 2, 10, "the move did not begin")
         sent = time.monotonic()
@@ -209,8 +95,10 @@ async def test_kernel_moves_behind_one_websocket(example):
         "the old host was not released",
     )
     # one kernel, the same id, in JupyterLab and in the gateway
-    for base in (example.url, example.gateway_url):
-        status, kernels = await example.request("GET", "/api/kernels", base=base)
+    for status, kernels in (
+        await example.request("GET", "/api/kernels"),
+        await example.gateway("GET", "/api/kernels"),
+    ):
         assert status == 200 and [k["id"] for k in kernels] == [kernel_id], kernels
 
     status, _ = await example.request("DELETE", f"/api/kernels/{kernel_id}")
@@ -232,7 +120,7 @@ async def test_interrupt_restart_and_gateway_exit(example):
 
         # a restart: a new process proxy adopts the kernel, on the same host and relay
         status, _ = await example.request("POST", f"/api/kernels/{kernel_id}/restart")
-        assert status == 200, example.tail()
+        assert status == 200
         out, _ = await ws.run("print('x' in dir())", timeout=30)
         assert out.strip() == "False"
         await asyncio.sleep(1)
@@ -241,8 +129,8 @@ async def test_interrupt_restart_and_gateway_exit(example):
     # a second kernel, then the gateway exits: both hosts are given back
     await new_kernel(example)
     assert len(example.hosts()) == 2
-    await example.stop()
-    assert example.hosts() == [], example.tail()
+    await example.stop(release_hosts=False)
+    assert example.hosts() == []
 
 
 async def test_bad_process_proxy_config_is_a_clear_error(example):
@@ -250,8 +138,7 @@ async def test_bad_process_proxy_config_is_a_clear_error(example):
     assert status == 500, body
     # jupyter_server 2's gateway client drops the gateway's reason from its message, so ask
     # the gateway itself for what a client is told
-    body = {"name": "python3-broken"}
-    status, body = await example.request("POST", "/api/kernels", body, base=example.gateway_url)
+    status, body = await example.gateway("POST", "/api/kernels", {"name": "python3-broken"})
     assert status == 500, body
     assert "unknown process_proxy config ['root_dirr']" in body["reason"], body
     assert example.hosts() == []
@@ -267,7 +154,7 @@ async def test_host_lost_without_notice_comes_back_from_its_last_snapshot(exampl
     async with KernelSocket(example.url, kernel_id, example.token) as ws:
         out, _ = await ws.run("x = 42\nimport os\nprint(os.getpid())")
         kernel_pid = int(out.split()[-1])
-        state = Path(example.kernel_hosts.root_dir) / "kernel-state" / kernel_id
+        state = example.hosts_root / "kernel-state" / kernel_id
         report = state / "snapshot-report.json"
         await until(report.exists, 15, "no background snapshot of the idle kernel")
 

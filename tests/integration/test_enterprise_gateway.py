@@ -14,6 +14,7 @@ import time
 
 import pytest
 from gateways import (
+    EG_EXAMPLE,
     EG_VENV,
     EnterpriseGatewayExample,
     call_failed,
@@ -67,7 +68,10 @@ async def test_kernel_moves_behind_one_websocket(example):
     kernel_id = await new_kernel(example)
     [old] = example.hosts()
     async with KernelSocket(example.url, kernel_id, example.token) as ws:
-        out, reply = await ws.run("x = 42\nexec('ghost = (i for i in range(3))')")
+        # 50 MB to carry: the move lasts long enough for the restarter to poll during it
+        out, reply = await ws.run(
+            "x = 42\nexec('ghost = (i for i in range(3))')\nblob = bytes(50 * 2**20)"
+        )
         assert reply["status"] == "ok", out
         last_before = time.monotonic()
         await reclaim(old, NOTICE)
@@ -88,6 +92,10 @@ async def test_kernel_moves_behind_one_websocket(example):
         f"after it was sent; gap between replies {first_after - last_before:.2f} s "
         f"(reclaim -> move start {sent - reclaimed:.2f} s)"
     )
+    # Enterprise Gateway's restarter polled the kernel during the move and saw it alive
+    gateway_log = (EG_EXAMPLE / "var" / "gateway.log").read_text()
+    assert "KernelRestarter: restarting kernel" not in gateway_log
+    assert "moved local-" in gateway_log
     # the old host is given back (by its deadline at the latest)
     await until(
         lambda: old.id not in [h.id for h in example.hosts()],

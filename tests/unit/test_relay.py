@@ -226,9 +226,7 @@ async def test_announcement_shown_in_the_next_cell_only(relay, start_kernel, con
     assert out == "again\n" and reply["content"]["status"] == "ok"
 
 
-async def test_requests_a_dead_kernel_took_along_go_to_its_successor(
-    relay, start_kernel, connect
-):
+async def test_requests_a_dead_kernel_took_along_go_to_its_successor(relay, start_kernel, connect):
     km1 = await start_kernel()
     relay.retarget(kernel_info(km1))
     kc = await connect(relay.connection_info)

@@ -22,10 +22,18 @@ root_flag=""
     --EnterpriseGatewayApp.port="$GATEWAY_PORT" >var/gateway.log 2>&1 &
 gateway=$!
 lab=""
+# end a process: TERM, up to $2 tenths of a second to go, then KILL
+end() {
+    kill "$1" 2>/dev/null || return 0
+    i=0
+    while kill -0 "$1" 2>/dev/null && [ "$i" -lt "$2" ]; do sleep 0.1; i=$((i + 1)); done
+    kill -9 "$1" 2>/dev/null || true
+}
+# JupyterLab first: it shuts its kernels down through the gateway, which must still be up
 stop() {
-    [ -n "$lab" ] && kill "$lab" 2>/dev/null
-    kill "$gateway" 2>/dev/null
-    wait 2>/dev/null
+    [ -n "$lab" ] && end "$lab" 80
+    end "$gateway" 50
+    wait 2>/dev/null || true
 }
 trap 'stop; exit 0' INT TERM
 trap stop EXIT

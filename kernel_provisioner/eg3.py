@@ -290,7 +290,8 @@ async def _reap(kernel_id: str, slot: _Slot, mapping: Any) -> None:
 
 @atexit.register
 def _release_hosts_at_exit() -> None:
-    """The gateway exits without running the reapers: give back the hosts still held."""
+    """The gateway exits without running the reapers (it closes its loop first, so their
+    tasks are reported as destroyed): give back the hosts still held, on a loop of our own."""
     kernels = [slot.kernel for slot in _SLOTS.values()] + list(_CLOSING)
     held = [kernel for kernel in kernels if kernel.host is not None]
     if not held:

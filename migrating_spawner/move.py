@@ -170,7 +170,7 @@ class Move:
             await spawner.restore_home(self.new, self.final_id, current=self.current_files)
         elif spawner.home_mode == "synced" and spawner.checkpoint_id and self.current_files is None:
             await spawner.restore_home(self.new, spawner.checkpoint_id)
-        await self._restore_kernels()
+        await spawner.restore_kernels(self.new, self.port)
         await self._switch()
         if self.held:
             await self.proxy.release(spawner)
@@ -202,28 +202,6 @@ class Move:
                     f"was interrupted and did not finish{which}",
                     level="warning",
                 )
-
-    async def _restore_kernels(self) -> None:
-        """Re-create the kernels (same ids) on the new server and restore their state."""
-        from kernel_provisioner.state import lost_message
-
-        spawner = self.spawner
-        try:
-            report = await spawner.server_api(
-                self.new,
-                self.port,
-                "POST",
-                "migrating/restore",
-                {"timeout": spawner.kernel_state_timeout},
-                timeout=spawner.kernel_state_timeout + 10,
-            )
-        except (HostError, OSError, asyncio.TimeoutError) as e:
-            spawner.emit(f"Kernels could not be restored: {e}", level="warning")
-            return
-        for kernel_id, result in report.get("kernels", {}).items():
-            message = lost_message(result) if result.get("ok") else result.get("reason")
-            if message:
-                spawner.emit(f"Kernel {kernel_id[:8]}: {message}", level="warning")
 
     async def _switch(self) -> None:
         """Point the hub's record and the proxy route at the new server."""

@@ -102,6 +102,12 @@ class MigratingSpawner(Spawner):
         """,
     ).tag(config=True)
 
+    @default("start_timeout")
+    def _default_start_timeout(self):
+        # a start may acquire a host, restore a home from its checkpoint and bring the
+        # kernels back: more than JupyterHub's 60 s for a plain local process
+        return 300
+
     @default("options_form")
     def _default_options_form(self):
         return lambda spawner: profiles_mod.render_form(spawner._profiles())
@@ -302,7 +308,13 @@ class MigratingSpawner(Spawner):
             if self.home_mode == "synced" and self.checkpoint_id:
                 self.emit(f"Resuming from checkpoint {self.checkpoint_id}", 40)
                 await self.restore_home(host, self.checkpoint_id)
-            port = await self.launch(host, restore=self.checkpoint_on_stop)
+            port = await self.launch(host)
+            self.emit(f"Starting the server on {host.address}:{port}", 60)
+            if self.checkpoint_on_stop:
+                # kernels come back before the hub calls the server ready, so the first
+                # cell a user runs after a resume already sees their variables
+                await self.wait_ready(host, port)
+                await self.restore_kernels(host, port)
         except CheckpointError as e:
             await self._release_quietly(host)
             raise SpawnException(
@@ -314,15 +326,11 @@ class MigratingSpawner(Spawner):
             await self._release_quietly(host)
             raise
         self.host, self.ip, self.port = host, host.address, port
-        self.emit(f"Starting the server on {host.address}:{port}", 60)
         self.start_precopy()
         return f"http://{host.address}:{port}"
 
-    async def launch(self, host: Host, restore: bool = False) -> int:
-        """Start jupyterhub-singleuser on `host`; returns its port.
-
-        With `restore`, the server restores its kernels from the home by itself (a resume).
-        """
+    async def launch(self, host: Host) -> int:
+        """Start jupyterhub-singleuser on `host`; returns its port."""
         agent = AgentClient(host)
         port = await agent.free_port()
         home = self.home_on(host)
@@ -330,8 +338,6 @@ class MigratingSpawner(Spawner):
         self.host, self.ip, self.port = host, host.address, port
         try:
             env = self.get_env()
-            if restore:
-                env["JUPYTERHUB_MIGRATING_RESTORE"] = "1"
             cmd = self.cmd + self.get_args()
         finally:
             self.host, self.ip, self.port = previous
@@ -378,6 +384,31 @@ class MigratingSpawner(Spawner):
                 if resp.status >= 400:
                     raise HostError(f"{method} {path} on {host.id}: {resp.status} {text[:300]}")
                 return await resp.json(content_type=None)
+
+    async def restore_kernels(self, host: Host, port: int) -> None:
+        """Re-create the kernels (same ids) on the server at host:port from the snapshots in
+        its home, and tell the user what did not come back."""
+        from kernel_provisioner.state import lost_message
+
+        try:
+            report = await self.server_api(
+                host,
+                port,
+                "POST",
+                "migrating/restore",
+                {"timeout": self.kernel_state_timeout},
+                timeout=self.kernel_state_timeout + 10,
+            )
+        except (HostError, OSError, asyncio.TimeoutError) as e:
+            self.emit(f"Kernels could not be restored: {e}", level="warning")
+            return
+        kernels = report.get("kernels", {})
+        if kernels:
+            self.emit(f"Restored {len(kernels)} kernel(s) under their ids", 80)
+        for kernel_id, result in kernels.items():
+            message = lost_message(result) if result.get("ok") else result.get("reason")
+            if message:
+                self.emit(f"Kernel {kernel_id[:8]}: {message}", level="warning")
 
     async def poll(self) -> int | None:
         if self.moving:

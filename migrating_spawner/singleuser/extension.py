@@ -10,8 +10,8 @@ It keeps the server's live state in files under the home, so that state moves wi
 
 `POST api/migrating/checkpoint` writes it (the final snapshot of a move, or a suspend);
 `POST api/migrating/restore` re-creates sessions and kernels with the same ids and restores
-their namespaces on the new host. A server started with JUPYTERHUB_MIGRATING_RESTORE=1 (a
-resume) restores by itself. Between moves, idle kernels that ran something are snapshotted
+their namespaces on the new host (the move, and a resume after a stop, call it before the
+server is reported ready). Between moves, idle kernels that ran something are snapshotted
 every `snapshot_interval` seconds, so a host lost without notice loses little.
 """
 
@@ -303,8 +303,5 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
 async def _start_jupyter_server_extension(serverapp) -> None:
     state: ServerState = serverapp.web_app.settings["migrating_state"]
-    if os.environ.get("JUPYTERHUB_MIGRATING_RESTORE") == "1":
-        report = await state.restore()
-        serverapp.log.info("restored from checkpoint: %s", report)
     if state.snapshot_interval > 0:
         state._snapshot_task = asyncio.ensure_future(state.snapshot_loop())

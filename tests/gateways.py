@@ -207,44 +207,9 @@ def _root_flag(app: str) -> list[str]:
     return [f"--{app}.allow_root=True"] if os.geteuid() == 0 else []
 
 
-class JupyterServer(ServerProcess):
-    """`python -m jupyter_server` with the migrating-provisioner kernelspec on JUPYTER_PATH."""
-
-    name = "jupyter-server"
-
-    def __init__(self, tmp: Path, *, name: str = "", kernel: str = MOVING_KERNEL):
-        super().__init__(tmp, name=name, hosts_root=tmp / (name or self.name) / "hosts")
-        self.jupyter_path = self.dir / "jupyter"
-        self.kernelspec = write_moving_kernelspec(self.jupyter_path, self.hosts_root, kernel)
-        self.root_dir = self.dir / "notebooks"
-        self.root_dir.mkdir(exist_ok=True)
-
-    def environment(self) -> dict[str, str]:
-        return {**super().environment(), "JUPYTER_PATH": str(self.jupyter_path)}
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "jupyter_server",
-            "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={self.port}",
-            "--ServerApp.port_retries=0",
-            f"--ServerApp.token={self.token}",
-            "--ServerApp.open_browser=False",
-            f"--ServerApp.root_dir={self.root_dir}",
-            "--ServerApp.log_level=DEBUG",
-            *_root_flag("ServerApp"),
-        ]
-
-
-class KernelGateway(ServerProcess):
-    """Jupyter Kernel Gateway 3 (`python -m kernel_gateway`, websocket personality) with the
-    migrating-provisioner kernelspec on JUPYTER_PATH; it lists its kernels (GatewayClient
-    needs GET /api/kernels)."""
-
-    name = "kernel-gateway"
-    status_path = "/api/kernelspecs"
+class MovingKernelServer(ServerProcess):
+    """A server whose kernels use the migrating-provisioner kernelspec on its JUPYTER_PATH,
+    on local hosts under its own folder."""
 
     def __init__(self, tmp: Path, *, name: str = "", kernel: str = MOVING_KERNEL):
         super().__init__(tmp, name=name, hosts_root=tmp / (name or self.name) / "hosts")
@@ -254,6 +219,38 @@ class KernelGateway(ServerProcess):
 
     def environment(self) -> dict[str, str]:
         return {**super().environment(), "JUPYTER_PATH": str(self.jupyter_path)}
+
+
+class JupyterServer(MovingKernelServer):
+    """`python -m jupyter_server` with the migrating-provisioner kernelspec."""
+
+    name = "jupyter-server"
+
+    def command(self) -> list[str]:
+        root_dir = self.dir / "notebooks"
+        root_dir.mkdir(exist_ok=True)
+        return [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.token={self.token}",
+            "--ServerApp.open_browser=False",
+            f"--ServerApp.root_dir={root_dir}",
+            "--ServerApp.log_level=DEBUG",
+            *_root_flag("ServerApp"),
+        ]
+
+
+class KernelGateway(MovingKernelServer):
+    """Jupyter Kernel Gateway 3 (`python -m kernel_gateway`, websocket personality) with the
+    migrating-provisioner kernelspec; it lists its kernels (GatewayClient needs
+    GET /api/kernels)."""
+
+    name = "kernel-gateway"
+    status_path = "/api/kernelspecs"
 
     def command(self) -> list[str]:
         return [
@@ -388,6 +385,26 @@ async def reclaim(host: Host, notice: float) -> None:
         ) as resp:
             if resp.status != 202:
                 raise RuntimeError(f"reclaim of {host.id}: {resp.status} {await resp.text()}")
+
+
+async def interrupt_then_restart(server: ServerProcess, ws: Any, kernel_id: str) -> None:
+    """Through `server`'s REST API, interrupt a running cell, then restart the kernel: the
+    open websocket `ws` sees both, and the restarted kernel is fresh on the same host."""
+    [host] = server.hosts()
+    await ws.run("x = 42")
+    # interrupt: an interrupt_request to the kernel on its host (there is no local process)
+    cell = asyncio.create_task(ws.run("import time; time.sleep(30)"))
+    await asyncio.sleep(1.5)
+    status, _ = await server.request("POST", f"/api/kernels/{kernel_id}/interrupt")
+    assert status == 204
+    out, reply = await asyncio.wait_for(cell, 15)
+    assert reply["status"] == "error" and "KeyboardInterrupt" in out, out
+    # restart: a fresh kernel on the same host behind the same relay and websocket
+    status, _ = await server.request("POST", f"/api/kernels/{kernel_id}/restart")
+    assert status == 200
+    out, _ = await ws.run("print('x' in dir())", timeout=30)
+    assert out.strip() == "False"
+    assert [h.id for h in server.hosts()] == [host.id]
 
 
 async def until(condition: Any, timeout: float, what: str) -> None:

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
+from labpage import (
+    ARTIFACTS,
+    CHROMIUM,
+    KERNEL_STATUS,
+    RUN_CELL,
+    chromium_page,
+    notebook,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 CELLS = [
     "x = 42",
@@ -27,40 +32,6 @@ CELLS = [
 ]
 
 
-def notebook(cells: list[str]) -> dict:
-    return {
-        "nbformat": 4,
-        "nbformat_minor": 5,
-        "metadata": {
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
-        },
-        "cells": [
-            {
-                "cell_type": "code",
-                "id": f"c{i}",
-                "metadata": {},
-                "source": src,
-                "outputs": [],
-                "execution_count": None,
-            }
-            for i, src in enumerate(cells)
-        ],
-    }
-
-
-RUN_CELL = """async (index) => {
-    const app = window.jupyterapp;
-    const panel = app.shell.currentWidget;
-    panel.content.activeCellIndex = index;
-    await app.commands.execute('notebook:run-cell');
-}"""
-
-KERNEL_STATUS = """() => {
-    const panel = window.jupyterapp.shell.currentWidget;
-    const kernel = panel && panel.sessionContext.session && panel.sessionContext.session.kernel;
-    return kernel ? kernel.status + '/' + kernel.connectionStatus : 'none';
-}"""
-
 CELL_OUTPUT = """(index) => {
     const panel = window.jupyterapp.shell.currentWidget;
     const cell = panel.content.widgets[index];
@@ -69,20 +40,9 @@ CELL_OUTPUT = """(index) => {
 }"""
 
 
-async def wait_for(page, script, arg, want, timeout=60):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await page.evaluate(script, arg) if arg is not None else await page.evaluate(script)
-        if want(value):
-            return value
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out; last value {value!r}")
-
-
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 async def test_variables_survive_a_reclaim_in_the_same_tab(hub_factory):
-    playwright_api = pytest.importorskip("playwright.async_api")
+    pytest.importorskip("playwright.async_api")
     hub = await hub_factory(
         'c.MigratingSpawner.home_mode = "synced"\n'
         'c.Spawner.default_url = "/lab"\n'
@@ -90,19 +50,7 @@ async def test_variables_survive_a_reclaim_in_the_same_tab(hub_factory):
     )
     token = await hub.user_token("alice")
     dialogs: list[str] = []
-    async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        page = await browser.new_page()
+    async with chromium_page() as page:
         try:
             await page.goto(hub.url + "/hub/login")
             await page.fill("#username_input", "alice")
@@ -171,5 +119,3 @@ async def test_variables_survive_a_reclaim_in_the_same_tab(hub_factory):
             await page.screenshot(path=str(ARTIFACTS / "browser-move-failure.png"))
             (ARTIFACTS / "browser-move-dialogs.json").write_text(json.dumps(dialogs))
             raise
-        finally:
-            await browser.close()

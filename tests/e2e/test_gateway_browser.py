@@ -8,60 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
-from gateways import MOVING_KERNEL, GatewayClient, KernelGateway, call_failed, start_all, stop_all
+from gateways import (
+    MOVING_KERNEL,
+    GatewayClient,
+    KernelGateway,
+    call_failed,
+    reclaim,
+    start_all,
+    stop_all,
+    until,
+)
+from labpage import (
+    ARTIFACTS,
+    CHROMIUM,
+    KERNEL_STATUS,
+    RUN_CELL,
+    chromium_page,
+    notebook,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 NOTICE = 15.0
 
 CELLS = ["x = 42", "print(x)"]
 
-
-def notebook(cells: list[str]) -> dict:
-    return {
-        "nbformat": 4,
-        "nbformat_minor": 5,
-        "metadata": {
-            "kernelspec": {
-                "name": MOVING_KERNEL,
-                "display_name": "Python 3 (moving)",
-                "language": "python",
-            }
-        },
-        "cells": [
-            {
-                "cell_type": "code",
-                "id": f"c{i}",
-                "metadata": {},
-                "source": src,
-                "outputs": [],
-                "execution_count": None,
-            }
-            for i, src in enumerate(cells)
-        ],
-    }
-
-
-RUN_CELL = """async (index) => {
-    const app = window.jupyterapp;
-    const panel = app.shell.currentWidget;
-    panel.content.activeCellIndex = index;
-    await app.commands.execute('notebook:run-cell');
-}"""
-
-KERNEL_STATUS = """() => {
-    const panel = window.jupyterapp.shell.currentWidget;
-    const kernel = panel && panel.sessionContext.session && panel.sessionContext.session.kernel;
-    return kernel ? kernel.status + '/' + kernel.connectionStatus : 'none';
-}"""
 
 KERNEL_ID = """() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.id"""
 
@@ -103,17 +79,6 @@ WATCH_KERNEL = """() => {
 }"""
 
 
-async def wait_for(page, script, arg, want, timeout=60):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await page.evaluate(script, arg) if arg is not None else await page.evaluate(script)
-        if want(value):
-            return value
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out; last value {value!r}")
-
-
 @pytest.fixture
 async def lab(tmp_path, request):
     """(front, gateway): `jupyter lab --gateway-url` in front of Kernel Gateway."""
@@ -131,28 +96,20 @@ async def lab(tmp_path, request):
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 async def test_kernel_moves_behind_jupyterlab_and_kernel_gateway(lab):
-    playwright_api = pytest.importorskip("playwright.async_api")
+    pytest.importorskip("playwright.async_api")
     front, gateway = lab
     status, _ = await front.request(
         "PUT",
         "/api/contents/moving.ipynb",
-        {"type": "notebook", "format": "json", "content": notebook(CELLS)},
+        {
+            "type": "notebook",
+            "format": "json",
+            "content": notebook(CELLS, MOVING_KERNEL, "Python 3 (moving)"),
+        },
     )
     assert status in (200, 201)
     seen: dict = {}
-    async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        page = await browser.new_page()
+    async with chromium_page() as page:
         try:
             await page.goto(f"{front.url}/lab/tree/moving.ipynb?token={front.token}")
             await page.wait_for_function("window.jupyterapp && document.body")
@@ -173,19 +130,11 @@ async def test_kernel_moves_behind_jupyterlab_and_kernel_gateway(lab):
             await wait_for(page, KERNEL_STATUS, None, lambda s: s == "idle/connected")
             await page.evaluate(WATCH_KERNEL)
 
-            async with aiohttp.ClientSession() as http:
-                async with http.post(
-                    old.agent_url + "/reclaim",
-                    json={"notice_seconds": NOTICE},
-                    headers={"Authorization": f"token {old.agent_token}"},
-                ) as resp:
-                    assert resp.status == 202, await resp.text()
+            await reclaim(old, NOTICE)
             reclaimed = time.monotonic()
             # the move is under way once a second host is being acquired: run the next cell
             # now, in the same tab, without a reload
-            while len(gateway.hosts()) < 2:
-                assert time.monotonic() - reclaimed < 10, "the move did not begin"
-                await asyncio.sleep(0.02)
+            await until(lambda: len(gateway.hosts()) >= 2, 10, "the move did not begin")
             sent = time.monotonic()
             await page.evaluate(RUN_CELL, 1)
             cell = await wait_for(page, CELL_STATE, 1, lambda c: c["count"] is not None, 60)
@@ -229,8 +178,6 @@ async def test_kernel_moves_behind_jupyterlab_and_kernel_gateway(lab):
                     pass
             (ARTIFACTS / "gateway-browser-seen.json").write_text(json.dumps(seen))
             raise
-        finally:
-            await browser.close()
 
     # the kernel's shutdown releases its host
     status, sessions = await front.request("GET", "/api/sessions")
@@ -238,7 +185,4 @@ async def test_kernel_moves_behind_jupyterlab_and_kernel_gateway(lab):
     for session in sessions:
         status, _ = await front.request("DELETE", f"/api/sessions/{session['id']}")
         assert status == 204
-    deadline = time.monotonic() + 15
-    while gateway.hosts() and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert gateway.hosts() == []
+    await until(lambda: not gateway.hosts(), 15, "the kernel's host was not released")

@@ -8,7 +8,16 @@ import time
 
 import aiohttp
 import pytest
-from gateways import GatewayClient, KernelGateway, call_failed, start_all, stop_all
+from gateways import (
+    GatewayClient,
+    KernelGateway,
+    call_failed,
+    interrupt_then_restart,
+    reclaim,
+    start_all,
+    stop_all,
+    until,
+)
 from kernelws import KernelSocket
 
 pytestmark = pytest.mark.integration
@@ -30,17 +39,6 @@ async def servers(tmp_path, request):
     assert gateway.hosts() == [], "hosts left after the servers stopped"
 
 
-async def reclaim(host, notice: float = NOTICE) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            host.agent_url + "/reclaim",
-            json={"notice_seconds": notice},
-            headers={"Authorization": f"token {host.agent_token}"},
-            timeout=aiohttp.ClientTimeout(10),
-        ) as resp:
-            assert resp.status == 202, await resp.text()
-
-
 async def kernel_ids(server) -> list[str]:
     status, kernels = await server.request("GET", "/api/kernels")
     assert status == 200, kernels
@@ -50,13 +48,6 @@ async def kernel_ids(server) -> list[str]:
 def gateway_websockets(gateway, kernel_id: str) -> int:
     """How many kernel websockets the gateway accepted for `kernel_id` (its access log)."""
     return gateway.tail(100_000).count(f"101 GET /api/kernels/{kernel_id}/channels")
-
-
-async def wait_no_hosts(gateway, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while gateway.hosts() and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert gateway.hosts() == [], f"hosts not released: {[h.id for h in gateway.hosts()]}"
 
 
 async def test_kernel_moves_behind_the_gateway_on_one_websocket(servers):
@@ -71,12 +62,10 @@ async def test_kernel_moves_behind_the_gateway_on_one_websocket(servers):
         assert reply["status"] == "ok", out
         last_before = time.monotonic()
 
-        await reclaim(old)
+        await reclaim(old, NOTICE)
         reclaimed = time.monotonic()
         # the move is under way once a second host is being acquired
-        while len(gateway.hosts()) < 2:
-            assert time.monotonic() - reclaimed < 10, "the move did not begin"
-            await asyncio.sleep(0.02)
+        await until(lambda: len(gateway.hosts()) >= 2, 10, "the move did not begin")
         sent = time.monotonic()
         out, reply = await ws.run("print(x)", timeout=60)
         first_after = time.monotonic()
@@ -112,7 +101,7 @@ async def test_kernel_moves_behind_the_gateway_on_one_websocket(servers):
 
     status, _ = await front.request("DELETE", f"/api/kernels/{kernel_id}")
     assert status == 204
-    await wait_no_hosts(gateway)
+    await until(lambda: not gateway.hosts(), 15, "hosts not released")
     assert await kernel_ids(gateway) == []
     assert not (gateway.hosts_root / "kernel-state" / kernel_id).exists()
 
@@ -122,23 +111,8 @@ async def test_restart_and_interrupt_through_the_gateway_keep_the_websocket(serv
     status, kernel = await front.request("POST", "/api/kernels", {"name": "moving"})
     assert status == 201, (kernel, front.tail(), gateway.tail())
     kernel_id = kernel["id"]
-    [host] = gateway.hosts()
     async with KernelSocket(front.url, kernel_id, front.token) as ws:
-        await ws.run("x = 42")
-        # interrupt: front -> gateway REST -> an interrupt_request to the kernel on its host
-        cell = asyncio.create_task(ws.run("import time; time.sleep(30)"))
-        await asyncio.sleep(1.5)
-        status, _ = await front.request("POST", f"/api/kernels/{kernel_id}/interrupt")
-        assert status == 204
-        out, reply = await asyncio.wait_for(cell, 15)
-        assert reply["status"] == "error" and "KeyboardInterrupt" in out, out
-
-        # restart: a fresh kernel on the same host behind the same relay and websocket
-        status, _ = await front.request("POST", f"/api/kernels/{kernel_id}/restart")
-        assert status == 200
-        assert [h.id for h in gateway.hosts()] == [host.id]
-        out, _ = await ws.run("print('x' in dir())")
-        assert out.strip() == "False"
+        await interrupt_then_restart(front, ws, kernel_id)
         out, _ = await ws.run("y = 7; print(y * 6)")
         assert out.strip() == "42"
         assert not ws.ws.closed
@@ -146,4 +120,4 @@ async def test_restart_and_interrupt_through_the_gateway_keep_the_websocket(serv
     assert await kernel_ids(gateway) == [kernel_id]
     status, _ = await front.request("DELETE", f"/api/kernels/{kernel_id}")
     assert status == 204
-    await wait_no_hosts(gateway)
+    await until(lambda: not gateway.hosts(), 15, "hosts not released")

@@ -7,7 +7,15 @@ import time
 
 import aiohttp
 import pytest
-from gateways import JupyterServer, call_failed, start_all, stop_all
+from gateways import (
+    JupyterServer,
+    call_failed,
+    interrupt_then_restart,
+    reclaim,
+    start_all,
+    stop_all,
+    until,
+)
 from kernelws import KernelSocket
 
 pytestmark = pytest.mark.integration
@@ -37,19 +45,10 @@ async def test_kernel_moves_behind_one_websocket(server):
         assert reply["status"] == "ok", out
         last_before = time.monotonic()
 
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
-                old.agent_url + "/reclaim",
-                json={"notice_seconds": NOTICE},
-                headers={"Authorization": f"token {old.agent_token}"},
-            ) as resp:
-                assert resp.status == 202, await resp.text()
+        await reclaim(old, NOTICE)
         reclaimed = time.monotonic()
-
         # the move is under way once a second host is being acquired
-        while len(server.hosts()) < 2:
-            assert time.monotonic() - reclaimed < 10, "the move did not begin"
-            await asyncio.sleep(0.02)
+        await until(lambda: len(server.hosts()) >= 2, 10, "the move did not begin")
         sent = time.monotonic()
         out, reply = await ws.run("print(x)", timeout=60)
         first_after = time.monotonic()
@@ -82,10 +81,7 @@ async def test_kernel_moves_behind_one_websocket(server):
 
     status, _ = await server.request("DELETE", f"/api/kernels/{kernel_id}")
     assert status == 204
-    deadline = time.monotonic() + 15
-    while server.hosts() and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert server.hosts() == [], f"host {new.id} not released"
+    await until(lambda: not server.hosts(), 15, f"host {new.id} not released")
     assert not (server.hosts_root / "kernel-state" / kernel_id).exists()
 
 
@@ -93,23 +89,8 @@ async def test_restart_and_interrupt_keep_the_websocket(server):
     status, kernel = await server.request("POST", "/api/kernels", {"name": "moving"})
     assert status == 201, (kernel, server.tail())
     kernel_id = kernel["id"]
-    [host] = server.hosts()
     async with KernelSocket(server.url, kernel_id, server.token) as ws:
-        await ws.run("x = 42")
-        # interrupt: an interrupt_request to the kernel on its host (no local process)
-        cell = asyncio.create_task(ws.run("import time; time.sleep(30)"))
-        await asyncio.sleep(1.5)
-        status, _ = await server.request("POST", f"/api/kernels/{kernel_id}/interrupt")
-        assert status == 204
-        out, reply = await asyncio.wait_for(cell, 15)
-        assert reply["status"] == "error" and "KeyboardInterrupt" in out, out
-
-        # restart: a fresh kernel on the same host behind the same relay and websocket
-        status, _ = await server.request("POST", f"/api/kernels/{kernel_id}/restart")
-        assert status == 200
-        assert [h.id for h in server.hosts()] == [host.id]
-        out, _ = await ws.run("print('x' in dir())")
-        assert out.strip() == "False"
+        await interrupt_then_restart(server, ws, kernel_id)
     status, _ = await server.request("DELETE", f"/api/kernels/{kernel_id}")
     assert status == 204
     assert server.hosts() == []

@@ -272,7 +272,9 @@ class MovableKernel:
             new_host, new_target = await new
         except BaseException as e:
             new.cancel()
-            await asyncio.gather(new, return_exceptions=True)
+            [started] = await asyncio.gather(new, return_exceptions=True)
+            if isinstance(started, tuple):  # the new kernel was up already: not needed now
+                await self._release(started[0])
             self.moving = False
             # still on the old kernel: let the queued requests through to it
             self.relay.resume()
@@ -511,6 +513,8 @@ class MovableKernel:
             await asyncio.sleep(self.notice_poll_interval)
             if self.moving or self.stopping or self.host is None:
                 continue
+            if self.relay.shutdown_requested:
+                continue  # the kernel is on its way out (or restarting): nothing to move
             try:
                 notice = await AgentClient(self.host, timeout=3, retries=0).notice()
                 failures = 0

@@ -134,6 +134,7 @@ class KernelRelay:
         self._flush_task: asyncio.Task | None = None
         self._announcement = ""  # shown in the output of the next cell a client runs
         self._executes = 0  # execute_requests forwarded so far
+        self._shutdown_requested = False  # a client asked the current kernel to exit
         self._execution_state = "starting"  # the kernel's, from client requests' status
         self._stats = {"to_kernel": 0, "to_clients": 0, "dropped": 0, "retargets": 0}
 
@@ -166,6 +167,12 @@ class KernelRelay:
     def executes(self) -> int:
         """How many execute_requests clients have sent through the relay (so far)."""
         return self._executes
+
+    @property
+    def shutdown_requested(self) -> bool:
+        """A client has sent the current kernel a shutdown_request (to exit, or to restart);
+        its process is expected to end. Cleared by ``retarget()`` to a new process."""
+        return self._shutdown_requested
 
     @property
     def execution_state(self) -> str:
@@ -233,6 +240,7 @@ class KernelRelay:
         # asked is its business (requeue_unanswered() first, if it died)
         self._close_back()
         self._unanswered.clear()
+        self._shutdown_requested = False
         self._connect(target)
         self._stats["retargets"] += 1
         return self._keep(self._open_when_ready(self._gen))
@@ -367,6 +375,8 @@ class KernelRelay:
                 self._unanswered[msg_id] = (idents, parts)
                 if len(self._unanswered) > _RECENT_IDS:
                     self._unanswered.popitem(last=False)
+        if b'"shutdown_request"' in parts[0]:
+            self._shutdown_requested = True
         if ch == "shell" and b'"execute_request"' in parts[0]:
             self._executes += 1
             if self._announcement:

@@ -179,8 +179,9 @@ class ServerProcess:
                 parts.append(f"===== agent log {log.name} =====\n{log.read_text()[-3000:]}")
         return "\n".join(parts)
 
-    async def stop(self, release_hosts: bool = True) -> None:
-        """End the process; then release the hosts it left (unless a test checks them)."""
+    async def stop(self, release_hosts: bool = True) -> list[str]:
+        """End the process; then release the hosts it left (unless a test checks them).
+        Returns the ids of the hosts it left: a server that exits cleanly leaves none."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -191,8 +192,10 @@ class ServerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+        left = [host.id for host in self.hosts()]
         if release_hosts:
             await self.release_hosts()
+        return left
 
     async def release_hosts(self) -> None:
         """Whatever hosts are left (a failed test): their agents and kernels go too."""
@@ -423,12 +426,15 @@ async def start_all(*servers: ServerProcess, timeout: float = 60) -> None:
         await server.wait_up(timeout)
 
 
-async def stop_all(*servers: ServerProcess, failed: bool = False) -> None:
-    """Stop `servers` in reverse order (front first); print their logs if the test failed."""
+async def stop_all(*servers: ServerProcess, failed: bool = False) -> list[str]:
+    """Stop `servers` in reverse order (front first); print their logs if the test failed.
+    Returns the ids of the hosts they left behind (and that were released here)."""
+    left = []
     for server in reversed(servers):
         if failed:
             print("\n" + server.report())
-        await server.stop()
+        left += await server.stop()
+    return left
 
 
 def call_failed(request: Any) -> bool:

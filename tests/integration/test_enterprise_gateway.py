@@ -56,7 +56,8 @@ async def example(request, tmp_path):
         await start_all(ex, timeout=90)
         yield ex
     finally:
-        await stop_all(ex, failed=call_failed(request))
+        left = await stop_all(ex, failed=call_failed(request))
+    assert call_failed(request) or left == [], f"hosts left after the example stopped: {left}"
 
 
 async def new_kernel(ex: EnterpriseGatewayExample) -> str:

@@ -266,7 +266,15 @@ async def test_interrupt_and_restart_request_on_control(relay, start_kernel, con
 
     # restart: the kernel acknowledges and exits; starting the new process is the
     # provisioner's job, after which it re-targets the relay
+    assert not relay.shutdown_requested
     restart_id = kc.shutdown(restart=True)
     ack = await kc.get_control_msg(timeout=10)
     assert ack["parent_header"]["msg_id"] == restart_id
     assert ack["content"]["restart"] is True
+    # the relay knows this kernel's exit is on purpose (no move, no recovery for it) ...
+    assert relay.shutdown_requested
+    # ... until it serves the next kernel process
+    km2 = await start_kernel()
+    await relay.retarget(kernel_info(km2))
+    assert not relay.shutdown_requested
+    assert (await run(kc, "print('restarted')"))[1] == "restarted\n"

@@ -1,0 +1,95 @@
+"""MovableKernel itself, on real local hosts (agents) with real ipykernel kernels: the paths
+no gateway can steer into on purpose, such as a shutdown in the middle of a move."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import uuid
+
+import pytest
+from gateways import until
+from jupyter_client import AsyncKernelClient
+from realhub import free_port
+
+from kernel_provisioner.settings import KernelHostSettings
+
+pytestmark = pytest.mark.integration
+
+ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+
+@pytest.fixture
+async def settings(tmp_path):
+    first = "127.0.77.10"
+    settings = KernelHostSettings(
+        root_dir=str(tmp_path / "hosts"),
+        first_address=first,
+        agent_port=free_port(first, "127.0.77.11", "127.0.77.12"),
+        notice_poll_interval=0.2,
+        log=logging.getLogger("test.movable"),
+    )
+    yield settings
+    provider = settings.provider
+    for host in await provider.list_hosts():
+        await provider.release(host)
+
+
+async def client(info: dict) -> AsyncKernelClient:
+    kc = AsyncKernelClient()
+    kc.load_connection_info(info)
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=30)
+    return kc
+
+
+async def test_shutdown_during_a_move_gives_both_hosts_back(settings, caplog):
+    caplog.set_level(logging.INFO, "test.movable")
+    kernel = settings.new_kernel(str(uuid.uuid4()), "python")
+    provider = settings.provider
+    kc = await client(await kernel.start(ARGV))
+    try:
+        [old] = await provider.list_hosts()
+        # a busy cell that ignores interrupts holds the move at its snapshot
+        kc.execute("import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN)\n")
+        kc.execute("time.sleep(60)")
+        await provider.reclaim(old, 60)
+        started = f"kernel {kernel.kernel_id} runs on"
+
+        def new_kernel_up() -> bool:
+            return sum(started in r.getMessage() for r in caplog.records) == 2
+
+        await until(new_kernel_up, 20, "the move started no kernel on a new host")
+        assert kernel.moving and kernel.host.id == old.id  # still waiting for the snapshot
+
+        await kernel.shutdown(grace=0)
+        assert await provider.list_hosts() == []
+        assert kernel.host is None and not kernel.moving
+    finally:
+        kc.stop_channels()
+        await kernel.shutdown(grace=0)
+
+
+async def test_a_kernel_asked_to_exit_is_not_moved(settings, caplog):
+    caplog.set_level(logging.INFO, "test.movable")
+    kernel = settings.new_kernel(str(uuid.uuid4()), "python")
+    provider = settings.provider
+    kc = await client(await kernel.start(ARGV))
+    try:
+        [host] = await provider.list_hosts()
+        # a client (the gateway's kernel manager) asks the kernel to exit, as a DELETE does;
+        # before the gateway has noticed the exit, the host gets a notice
+        kc.shutdown()
+        await until(lambda: kernel.relay.shutdown_requested, 5, "the relay saw no shutdown")
+        await provider.reclaim(host, 30)
+        # the watch polls every 0.2 s: seven polls see the notice, none moves a kernel that
+        # is on its way out (a move would snapshot a dead kernel and start a new one)
+        await asyncio.sleep(1.5)
+        assert not kernel.moving and kernel.moves == []
+        assert [h.id for h in await provider.list_hosts()] == [host.id]
+        assert "moving off" not in caplog.text
+    finally:
+        kc.stop_channels()
+        await kernel.shutdown(grace=0)
+    assert await provider.list_hosts() == []

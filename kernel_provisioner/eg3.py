@@ -217,8 +217,9 @@ class MigratingProcessProxy(BaseProcessProxyABC):
             self._exit_code = code
 
     async def _watch_status(self) -> None:
-        """Keep what poll() answers up to date; count a finished move as activity, so the
-        culler does not take the gap for idleness."""
+        """Keep what poll() answers up to date; count a move as activity while it lasts and
+        when it ends: requests wait in the relay meanwhile and the kernel says nothing, which
+        the culler would otherwise take for idleness."""
         kernel = self.kernel
         assert kernel is not None
         moves = len(kernel.moves)
@@ -230,7 +231,7 @@ class MigratingProcessProxy(BaseProcessProxyABC):
                     code = proc.get("exit_code")
                     self._exit_code = -1 if code is None else int(code)
                     return
-            if len(kernel.moves) != moves:
+            if kernel.moving or len(kernel.moves) != moves:
                 moves = len(kernel.moves)
                 self.kernel_manager.last_activity = utcnow()
             await asyncio.sleep(STATUS_INTERVAL)

@@ -331,8 +331,9 @@ class EnterpriseGatewayExample(ServerProcess):
 
     name = "enterprise-gateway-example"
 
-    def __init__(self, tmp: Path, *, name: str = ""):
+    def __init__(self, tmp: Path, *, name: str = "", gateway_options: tuple[str, ...] = ()):
         super().__init__(tmp, name=name, hosts_root=EG_EXAMPLE / "var" / "kernel-hosts")
+        self.gateway_options = gateway_options
         self.gateway_port = free_port("127.0.0.1")
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
         self.jupyter_path = self.dir / "jupyter"
@@ -357,6 +358,7 @@ class EnterpriseGatewayExample(ServerProcess):
             "LAB_PORT": str(self.port),
             "LAB_TOKEN": self.token,
             "JUPYTER_PATH": str(self.jupyter_path),
+            "EG_OPTS": " ".join(self.gateway_options),
         }
 
     async def clean(self) -> None:

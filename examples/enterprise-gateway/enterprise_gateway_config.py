@@ -24,5 +24,6 @@ c.EnterpriseGatewayApp.list_kernels = True
 c.EnterpriseGatewayApp.unauthorized_users = set()
 
 # Culling stays off (Enterprise Gateway's default). If you turn it on, a move counts as
-# activity: the gap does not make a kernel look idle.
-# c.EnterpriseGatewayApp.cull_idle_timeout = 3600
+# activity: the gap does not make a kernel look idle, and a culled kernel's host is given
+# back (tests/integration/test_enterprise_gateway.py runs with culling on).
+# c.MappingKernelManager.cull_idle_timeout = 3600

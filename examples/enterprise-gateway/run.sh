@@ -18,8 +18,10 @@ export JUPYTER_PATH="$here${JUPYTER_PATH:+:$JUPYTER_PATH}"
 root_flag=""
 [ "$(id -u)" = 0 ] && root_flag="--allow-root"
 
+# EG_OPTS: more options for the gateway, e.g. "--MappingKernelManager.cull_idle_timeout=3600"
+# shellcheck disable=SC2086 # word splitting of EG_OPTS is wanted
 "$EG_VENV/bin/jupyter-enterprisegateway" --config="$here/enterprise_gateway_config.py" \
-    --EnterpriseGatewayApp.port="$GATEWAY_PORT" >var/gateway.log 2>&1 &
+    --EnterpriseGatewayApp.port="$GATEWAY_PORT" ${EG_OPTS:-} >var/gateway.log 2>&1 &
 gateway=$!
 lab=""
 # end a process: TERM, up to $2 tenths of a second to go, then KILL

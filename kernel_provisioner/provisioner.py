@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
@@ -57,6 +58,11 @@ class MigratingProvisioner(KernelHostSettings, KernelProvisionerBase):  # type: 
         if self.kernel is None:
             return 0
         if self.kernel.moving:
+            # the kernel manager's restarter polls every few seconds: count the move as
+            # activity, since requests wait in the relay meanwhile and the kernel says
+            # nothing, which the server's culler would otherwise take for idleness
+            if hasattr(self.parent, "last_activity"):
+                self.parent.last_activity = datetime.now(timezone.utc)
             return None
         proc = await self.kernel.status()
         if proc is None or proc.get("running"):

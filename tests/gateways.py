@@ -214,11 +214,19 @@ class MovingKernelServer(ServerProcess):
     """A server whose kernels use the migrating-provisioner kernelspec on its JUPYTER_PATH,
     on local hosts under its own folder."""
 
-    def __init__(self, tmp: Path, *, name: str = "", kernel: str = MOVING_KERNEL):
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        name: str = "",
+        kernel: str = MOVING_KERNEL,
+        extra_args: tuple[str, ...] = (),
+    ):
         super().__init__(tmp, name=name, hosts_root=tmp / (name or self.name) / "hosts")
         self.jupyter_path = self.dir / "jupyter"
         self.kernel = kernel
         self.kernelspec = write_moving_kernelspec(self.jupyter_path, self.hosts_root, kernel)
+        self.extra_args = list(extra_args)
 
     def environment(self) -> dict[str, str]:
         return {**super().environment(), "JUPYTER_PATH": str(self.jupyter_path)}
@@ -244,6 +252,7 @@ class JupyterServer(MovingKernelServer):
             f"--ServerApp.root_dir={root_dir}",
             "--ServerApp.log_level=DEBUG",
             *_root_flag("ServerApp"),
+            *self.extra_args,
         ]
 
 
@@ -267,6 +276,7 @@ class KernelGateway(MovingKernelServer):
             f"--KernelGatewayApp.default_kernel_name={self.kernel}",
             "--JupyterWebsocketPersonality.list_kernels=True",
             "--KernelGatewayApp.log_level=DEBUG",
+            *self.extra_args,
         ]
 
 

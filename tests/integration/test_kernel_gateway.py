@@ -121,3 +121,55 @@ async def test_restart_and_interrupt_through_the_gateway_keep_the_websocket(serv
     status, _ = await front.request("DELETE", f"/api/kernels/{kernel_id}")
     assert status == 204
     await until(lambda: not gateway.hosts(), 15, "hosts not released")
+
+
+CULL_AFTER = 6  # seconds idle
+
+
+@pytest.fixture
+async def culling_gateway(tmp_path, request):
+    """Kernel Gateway with its culler on, also for kernels with a client."""
+    gateway = KernelGateway(
+        tmp_path,
+        extra_args=(
+            f"--MappingKernelManager.cull_idle_timeout={CULL_AFTER}",
+            "--MappingKernelManager.cull_interval=1",
+            "--MappingKernelManager.cull_connected=True",
+        ),
+    )
+    try:
+        await start_all(gateway)
+        yield gateway
+    finally:
+        left = await stop_all(gateway, failed=call_failed(request))
+    assert call_failed(request) or left == [], f"hosts left after the gateway stopped: {left}"
+
+
+async def test_the_culler_spares_a_moving_kernel_and_culls_an_idle_one(culling_gateway):
+    gateway = culling_gateway
+    status, kernel = await gateway.request("POST", "/api/kernels", {"name": "moving"})
+    assert status == 201, (kernel, gateway.tail())
+    kernel_id = kernel["id"]
+    [old] = gateway.hosts()
+    async with KernelSocket(gateway.url, kernel_id, gateway.token) as ws:
+        # 1 GB to carry: the move outlasts what is left of the idle timeout
+        out, reply = await ws.run("x = 42\nblob = bytes(2**30)", timeout=60)
+        assert reply["status"] == "ok", out
+        idle_since = time.monotonic()
+        await asyncio.sleep(CULL_AFTER - 2)
+        await reclaim(old, 20)
+        await until(lambda: len(gateway.hosts()) >= 2, 10, "the move did not begin")
+        # the user's next cell waits in the relay while the kernel moves: no output, and
+        # more than CULL_AFTER seconds since the last
+        out, reply = await ws.run("print(x)", timeout=60)
+        assert time.monotonic() - idle_since > CULL_AFTER + 1
+        assert reply["status"] == "ok" and out.strip() == "42", out
+        assert "of inactivity" not in gateway.tail(100_000)  # nothing was culled
+    # now the kernel is idle for real: the culler shuts it down, and its host goes back
+    await until(lambda: not gateway.hosts(), CULL_AFTER + 15, "an idle kernel was not culled")
+    assert "of inactivity" in gateway.tail(100_000)
+    for _ in range(50):  # the shutdown ends with the kernel leaving the list
+        if await kernel_ids(gateway) == []:
+            break
+        await asyncio.sleep(0.2)
+    assert await kernel_ids(gateway) == []

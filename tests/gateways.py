@@ -422,6 +422,18 @@ async def interrupt_then_restart(server: ServerProcess, ws: Any, kernel_id: str)
     assert [h.id for h in server.hosts()] == [host.id]
 
 
+def slow_to_restore(seconds: float) -> str:
+    """A cell whose variables take `seconds` to restore (unpickling `slow` sleeps): a move
+    of that kernel lasts at least that long on any machine, as a big namespace would."""
+    return (
+        "import time\n"
+        "class SlowToRestore:\n"
+        "    def __reduce__(self):\n"
+        f"        return (time.sleep, ({seconds},))\n"
+        "slow = SlowToRestore()\n"
+    )
+
+
 async def until(condition: Any, timeout: float, what: str) -> None:
     """Wait until `condition()` is true; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -20,6 +20,7 @@ from gateways import (
     call_failed,
     interrupt_then_restart,
     reclaim,
+    slow_to_restore,
     start_all,
     stop_all,
     until,
@@ -173,7 +174,7 @@ async def test_host_lost_without_notice_comes_back_from_its_last_snapshot(exampl
     await until(lambda: not example.hosts(), 15, "the kernel's host was not released")
 
 
-CULL_AFTER = 6  # seconds idle
+CULL_AFTER = 8  # seconds idle
 
 
 @pytest.fixture
@@ -201,11 +202,11 @@ async def test_the_culler_spares_a_moving_kernel_and_culls_an_idle_one(culling_e
     kernel_id = await new_kernel(ex)
     [old] = ex.hosts()
     async with KernelSocket(ex.url, kernel_id, ex.token) as ws:
-        # 1 GB to carry: the move outlasts what is left of the idle timeout
-        out, reply = await ws.run("x = 42\nblob = bytes(2**30)", timeout=60)
+        # the move outlasts what is left of the idle timeout, by far
+        out, reply = await ws.run("x = 42\n" + slow_to_restore(CULL_AFTER))
         assert reply["status"] == "ok", out
         idle_since = time.monotonic()
-        await asyncio.sleep(CULL_AFTER - 2)
+        await asyncio.sleep(CULL_AFTER - 4)
         await reclaim(old, 20)
         await until(lambda: len(ex.hosts()) >= 2, 10, "the move did not begin")
         # the user's next cell waits in the relay while the kernel moves: no output, and

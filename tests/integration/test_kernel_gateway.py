@@ -14,6 +14,7 @@ from gateways import (
     call_failed,
     interrupt_then_restart,
     reclaim,
+    slow_to_restore,
     start_all,
     stop_all,
     until,
@@ -123,7 +124,7 @@ async def test_restart_and_interrupt_through_the_gateway_keep_the_websocket(serv
     await until(lambda: not gateway.hosts(), 15, "hosts not released")
 
 
-CULL_AFTER = 6  # seconds idle
+CULL_AFTER = 8  # seconds idle
 
 
 @pytest.fixture
@@ -152,11 +153,11 @@ async def test_the_culler_spares_a_moving_kernel_and_culls_an_idle_one(culling_g
     kernel_id = kernel["id"]
     [old] = gateway.hosts()
     async with KernelSocket(gateway.url, kernel_id, gateway.token) as ws:
-        # 1 GB to carry: the move outlasts what is left of the idle timeout
-        out, reply = await ws.run("x = 42\nblob = bytes(2**30)", timeout=60)
+        # the move outlasts what is left of the idle timeout, by far
+        out, reply = await ws.run("x = 42\n" + slow_to_restore(CULL_AFTER))
         assert reply["status"] == "ok", out
         idle_since = time.monotonic()
-        await asyncio.sleep(CULL_AFTER - 2)
+        await asyncio.sleep(CULL_AFTER - 4)
         await reclaim(old, 20)
         await until(lambda: len(gateway.hosts()) >= 2, 10, "the move did not begin")
         # the user's next cell waits in the relay while the kernel moves: no output, and

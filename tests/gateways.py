@@ -25,10 +25,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from kernelws import KernelSocket
 from realhub import free_port
 
 from migrating_spawner.hosts.base import Host
@@ -432,6 +434,48 @@ def slow_to_restore(seconds: float) -> str:
         f"        return (time.sleep, ({seconds},))\n"
         "slow = SlowToRestore()\n"
     )
+
+
+#: the culler on, for kernels with clients too (a culling test's server options)
+CULL_AFTER = 8  # seconds idle
+CULLING = (
+    f"--MappingKernelManager.cull_idle_timeout={CULL_AFTER}",
+    "--MappingKernelManager.cull_interval=1",
+    "--MappingKernelManager.cull_connected=True",
+)
+
+
+async def culler_spares_a_moving_kernel(
+    server: ServerProcess, kernel_id: str, server_log: Callable[[], str]
+) -> None:
+    """On a server whose gateway culls (CULLING): a kernel whose move outlasts the idle
+    timeout while its user's next cell waits is not culled; idle for real afterwards, it is,
+    and its host goes back. `server_log()` is the gateway's log."""
+    [old] = server.hosts()
+    async with KernelSocket(server.url, kernel_id, server.token) as ws:
+        # the move outlasts what is left of the idle timeout, by far
+        out, reply = await ws.run("x = 42\n" + slow_to_restore(CULL_AFTER))
+        assert reply["status"] == "ok", out
+        idle_since = time.monotonic()
+        await asyncio.sleep(CULL_AFTER - 4)
+        await reclaim(old, 20)
+        await until(lambda: len(server.hosts()) >= 2, 10, "the move did not begin")
+        # the user's next cell waits in the relay while the kernel moves: no output, and
+        # more than CULL_AFTER seconds since the last
+        out, reply = await ws.run("print(x)", timeout=60)
+        assert time.monotonic() - idle_since > CULL_AFTER + 1
+        assert reply["status"] == "ok" and out.strip() == "42", out
+        assert "of inactivity" not in server_log()  # nothing was culled
+        assert "moved local-" in server_log()
+    # now the kernel is idle for real: the culler shuts it down, and its host goes back
+    await until(lambda: not server.hosts(), CULL_AFTER + 15, "an idle kernel was not culled")
+    assert "of inactivity" in server_log()
+    for _ in range(50):  # the shutdown ends with the kernel leaving the list
+        status, kernels = await server.request("GET", "/api/kernels")
+        if status == 200 and kernels == []:
+            break
+        await asyncio.sleep(0.2)
+    assert kernels == [], kernels
 
 
 async def until(condition: Any, timeout: float, what: str) -> None:

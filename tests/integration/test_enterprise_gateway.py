@@ -14,13 +14,14 @@ import time
 
 import pytest
 from gateways import (
+    CULLING,
     EG_EXAMPLE,
     EG_VENV,
     EnterpriseGatewayExample,
     call_failed,
+    culler_spares_a_moving_kernel,
     interrupt_then_restart,
     reclaim,
-    slow_to_restore,
     start_all,
     stop_all,
     until,
@@ -174,20 +175,10 @@ async def test_host_lost_without_notice_comes_back_from_its_last_snapshot(exampl
     await until(lambda: not example.hosts(), 15, "the kernel's host was not released")
 
 
-CULL_AFTER = 8  # seconds idle
-
-
 @pytest.fixture
 async def culling_example(request, tmp_path):
     """The example with Enterprise Gateway's culler on, also for kernels with a client."""
-    ex = EnterpriseGatewayExample(
-        tmp_path,
-        gateway_options=(
-            f"--MappingKernelManager.cull_idle_timeout={CULL_AFTER}",
-            "--MappingKernelManager.cull_interval=1",
-            "--MappingKernelManager.cull_connected=True",
-        ),
-    )
+    ex = EnterpriseGatewayExample(tmp_path, gateway_options=CULLING)
     await ex.clean()
     try:
         await start_all(ex, timeout=90)
@@ -198,27 +189,8 @@ async def culling_example(request, tmp_path):
 
 
 async def test_the_culler_spares_a_moving_kernel_and_culls_an_idle_one(culling_example):
-    ex = culling_example
-    kernel_id = await new_kernel(ex)
-    [old] = ex.hosts()
-    async with KernelSocket(ex.url, kernel_id, ex.token) as ws:
-        # the move outlasts what is left of the idle timeout, by far
-        out, reply = await ws.run("x = 42\n" + slow_to_restore(CULL_AFTER))
-        assert reply["status"] == "ok", out
-        idle_since = time.monotonic()
-        await asyncio.sleep(CULL_AFTER - 4)
-        await reclaim(old, 20)
-        await until(lambda: len(ex.hosts()) >= 2, 10, "the move did not begin")
-        # the user's next cell waits in the relay while the kernel moves: no output, and
-        # more than CULL_AFTER seconds since the last
-        out, reply = await ws.run("print(x)", timeout=60)
-        assert time.monotonic() - idle_since > CULL_AFTER + 1
-        assert reply["status"] == "ok" and out.strip() == "42", out
-        gateway_log = (EG_EXAMPLE / "var" / "gateway.log").read_text()
-        assert "of inactivity" not in gateway_log  # nothing was culled
-        assert "moved local-" in gateway_log
-    # now the kernel is idle for real: the culler shuts it down, and its host goes back
-    await until(lambda: not ex.hosts(), CULL_AFTER + 15, "an idle kernel was not culled")
-    assert "of inactivity" in (EG_EXAMPLE / "var" / "gateway.log").read_text()
-    status, kernels = await ex.request("GET", "/api/kernels")
-    assert status == 200 and kernels == [], kernels
+    kernel_id = await new_kernel(culling_example)
+    gateway_log = EG_EXAMPLE / "var" / "gateway.log"
+    await culler_spares_a_moving_kernel(
+        culling_example, kernel_id, lambda: gateway_log.read_text(errors="replace")
+    )

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -503,6 +504,18 @@ async def stop_all(*servers: ServerProcess, failed: bool = False) -> list[str]:
             print("\n" + server.report())
         left += await server.stop()
     return left
+
+
+@asynccontextmanager
+async def serving(request: Any, *servers: ServerProcess, timeout: float = 60):
+    """For a fixture: start `servers` in order, yield, then stop them (front first) and check
+    that they gave back every host they used (a failed test prints their logs instead)."""
+    try:
+        await start_all(*servers, timeout=timeout)
+        yield
+    finally:
+        left = await stop_all(*servers, failed=call_failed(request))
+    assert call_failed(request) or left == [], f"hosts left after the servers stopped: {left}"
 
 
 def call_failed(request: Any) -> bool:

@@ -16,10 +16,8 @@ from gateways import (
     MOVING_KERNEL,
     GatewayClient,
     KernelGateway,
-    call_failed,
     reclaim,
-    start_all,
-    stop_all,
+    serving,
     until,
 )
 from labpage import (
@@ -86,12 +84,8 @@ async def lab(tmp_path, request):
     front = GatewayClient(
         tmp_path, gateway, app="lab", extra_args=("--LabApp.expose_app_in_browser=True",)
     )
-    try:
-        await start_all(gateway, front)
+    async with serving(request, gateway, front):
         yield front, gateway
-    finally:
-        left = await stop_all(gateway, front, failed=call_failed(request))
-    assert call_failed(request) or left == [], f"hosts left after the servers stopped: {left}"
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")

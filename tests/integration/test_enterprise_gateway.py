@@ -18,12 +18,10 @@ from gateways import (
     EG_EXAMPLE,
     EG_VENV,
     EnterpriseGatewayExample,
-    call_failed,
     culler_spares_a_moving_kernel,
     interrupt_then_restart,
     reclaim,
-    start_all,
-    stop_all,
+    serving,
     until,
 )
 from kernelws import KernelSocket
@@ -54,12 +52,8 @@ async def example(request, tmp_path):
     )
     ex.add_kernelspec("python3-fastsnap", spec)
     await ex.clean()
-    try:
-        await start_all(ex, timeout=90)
+    async with serving(request, ex, timeout=90):
         yield ex
-    finally:
-        left = await stop_all(ex, failed=call_failed(request))
-    assert call_failed(request) or left == [], f"hosts left after the example stopped: {left}"
 
 
 async def new_kernel(ex: EnterpriseGatewayExample) -> str:
@@ -180,12 +174,8 @@ async def culling_example(request, tmp_path):
     """The example with Enterprise Gateway's culler on, also for kernels with a client."""
     ex = EnterpriseGatewayExample(tmp_path, gateway_options=CULLING)
     await ex.clean()
-    try:
-        await start_all(ex, timeout=90)
+    async with serving(request, ex, timeout=90):
         yield ex
-    finally:
-        left = await stop_all(ex, failed=call_failed(request))
-    assert call_failed(request) or left == [], f"hosts left after the example stopped: {left}"
 
 
 async def test_the_culler_spares_a_moving_kernel_and_culls_an_idle_one(culling_example):

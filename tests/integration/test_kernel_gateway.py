@@ -12,12 +12,10 @@ from gateways import (
     CULLING,
     GatewayClient,
     KernelGateway,
-    call_failed,
     culler_spares_a_moving_kernel,
     interrupt_then_restart,
     reclaim,
-    start_all,
-    stop_all,
+    serving,
     until,
 )
 from kernelws import KernelSocket
@@ -33,12 +31,8 @@ async def servers(tmp_path, request):
     jupyter server with --gateway-url in front of it."""
     gateway = KernelGateway(tmp_path)
     front = GatewayClient(tmp_path, gateway)
-    try:
-        await start_all(gateway, front)
+    async with serving(request, gateway, front):
         yield front, gateway
-    finally:
-        left = await stop_all(gateway, front, failed=call_failed(request))
-    assert call_failed(request) or left == [], f"hosts left after the servers stopped: {left}"
 
 
 async def kernel_ids(server) -> list[str]:
@@ -129,12 +123,8 @@ async def test_restart_and_interrupt_through_the_gateway_keep_the_websocket(serv
 async def culling_gateway(tmp_path, request):
     """Kernel Gateway with its culler on, also for kernels with a client."""
     gateway = KernelGateway(tmp_path, extra_args=CULLING)
-    try:
-        await start_all(gateway)
+    async with serving(request, gateway):
         yield gateway
-    finally:
-        left = await stop_all(gateway, failed=call_failed(request))
-    assert call_failed(request) or left == [], f"hosts left after the gateway stopped: {left}"
 
 
 async def test_the_culler_spares_a_moving_kernel_and_culls_an_idle_one(culling_gateway):

@@ -9,11 +9,9 @@ import aiohttp
 import pytest
 from gateways import (
     JupyterServer,
-    call_failed,
     interrupt_then_restart,
     reclaim,
-    start_all,
-    stop_all,
+    serving,
     until,
 )
 from kernelws import KernelSocket
@@ -26,12 +24,8 @@ NOTICE = 8.0
 @pytest.fixture
 async def server(tmp_path, request):
     srv = JupyterServer(tmp_path)
-    try:
-        await start_all(srv)
+    async with serving(request, srv):
         yield srv
-    finally:
-        left = await stop_all(srv, failed=call_failed(request))
-    assert call_failed(request) or left == [], f"hosts left after the servers stopped: {left}"
 
 
 async def test_kernel_moves_behind_one_websocket(server):

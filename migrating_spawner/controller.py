@@ -113,6 +113,8 @@ class MigratingController(SingletonConfigurable):
         super().__init__(**kwargs)
         self.spawners: dict[str, MigratingSpawner] = {}
         self._moves: dict[str, asyncio.Future] = {}
+        # host id -> {"deadline", "moving": [server keys]}: what on_notice answered
+        self._notices: dict[str, dict[str, Any]] = {}
         # moves queue up from the start; workers take them once the hub has started
         self._queue: asyncio.PriorityQueue = asyncio.PriorityQueue()
         self._order = itertools.count()
@@ -236,18 +238,39 @@ class MigratingController(SingletonConfigurable):
         return [s for s in self.spawners.values() if s.host and s.host.id == host_id]
 
     def on_notice(self, host_id: str, deadline: float) -> list[str]:
-        """A host will be reclaimed at `deadline`: move every server on it."""
-        moved = []
+        """A host will be reclaimed at `deadline`: move every server on it.
+
+        The one intake for every notice: the agent's push, the poller and the API's reclaim
+        call all come here, in any order and as often as they like. Keyed by host, it is
+        idempotent: each caller gets the same answer, the servers moving off that host
+        (whoever scheduled their moves first).
+        """
+        self._forget_old_notices()
+        intake = self._notices.setdefault(host_id, {"deadline": deadline, "moving": []})
+        intake["deadline"] = min(intake["deadline"], deadline)
         for spawner in self.spawners_on(host_id):
-            if spawner.server is None or spawner.key in self._moves:
+            if spawner.key in intake["moving"]:
                 continue
-            seconds = deadline - time.time()
+            if spawner.key in self._moves:
+                # already moving (a `migrate`, or a notice taken a moment ago): it still
+                # moves off this host, so every caller hears of it
+                intake["moving"].append(spawner.key)
+                continue
+            if spawner.server is None:
+                continue
+            seconds = intake["deadline"] - time.time()
             spawner.emit(
                 f"Host {host_id} will be reclaimed in {seconds:.0f} s: moving", level="warning"
             )
-            self.schedule_move(spawner, f"reclaim notice for {host_id}", deadline)
-            moved.append(spawner.key)
-        return moved
+            self.schedule_move(spawner, f"reclaim notice for {host_id}", intake["deadline"])
+            intake["moving"].append(spawner.key)
+        return list(intake["moving"])
+
+    def _forget_old_notices(self, keep: float = 600) -> None:
+        # host ids are never reused: a notice long past its deadline has nothing to tell
+        now = time.time()
+        for host_id in [h for h, n in self._notices.items() if n["deadline"] < now - keep]:
+            del self._notices[host_id]
 
     async def _poll_notices(self) -> None:
         await self._wait_hub_started()
@@ -349,7 +372,11 @@ class MigratingController(SingletonConfigurable):
     # -- used by the API -------------------------------------------------------------
 
     async def reclaim(self, host_id: str, notice_seconds: float) -> dict[str, Any]:
+        """Reclaim a host with a notice (local hosts); returns the notice and the servers
+        that move off it (the same answer the agent's own push gets)."""
         host = await self.provider.get(host_id)
         if host is None:
             raise HostError(f"no host {host_id}")
-        return await self.provider.reclaim(host, notice_seconds)
+        notice = await self.provider.reclaim(host, notice_seconds)
+        # don't wait for the agent's push or the next poll
+        return {"notice": notice, "moving": self.on_notice(host_id, notice["deadline"])}

@@ -83,7 +83,7 @@ class APIHandler(web.RequestHandler):
         return token.strip() if scheme.lower() in {"token", "bearer"} else ""
 
     def prepare(self) -> None:
-        if isinstance(self, NoticeHandler):
+        if isinstance(self, (NoticeHandler, RootHandler)):
             return
         token = self.token()
         if not token:
@@ -137,6 +137,14 @@ class APIHandler(web.RequestHandler):
         return info
 
 
+class RootHandler(APIHandler):
+    """The service's root: JupyterHub checks a service's health with a GET here (once a
+    minute), and a person who opens it sees what it is. No token needed: it tells nothing."""
+
+    async def get(self) -> None:
+        self.write_json({"service": self.controller.service_name, "api": "api/"})
+
+
 class HostsHandler(APIHandler):
     async def get(self) -> None:
         self.require_admin()
@@ -157,12 +165,10 @@ class ReclaimHandler(APIHandler):
         if not 0 <= seconds <= 3600:
             raise web.HTTPError(400, "notice_seconds must be between 0 and 3600")
         try:
-            notice = await self.controller.reclaim(host_id, seconds)
+            answer = await self.controller.reclaim(host_id, seconds)
         except HostError as e:
             raise web.HTTPError(404 if "no host" in str(e) else 400, str(e)) from None
-        # don't wait for the agent's push or the next poll
-        moving = self.controller.on_notice(host_id, notice["deadline"])
-        self.write_json({"host_id": host_id, "notice": notice, "moving": moving}, 202)
+        self.write_json({"host_id": host_id, **answer}, 202)
 
 
 class ServersHandler(APIHandler):
@@ -227,6 +233,7 @@ def make_app(controller: MigratingController) -> web.Application:
     args = {"controller": controller}
     return web.Application(
         [
+            (controller.base_url, RootHandler, args),
             (prefix + "hosts", HostsHandler, args),
             (prefix + r"hosts/(?P<host_id>[^/]+)/reclaim", ReclaimHandler, args),
             (prefix + "servers", ServersHandler, args),

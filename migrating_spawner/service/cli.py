@@ -1,48 +1,36 @@
 """`jupyterhub-migrate`: the control API from a terminal.
 
 Hub URL and token come from JUPYTERHUB_URL and JUPYTERHUB_API_TOKEN, or --url/--token.
-Every verb prints a readable table, or JSON with --json for scripts.
+With --gateway-url, the same verbs act on a Jupyter gateway's moving kernels and their hosts
+instead (token: --token or JUPYTER_GATEWAY_AUTH_TOKEN). Every verb prints a readable table,
+or JSON with --json for scripts. Flags go before or after the verb.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
 
-import requests
+from .http import CLIError, JSONClient
+from .kernels import KernelHosts
 
 SERVICE = "migrate"
 
 
-class CLIError(Exception):
-    pass
+class Client(JSONClient):
+    """The hub's `migrate` service."""
 
-
-class Client:
     def __init__(self, url: str, token: str, service: str = SERVICE):
         if not url:
             raise CLIError("no hub URL: set JUPYTERHUB_URL or pass --url")
         if not token:
             raise CLIError("no token: set JUPYTERHUB_API_TOKEN or pass --token")
-        self.base = url.rstrip("/") + f"/services/{service}/api/"
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"token {token}"
-
-    def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
-        try:
-            resp = self.session.request(method, self.base + path, json=body, timeout=timeout)
-        except requests.RequestException as e:
-            raise CLIError(f"cannot reach {self.base}: {e}") from None
-        try:
-            data = resp.json()
-        except ValueError:
-            data = {"message": resp.text.strip()[:300]}
-        if resp.status_code >= 400:
-            raise CLIError(f"{resp.status_code}: {data.get('message', data)}")
-        return data
+        what = f"a JupyterHub with the `{service}` service"
+        super().__init__(url, token, f"services/{service}/api/", what)
 
 
 def split_server(spec: str) -> tuple[str, str]:
@@ -60,7 +48,14 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def reclaimed(data: dict[str, Any], what: str) -> str:
+    moving = ", ".join(data["moving"]) or f"no {what}s"
+    return f"{data['host_id']} will be reclaimed at {data['notice']['time']}; moving {moving}"
+
+
 def run(args: argparse.Namespace) -> tuple[Any, str]:
+    if args.gateway_url:
+        return run_gateway(args)
     client = Client(args.url, args.token)
     if args.verb == "hosts":
         data = client.call("GET", "hosts")
@@ -70,7 +65,7 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         data = client.call("GET", "servers")
         return data, table(data["servers"], ["user", "server", "state", "host_id", "address"])
     if args.verb == "info":
-        user, server = split_server(args.server)
+        user, server = split_server(args.target)
         data = client.call("GET", f"servers/{user}/{server}")
         lines = [f"{k}: {v}" for k, v in data.items() if k != "events"]
         lines += ["events:"] + [f"  {e['message']}" for e in data.get("events", [])]
@@ -79,30 +74,100 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         user, server = split_server(args.server)
         path = f"servers/{user}/{server}/migrate" + ("?wait=true" if args.wait else "")
         data = client.call("POST", path, {}, timeout=600 if args.wait else 30)
-        return data, f"{args.server}: {data['state']} on {data['host_id']} ({data['address']})"
+        if args.wait:
+            old = (data.get("move") or {}).get("from") or "-"
+            text = f"{args.server}: moved from {old} to {data['host_id']} ({data['address']})"
+        else:
+            text = f"{args.server}: moving from {data['host_id']} ({data['address']})"
+        return data, text
     if args.verb == "reclaim":
         data = client.call("POST", f"hosts/{args.host}/reclaim", {"notice_seconds": args.notice})
-        moving = ", ".join(data["moving"]) or "no servers"
-        return data, f"{args.host} will be reclaimed at {data['notice']['time']}; moving {moving}"
+        return data, reclaimed(data, "server")
     raise CLIError(f"unknown verb {args.verb}")
 
 
+def run_gateway(args: argparse.Namespace) -> tuple[Any, str]:
+    """The verbs for a gateway's kernels (see service/kernels.py)."""
+    if args.verb == "migrate":
+        raise CLIError("migrate moves hub servers; to move a kernel, reclaim its host")
+    token = args.token or os.environ.get("JUPYTER_GATEWAY_AUTH_TOKEN", "")
+    kernels = KernelHosts.connect(args.gateway_url, token, args.root_dir)
+    if args.verb == "hosts":
+        data = kernels.list_hosts()
+        return data, table(data["hosts"], ["id", "address", "kernel_id", "instance_type"])
+    if args.verb == "list":
+        data = kernels.list_kernels()
+        return data, table(data["kernels"], ["id", "name", "execution_state", "host_id", "address"])
+    if args.verb == "info":
+        data = kernels.kernel_info(args.target)
+        lines = [f"{k}: {v}" for k, v in data.items() if k != "hosts"]
+        lines += ["hosts:"] + [f"  {h['id']} ({h['address']})" for h in data["hosts"]]
+        return data, "\n".join(lines)
+    if args.verb == "reclaim":
+        data = kernels.reclaim(args.host, args.notice)
+        return data, reclaimed(data, "kernel")
+    raise CLIError(f"unknown verb {args.verb}")
+
+
+def seconds(text: str) -> float:
+    """A notice: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds: give a finite number >= 0 (e.g. 10)"
+        )
+    return value
+
+
+def common_flags(suppress: bool) -> argparse.ArgumentParser:
+    """The flags every verb takes, before or after it. After the verb they default to
+    SUPPRESS, so a flag given before the verb is not reset by the verb's parser."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    p = argparse.ArgumentParser(add_help=False)
+    env = os.environ.get
+    p.add_argument("--url", default=default(env("JUPYTERHUB_URL", "")), help="hub URL")
+    p.add_argument("--token", default=default(env("JUPYTERHUB_API_TOKEN", "")), help="API token")
+    p.add_argument("--json", action="store_true", default=default(False), help="print JSON")
+    p.add_argument(
+        "--gateway-url",
+        default=default(""),
+        help="act on this Jupyter gateway's moving kernels instead of a hub's servers",
+    )
+    p.add_argument(
+        "--root-dir",
+        default=default(env("JUPYTER_MIGRATING_ROOT_DIR", "")),
+        help="with --gateway-url: the kernels' hosts folder (their kernelspecs' root_dir; "
+        "found from the gateway's kernelspecs when absolute)",
+    )
+    return p
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jupyterhub-migrate", description=__doc__.splitlines()[0])
-    p.add_argument("--url", default=os.environ.get("JUPYTERHUB_URL", ""), help="hub URL")
-    p.add_argument("--token", default=os.environ.get("JUPYTERHUB_API_TOKEN", ""), help="API token")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    flags = [common_flags(suppress=True)]
+    p = argparse.ArgumentParser(
+        prog="jupyterhub-migrate",
+        description=__doc__.splitlines()[0],
+        parents=[common_flags(suppress=False)],
+    )
     verbs = p.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("hosts", help="list hosts and the servers on them (admin)")
-    verbs.add_parser("list", help="list servers you may see")
-    info = verbs.add_parser("info", help="state, host and recent events of a server")
-    info.add_argument("server", metavar="USER[/SERVER]")
-    migrate = verbs.add_parser("migrate", help="move a server to a new host now")
+    verbs.add_parser("hosts", parents=flags, help="list hosts and what runs on them (admin)")
+    verbs.add_parser("list", parents=flags, help="list servers you may see (or kernels)")
+    info = verbs.add_parser("info", parents=flags, help="state, host and events of a server")
+    info.add_argument("target", metavar="USER[/SERVER] | KERNEL_ID")
+    migrate = verbs.add_parser("migrate", parents=flags, help="move a server to a new host now")
     migrate.add_argument("server", metavar="USER[/SERVER]")
     migrate.add_argument("--wait", action="store_true", help="wait until the move is done")
-    reclaim = verbs.add_parser("reclaim", help="reclaim a host with a notice (admin; local hosts)")
+    reclaim = verbs.add_parser(
+        "reclaim", parents=flags, help="reclaim a host with a notice (admin; local hosts)"
+    )
     reclaim.add_argument("host")
-    reclaim.add_argument("--notice", type=float, default=120, help="seconds of notice")
+    reclaim.add_argument("--notice", type=seconds, default=120, help="seconds of notice")
     return p
 
 

@@ -179,14 +179,15 @@ async def test_info(api, capsys):
 async def test_migrate_and_wait(api, capsys):
     code, out, _ = await run_cli(capsys, "--url", api.url, "--token", TOKEN, "migrate", "alice")
     assert code == 0
-    assert out.strip() == "alice: Floating on local-10-aaaaaa (127.0.0.10:40000)"
+    # the server is leaving that host, not floating on it
+    assert out.strip() == "alice: moving from local-10-aaaaaa (127.0.0.10:40000)"
     assert api.calls[-1][:2] == ("POST", PREFIX + "servers/alice//migrate")
 
     code, out, _ = await run_cli(
         capsys, "--url", api.url, "--token", TOKEN, "migrate", "alice", "--wait"
     )
     assert code == 0
-    assert out.strip() == "alice: Running on local-12-cccccc (127.0.0.12:4)"
+    assert out.strip() == "alice: moved from local-10-aaaaaa to local-12-cccccc (127.0.0.12:4)"
     assert api.calls[-1][1] == PREFIX + "servers/alice//migrate?wait=true"
 
 
@@ -244,9 +245,83 @@ async def test_http_error_exits_1_with_the_message(api, capsys):
 
 async def test_error_without_json_body(api, capsys):
     # not a route of the fake API: aiohttp answers 404 in plain text
-    code, _, err = await run_cli(capsys, "--url", api.url + "nope/", "--token", TOKEN, "list")
+    url = api.url + "nope/"
+    code, _, err = await run_cli(capsys, "--url", url, "--token", TOKEN, "list")
     assert code == 1
-    assert err.strip() == "jupyterhub-migrate: 404: 404: Not Found"
+    assert err.strip() == (
+        f"jupyterhub-migrate: {url.rstrip('/')} is not a JupyterHub with the `migrate` service: "
+        f"GET {url}services/migrate/api/servers answered 404 (text/plain), not the API's JSON"
+    )
+
+
+@pytest.fixture
+async def web_page():
+    """A plain web site: every path answers 200 with an HTML page."""
+
+    async def page(request):
+        return web.Response(
+            text="<html><body>" + "Welcome! " * 100 + "</body></html>", content_type="text/html"
+        )
+
+    app = web.Application()
+    app.add_routes([web.get("/{tail:.*}", page)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    await runner.cleanup()
+
+
+async def test_url_of_a_web_page_says_it_is_not_a_hub(web_page, capsys):
+    code, out, err = await run_cli(capsys, "--url", web_page, "--token", TOKEN, "hosts")
+    assert code == 1 and out == ""
+    assert err.strip() == (
+        f"jupyterhub-migrate: {web_page} is not a JupyterHub with the `migrate` service: "
+        f"GET {web_page}/services/migrate/api/hosts answered 200 (text/html), not the API's JSON"
+    )
+    assert "<html" not in err
+
+
+async def test_url_without_scheme(api, capsys):
+    address = api.url.removeprefix("http://")
+    code, out, err = await run_cli(capsys, "--url", address, "--token", TOKEN, "list")
+    assert code == 1 and out == ""
+    assert err.strip() == (
+        f"jupyterhub-migrate: --url {address!r} is not an http:// or https:// URL with a host "
+        "(e.g. http://127.0.0.1:8000)"
+    )
+    assert api.calls == []
+
+
+async def test_flags_before_or_after_the_verb(api, capsys):
+    for argv in (
+        ["--url", api.url, "--token", TOKEN, "info", "alice", "--json"],
+        ["--json", "info", "alice", "--url", api.url, "--token", TOKEN],
+        ["info", "--token", TOKEN, "alice", "--url", api.url, "--json"],
+    ):
+        code, out, err = await run_cli(capsys, *argv)
+        assert (code, err) == (0, ""), argv
+        assert json.loads(out)["user"] == "alice"
+    # a flag before the verb is not reset by the verb's own parser
+    code, out, _ = await run_cli(capsys, "--json", "--url", api.url, "--token", TOKEN, "hosts")
+    assert code == 0 and json.loads(out) == HOSTS
+
+
+@pytest.mark.parametrize("notice", ["nan", "inf", "-inf", "-1", "soon"])
+async def test_notice_must_be_finite_seconds(api, capsys, notice):
+    with pytest.raises(SystemExit) as exit_:
+        await asyncio.to_thread(
+            cli.main, ["--url", api.url, "--token", TOKEN, "reclaim", "h", f"--notice={notice}"]
+        )
+    assert exit_.value.code == 2
+    _, err = capsys.readouterr()
+    assert (
+        f"argument --notice: {notice!r} is not a number of seconds: give a finite number >= 0"
+        in err
+    )
+    assert "cannot reach" not in err
+    assert api.calls == []  # nothing was sent
 
 
 async def test_unreachable_hub(capsys):
@@ -257,7 +332,10 @@ async def test_unreachable_hub(capsys):
         capsys, "--url", f"http://127.0.0.1:{port}", "--token", "t", "list"
     )
     assert code == 1
-    assert err.startswith(f"jupyterhub-migrate: cannot reach http://127.0.0.1:{port}/services/")
+    assert err.strip() == (
+        f"jupyterhub-migrate: cannot reach http://127.0.0.1:{port}/services/migrate/api/servers"
+        " (connection refused: nothing listens there): is --url right?"
+    )
 
 
 def test_usage_error_exits_2(capsys):

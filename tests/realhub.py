@@ -139,6 +139,13 @@ c.JupyterHub.load_roles = [
             # finds it through the pid file
             pass
 
+    async def restart(self) -> None:
+        """Stop the hub as an operator would (SIGTERM) and start it again on its database;
+        user servers and agents keep running."""
+        self.stop()
+        self.start()
+        await self.wait_up()
+
     def kill_proxy(self) -> None:
         pid_file = self.workdir / "jupyterhub-proxy.pid"
         if pid_file.exists():

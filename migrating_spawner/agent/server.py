@@ -233,7 +233,12 @@ class Agent:
             kill_group(proc.proc.pid)
         shutil.rmtree(self.disk, ignore_errors=True)
         if self.registry_file:
-            self.registry_file.unlink(missing_ok=True)
+            # the record becomes a tombstone: the host is gone (the provider no longer finds
+            # it), but its address stays out of use until the provider releases it
+            try:
+                os.replace(self.registry_file, self.registry_file.with_suffix(".gone"))
+            except FileNotFoundError:
+                pass
             if self.token_file:  # the provider's copy of the secret goes with its record
                 self.token_file.unlink(missing_ok=True)
         self.terminated.set()

@@ -73,8 +73,12 @@ class HostProvider(LoggingConfigurable):
         help="Market to buy hosts in: 'spot' (cheap, reclaimable) or 'on-demand'.",
     ).tag(config=True)
 
-    async def acquire(self, instance_type: str = "", market: str = "") -> Host:
-        """Get a new host with a running agent."""
+    async def acquire(self, instance_type: str = "", market: str = "", owner: str = "") -> Host:
+        """Get a new host with a running agent.
+
+        `owner` names what will run on it (a server's key, a kernel's id); it is kept in the
+        host's record (``meta["owner"]``) so that tools can tell whose host it is.
+        """
         raise NotImplementedError
 
     async def get(self, host_id: str) -> Host | None:

@@ -97,6 +97,20 @@ class LocalHostProvider(HostProvider):
     def _registry_file(self, host_id: str) -> Path:
         return self.registry / f"{host_id}.json"
 
+    def _gone_file(self, host_id: str) -> Path:
+        # the agent renames the record to this at the host's end; release() removes it
+        return self.registry / f"{host_id}.gone"
+
+    def _read_gone(self) -> list[Host]:
+        """Hosts that ended (reclaimed) but were not released yet: their work is pending."""
+        hosts = []
+        for path in self.registry.glob("*.gone"):
+            try:
+                hosts.append(Host.from_dict(json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError):
+                pass  # being removed by release() right now
+        return hosts
+
     def _read_registry(self) -> list[Host]:
         hosts = []
         for path in sorted(self.registry.glob("*.json")):
@@ -106,23 +120,35 @@ class LocalHostProvider(HostProvider):
                 self.log.warning("ignoring unreadable host record %s: %s", path, e)
         return hosts
 
-    def _pick_address(self, taken: set[str]) -> str:
+    def _pick_address(self, taken: set[str], pending: list[Host] = ()) -> str:
+        """A free address. One whose host ended but was not released yet comes last: the
+        release still talks to that address (a shutdown sent there must not reach a new
+        host's agent), so it is reused only when nothing else is free."""
         first = ipaddress.ip_address(self.first_address)
-        for offset in range(self.max_hosts):
-            candidate = str(first + offset)
-            if candidate not in taken:
+        free = [str(first + offset) for offset in range(self.max_hosts)]
+        free = [a for a in free if a not in taken]
+        held = {h.address for h in pending}
+        for candidate in free:
+            if candidate not in held:
                 return candidate
+        # only ended hosts' addresses left: the one that ended first, if its agent is gone
+        for host in sorted(pending, key=lambda h: h.meta.get("created", 0)):
+            pid = host.meta.get("agent_pid")
+            if host.address in free and not (pid and _alive(pid)):
+                self.log.warning("reusing the address of %s, never released", host.id)
+                return host.address
         raise HostError(
             f"no local host free: all {self.max_hosts} are in use "
             "(raise LocalHostProvider.max_hosts)"
         )
 
-    async def acquire(self, instance_type: str = "", market: str = "") -> Host:
+    async def acquire(self, instance_type: str = "", market: str = "", owner: str = "") -> Host:
         instance_type = self.check_instance_type(instance_type)
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            address = self._pick_address({h.address for h in self._read_registry()})
+            taken = {h.address for h in self._read_registry()}
+            address = self._pick_address(taken, self._read_gone())
             host_id = f"local-{address.rsplit('.', 1)[1]}-{secrets.token_hex(3)}"
             host = Host(
                 id=host_id,
@@ -132,7 +158,7 @@ class LocalHostProvider(HostProvider):
                 instance_type=instance_type,
                 market=market or self.market,
                 disk=str(Path(self.root_dir) / "disks" / host_id),
-                meta={"provider": self.name, "created": time.time()},
+                meta={"provider": self.name, "created": time.time(), "owner": owner},
             )
             self.registry.mkdir(parents=True, exist_ok=True)
             record = self._registry_file(host_id)
@@ -233,6 +259,7 @@ class LocalHostProvider(HostProvider):
             _kill(pid)
         shutil.rmtree(host.disk, ignore_errors=True)
         self._registry_file(host.id).unlink(missing_ok=True)
+        self._gone_file(host.id).unlink(missing_ok=True)
         (Path(self.root_dir) / "secrets" / f"{host.id}.token").unlink(missing_ok=True)
 
     async def reclaim(self, host: Host, notice_seconds: float) -> dict[str, Any]:

@@ -121,3 +121,30 @@ async def test_reclaim_gives_a_notice_then_the_host_goes(provider: LocalHostProv
     assert await provider.get(host.id) is None
     assert await provider.list_hosts() == []
     assert not (Path(provider.root_dir) / "secrets" / f"{host.id}.token").exists()
+
+
+async def test_address_of_a_reclaimed_host_is_not_reused_before_its_release(
+    provider: LocalHostProvider,
+):
+    # a 0 s notice: the host ends at once, before whoever holds it has released it
+    old = await provider.acquire(owner="alice/")
+    await provider.reclaim(old, 0)
+    assert wait_for(lambda: pid_gone(old.meta["agent_pid"]), timeout=15)
+    assert await provider.get(old.id) is None  # gone, as a reclaimed instance is
+
+    new = await provider.acquire()
+    assert new.address != old.address
+    # the old host's release (a shutdown sent to its address) leaves the new host alone
+    await provider.release(old)
+    assert (await AgentClient(new).status())["host_id"] == new.id
+    assert [h.id for h in await provider.list_hosts()] == [new.id]
+    # released, its address is free again
+    third = await provider.acquire()
+    assert third.address == old.address
+
+
+async def test_host_record_names_its_owner(provider: LocalHostProvider):
+    host = await provider.acquire(owner="kernel-1")
+    record = Path(provider.root_dir) / "registry" / f"{host.id}.json"
+    assert json.loads(record.read_text())["meta"]["owner"] == "kernel-1"
+    assert (await provider.get(host.id)).meta["owner"] == "kernel-1"

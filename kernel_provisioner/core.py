@@ -160,7 +160,7 @@ class MovableKernel:
         await self.start_relay()
         fresh_host = self.host is None
         if fresh_host:
-            self.host = await self.provider.acquire()
+            self.host = await self.provider.acquire(owner=self.kernel_id)
         try:
             self.target = await self._launch(self.host)
         except BaseException:
@@ -339,7 +339,7 @@ class MovableKernel:
         return record
 
     async def _start_elsewhere(self) -> tuple[Host, dict[str, Any]]:
-        host = await self.provider.acquire()
+        host = await self.provider.acquire(owner=self.kernel_id)
         try:
             return host, await self._launch(host)
         except BaseException:

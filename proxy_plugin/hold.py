@@ -3,8 +3,10 @@
 During a move, :class:`~proxy_plugin.proxy.MigratingProxy` points the server's CHP route
 here. A request waits until the route is released (or ``timeout`` passes) and then either
 goes on to the new target ('proxy' mode) or is told to ask again with a 307 ('redirect'
-mode). CHP forwards the whole original path, so the path tells which held route a request
-belongs to.
+mode). A websocket handshake waits the same way, then is bridged to the new target in both
+modes: the hold server opens the websocket there, completes the client's handshake with
+what the target chose, and relays frames both ways until either end closes. CHP forwards
+the whole original path, so the path tells which held route a request belongs to.
 """
 
 from __future__ import annotations
@@ -39,6 +41,23 @@ HOP_BY_HOP = frozenset(
 # Jupyter and JupyterHub cookies can make header lines longer than aiohttp's 8 KiB default.
 MAX_HEADER_SIZE = 65536
 
+# Each hop of a websocket negotiates these itself (key, version, compression); the
+# subprotocol is offered upstream and the target's choice given to the client.
+WS_HANDSHAKE = frozenset(
+    h.lower()
+    for h in (
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Extensions",
+        "Sec-WebSocket-Protocol",
+        "Sec-WebSocket-Accept",
+    )
+)
+
+# Close codes that are never sent in a close frame (RFC 6455 7.4.1): a close without a
+# status is passed on as a normal one.
+UNSENDABLE_CLOSE = frozenset((1005, 1006, 1015))
+
 
 def _end_to_end(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
     """Headers minus hop-by-hop ones (including those the Connection header names)."""
@@ -52,6 +71,10 @@ def _end_to_end(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
         for key, value in headers.items()
         if key.lower() not in HOP_BY_HOP and key.lower() not in named
     ]
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 def _unavailable(message: str, retry_after: int = 1) -> web.Response:
@@ -89,6 +112,7 @@ class HoldServer:
         self._targets: dict[str, str] = {}  # spec -> last release target
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._bridges: set[asyncio.Task] = set()  # relays of bridged websockets
 
     @property
     def held(self) -> set[str]:
@@ -145,6 +169,11 @@ class HoldServer:
         # Waiting requests get a 503 now rather than a reset connection.
         for spec in list(self._events):
             self._wake(spec)
+        # Bridged websockets drop (no close frame), so clients reconnect through CHP,
+        # straight to their server; a close 1001 would make JupyterLab give up.
+        for bridge in list(self._bridges):
+            bridge.cancel()
+        await asyncio.gather(*self._bridges, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -195,12 +224,11 @@ class HoldServer:
         target = self._targets.get(spec)
         if target is None:
             return _unavailable(f"The server at {spec} is not available")
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            # Fail the handshake with a plain 503 rather than relaying the websocket from
-            # the hub: JupyterLab retries a failed handshake, and the retry goes through
-            # CHP, which now points at the new host. (A 101 followed by a close frame
-            # 1000/1001 would stop JupyterLab's retries for good.)
-            return _unavailable(f"The server at {spec} has moved: reconnect")
+        if _is_upgrade(request):
+            # Bridge rather than fail the handshake: a refused handshake costs JupyterLab
+            # a kernel lookup and a random backoff (seconds of "Unknown"), a lookup that
+            # fails costs it 10-30 s, and a browser cannot follow a redirect here.
+            return await self._bridge(request, target)
         if self.release_mode == "redirect":
             # Same URL, relative: the client asks CHP again, which now routes to target.
             raise web.HTTPTemporaryRedirect(request.raw_path)
@@ -231,3 +259,116 @@ class HoldServer:
                 await response.write(chunk)
             await response.write_eof()
         return response
+
+    async def _bridge(self, request: web.Request, target: str) -> web.StreamResponse:
+        """Open the websocket at target, complete the client's handshake, relay frames."""
+        assert self._session is not None
+        url = URL(target.rstrip("/") + request.raw_path, encoded=True)
+        offered = [
+            p.strip()
+            for value in request.headers.getall("Sec-WebSocket-Protocol", [])
+            for p in value.split(",")
+            if p.strip()
+        ]
+        headers = [(k, v) for k, v in _end_to_end(request.headers) if k.lower() not in WS_HANDSHAKE]
+        try:
+            upstream = await self._session.ws_connect(
+                url,
+                protocols=offered,
+                headers=headers,
+                autoclose=False,
+                autoping=True,
+                max_msg_size=0,
+            )
+        except aiohttp.WSServerHandshakeError as e:
+            # The target refused it (403, 404...): the client hears the same. A 101 with a
+            # bad handshake is the target's fault: 502.
+            status = e.status if e.status >= 200 and e.status != 101 else 502
+            self.log.warning("Websocket %s refused by %s: %s", request.path, target, e.status)
+            return web.Response(
+                status=status,
+                text=json.dumps({"status": status, "message": f"{target} refused the websocket"}),
+                content_type="application/json",
+            )
+        except (aiohttp.ClientError, OSError) as e:
+            self.log.warning("Bridging websocket %s to %s failed: %s", url, target, e)
+            return _unavailable(f"The server at {target} did not answer")
+        downstream = web.WebSocketResponse(
+            protocols=[upstream.protocol] if upstream.protocol else (),
+            autoclose=False,
+            autoping=True,
+            max_msg_size=0,
+        )
+        try:
+            await downstream.prepare(request)
+        except BaseException:
+            await upstream.close()
+            raise
+        self.log.info("Bridged websocket %s to %s", request.path, target)
+        relay = asyncio.current_task()
+        assert relay is not None
+        self._bridges.add(relay)
+        try:
+            await _relay_both(request, downstream, upstream)
+        except asyncio.CancelledError:
+            _drop(request, upstream)
+            raise
+        finally:
+            self._bridges.discard(relay)
+        return downstream
+
+
+Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _relay_both(
+    request: web.Request,
+    downstream: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+) -> None:
+    """Relay until either end closes; its close code and reason go to the other end, and
+    an end that drops without a close frame makes the other one drop too."""
+    pumps = {
+        asyncio.ensure_future(_pump(downstream, upstream)),
+        asyncio.ensure_future(_pump(upstream, downstream)),
+    }
+    try:
+        done, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop().result()
+        if first is None:
+            _drop(request, upstream)
+        else:
+            source, sink, code, message = first
+            # The other pump is in receive() on sink: close() breaks it out first.
+            await sink.close(code=code, message=message)
+            await source.close(code=code)
+        await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        for pump in pumps:
+            pump.cancel()
+
+
+async def _pump(source: Socket, sink: Socket) -> tuple[Socket, Socket, int, bytes] | None:
+    """Copy frames from source to sink; returns how source closed (None: it dropped)."""
+    try:
+        while True:
+            msg = await source.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await sink.send_str(msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await sink.send_bytes(msg.data)
+            elif msg.type is aiohttp.WSMsgType.CLOSE:
+                code = msg.data if msg.data and msg.data not in UNSENDABLE_CLOSE else 1000
+                return source, sink, code, (msg.extra or "").encode()
+            else:  # CLOSED or ERROR: no close frame came
+                return None
+    except (ConnectionError, aiohttp.ClientError):
+        return None
+
+
+def _drop(request: web.Request, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    """End both connections without a close frame, as a dropped connection would."""
+    if request.transport is not None:
+        request.transport.abort()
+    # ClientWebSocketResponse has no public abort; closing its response drops the link.
+    upstream._response.close()

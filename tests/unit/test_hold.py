@@ -159,16 +159,203 @@ async def test_redirect_mode_answers_307_to_same_url(upstream, client):
         await server.stop()
 
 
-async def test_websocket_during_hold_gets_503_after_release(hold, upstream, client):
+PROTOCOL = "v1.kernel.websocket.jupyter.org"
+
+
+class WsTarget:
+    """A websocket server standing in for the new host: says what it got, echoes frames,
+    and on command closes with a code ("close <code> <reason>") or drops ("drop")."""
+
+    def __init__(self) -> None:
+        self.ends: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()  # how each client left
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/refused"):
+            raise web.HTTPForbidden()
+        ws = web.WebSocketResponse(protocols=(PROTOCOL,), autoclose=False, max_msg_size=0)
+        await ws.prepare(request)
+        await ws.send_json(
+            {
+                "protocol": ws.ws_protocol,
+                "path_qs": request.raw_path,
+                "host": request.host,
+                "cookie": request.headers.get("Cookie"),
+            }
+        )
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT and msg.data.startswith("close "):
+                _, code, reason = msg.data.split(" ", 2)
+                await ws.close(code=int(code), message=reason.encode())
+                return ws
+            if msg.type is aiohttp.WSMsgType.TEXT and msg.data == "drop":
+                request.transport.abort()
+                return ws
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await ws.send_str("echo " + msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(b"echo " + msg.data)
+            else:
+                await self.ends.put(msg)
+                if msg.type is aiohttp.WSMsgType.CLOSE:
+                    await ws.close(code=msg.data)
+                return ws
+
+
+@pytest.fixture
+async def ws_target() -> AsyncIterator[tuple[str, WsTarget]]:
+    target = WsTarget()
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", target.handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.2", 0).start()
+    yield f"http://127.0.0.2:{runner.addresses[0][1]}", target
+    await runner.cleanup()
+
+
+KERNEL_WS = "/user/alice/api/kernels/k1/channels?session_id=s1"
+
+
+async def _held_handshake(hold, client, path=KERNEL_WS, **kwargs) -> asyncio.Task:
+    """A websocket handshake sent while SPEC is held; checks that it waits."""
     hold.hold(SPEC)
-    url = f"{hold.url}/user/alice/api/kernels/k1/channels/ws"
-    task = asyncio.create_task(client.ws_connect(url))
+    task = asyncio.create_task(client.ws_connect(f"{hold.url}{path}", **kwargs))
     await asyncio.sleep(0.3)
     assert not task.done(), "the handshake must wait for the release"
-    hold.release(SPEC, upstream)
+    return task
+
+
+async def test_websocket_during_hold_is_bridged_to_the_new_target(hold, ws_target, client):
+    url, _ = ws_target
+    task = await _held_handshake(
+        hold,
+        client,
+        protocols=(PROTOCOL,),
+        headers={"Host": "hub.test", "Cookie": "c=1"},
+        max_msg_size=0,
+    )
+    hold.release(SPEC, url)
+    ws = await asyncio.wait_for(task, 5)  # a 101, not a refused handshake
+    assert ws.protocol == PROTOCOL  # the target's choice, given to the client
+    hello = await ws.receive_json(timeout=5)
+    assert hello == {
+        "protocol": PROTOCOL,
+        "path_qs": KERNEL_WS,
+        "host": "hub.test",
+        "cookie": "c=1",
+    }
+    await ws.send_str("text frame")
+    assert await ws.receive_str(timeout=5) == "echo text frame"
+    await ws.send_bytes(b"\x00\xffbinary")
+    assert await ws.receive_bytes(timeout=5) == b"echo \x00\xffbinary"
+    big = bytes(range(256)) * 40_000  # 10 MB: above aiohttp's default message limit
+    await ws.send_bytes(big)
+    assert await ws.receive_bytes(timeout=10) == b"echo " + big
+    await ws.close()
+
+
+async def test_a_stray_websocket_after_release_is_bridged_too(hold, ws_target, client):
+    url, _ = ws_target
+    hold.release(SPEC, url)  # CHP sent it here just before the release took effect
+    async with client.ws_connect(f"{hold.url}{KERNEL_WS}") as ws:
+        assert (await ws.receive_json(timeout=5))["path_qs"] == KERNEL_WS
+        await ws.send_str("x")
+        assert await ws.receive_str(timeout=5) == "echo x"
+
+
+async def test_websocket_bridged_in_redirect_mode(ws_target, client):
+    url, _ = ws_target
+    server = await _hold_server(timeout=10, release_mode="redirect")
+    try:
+        task = await _held_handshake(server, client)
+        server.release(SPEC, url)
+        ws = await asyncio.wait_for(task, 5)  # a browser cannot follow a 307 here
+        assert (await ws.receive_json(timeout=5))["path_qs"] == KERNEL_WS
+        await ws.close()
+    finally:
+        await server.stop()
+
+
+async def test_close_codes_pass_through_both_ways(hold, ws_target, client):
+    url, target = ws_target
+    hold.release(SPEC, url)
+    # the client closes: the target sees the same code and reason
+    ws = await client.ws_connect(f"{hold.url}{KERNEL_WS}")
+    await ws.receive_json(timeout=5)
+    await ws.close(code=4001, message=b"client leaves")
+    end = await asyncio.wait_for(target.ends.get(), 5)
+    assert (end.type, end.data, end.extra) == (aiohttp.WSMsgType.CLOSE, 4001, "client leaves")
+    # the target closes: the client sees the same code and reason
+    ws = await client.ws_connect(f"{hold.url}{KERNEL_WS}")
+    await ws.receive_json(timeout=5)
+    await ws.send_str("close 4002 server leaves")
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4002, "server leaves")
+    assert ws.close_code == 4002
+    await ws.close()
+
+
+async def test_a_dropped_end_drops_the_other(hold, ws_target, client):
+    """No close frame in, none out: JupyterLab reconnects after a drop (1006), not after a
+    close 1000/1001."""
+    url, target = ws_target
+    hold.release(SPEC, url)
+    # the target's connection drops (its server was killed)
+    ws = await client.ws_connect(f"{hold.url}{KERNEL_WS}")
+    await ws.receive_json(timeout=5)
+    await ws.send_str("drop")
+    msg = await ws.receive(timeout=5)
+    assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), msg
+    await ws.close()
+    # the client's connection drops (the tab went away)
+    async with aiohttp.ClientSession() as other:
+        ws = await other.ws_connect(f"{hold.url}{KERNEL_WS}")
+        await ws.receive_json(timeout=5)
+        ws._response.connection.transport.abort()
+        end = await asyncio.wait_for(target.ends.get(), 5)
+    assert end.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), end
+
+
+async def test_websocket_refused_by_the_target_is_refused_alike(hold, ws_target, client):
+    url, _ = ws_target
+    task = await _held_handshake(hold, client, path="/user/alice/refused")
+    hold.release(SPEC, url)
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await asyncio.wait_for(task, 5)
-    assert info.value.status == 503  # a failed handshake, not a 101 and a close frame
+    assert info.value.status == 403
+
+
+async def test_websocket_held_past_the_timeout_gets_a_clean_503(ws_target, client):
+    url, _ = ws_target
+    server = await _hold_server(timeout=0.5)
+    try:
+        server.hold(SPEC)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await client.ws_connect(f"{server.url}{KERNEL_WS}")
+        assert info.value.status == 503
+        assert int(info.value.headers["Retry-After"]) > 0
+        # the route is released later: the next handshake is bridged
+        server.release(SPEC, url)
+        async with client.ws_connect(f"{server.url}{KERNEL_WS}") as ws:
+            assert (await ws.receive_json(timeout=5))["path_qs"] == KERNEL_WS
+    finally:
+        await server.stop()
+
+
+async def test_stop_drops_bridged_websockets(ws_target, client):
+    url, target = ws_target
+    server = await _hold_server(timeout=10)
+    server.release(SPEC, url)
+    ws = await client.ws_connect(f"{server.url}{KERNEL_WS}")
+    await ws.receive_json(timeout=5)
+    await asyncio.wait_for(server.stop(), 5)
+    # dropped, not closed with 1001 (after which JupyterLab stops reconnecting)
+    msg = await ws.receive(timeout=5)
+    assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), msg
+    end = await asyncio.wait_for(target.ends.get(), 5)
+    assert end.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), end
+    await ws.close()
 
 
 async def test_longest_prefix_match(hold, upstream, client):

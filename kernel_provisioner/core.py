@@ -15,6 +15,7 @@ into the new one, resume the relay, release the old host.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,16 @@ from migrating_spawner.hosts.base import Host, HostProvider
 
 from . import state
 from .relay import KernelRelay
+
+#: how often a move tries to snapshot a kernel, while its host's deadline allows
+MOVE_SNAPSHOT_ATTEMPTS = 5
+#: without a deadline, seconds a move retries a snapshot after the cell timeout
+MOVE_RETRY_SECONDS = 10.0
+#: what a cell interrupted by a move says in its own output
+INTERRUPTED = (
+    "interrupted because this kernel's host was reclaimed; its state up to the last "
+    "finished statement moved; re-run this cell"
+)
 
 #: version stamp of ``MovableKernel.to_info()``: old records load after an upgrade
 INFO_VERSION = 1
@@ -80,6 +91,31 @@ def process_name(kernel_id: str) -> str:
     return f"kernel-{kernel_id}"
 
 
+def snapshot_failure(reply: dict | None, report: dict[str, Any] | None) -> str:
+    """What went wrong with a snapshot request, from its execute_reply and the report the
+    snapshot code wrote; "" if nothing did."""
+    if reply is None:
+        return "the kernel did not answer the snapshot request"
+    content = reply.get("content") or {}
+    status = content.get("status")
+    if status == "aborted":
+        return "the kernel aborted the snapshot request, queued behind the interrupted cell"
+    if status == "error":
+        return f"the snapshot code raised {content.get('ename')}: {content.get('evalue')}"
+    if report is None:
+        return "the snapshot code wrote no report"
+    if not report.get("ok"):
+        return f"the snapshot failed: {report.get('error') or 'no reason given'}"
+    return ""
+
+
+def interrupted_text(loss: str) -> str:
+    """What the cell a move interrupted says: why it stopped, and what did not move."""
+    if not loss:
+        return INTERRUPTED
+    return f"interrupted because this kernel's host was reclaimed. {loss}"
+
+
 class MovableKernel:
     """A kernel with a stable endpoint (the relay) that moves when its host is reclaimed."""
 
@@ -94,6 +130,7 @@ class MovableKernel:
         relay_ports: dict[str, int] | None = None,
         relay_key: bytes | str | None = None,
         kernel_name: str = "",
+        work_dir: str = "",
         notice_poll_interval: float = 1.0,
         start_timeout: float = 60.0,
         cell_timeout: float = 30.0,
@@ -106,6 +143,9 @@ class MovableKernel:
         self.language = language
         self.state_dir = state_dir
         self.kernel_name = kernel_name
+        # where the kernel starts when its caller names no cwd: on storage every host sees,
+        # so files written by relative path move with it (empty: the host's own disk)
+        self.work_dir = work_dir
         self.notice_poll_interval = notice_poll_interval
         # how long a new kernel may take to answer kernel_info
         self.start_timeout = start_timeout
@@ -129,6 +169,8 @@ class MovableKernel:
         self._relay_started = False
         self._last_snapshot = time.monotonic()
         self._snapshot_executes = 0  # relay.executes at the last good snapshot
+        # the last good snapshot's report and when it was taken (epoch), in state_dir
+        self._good: tuple[dict[str, Any], float] | None = None
         self._watch_task: asyncio.Task | None = None
         self._move_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
@@ -155,8 +197,14 @@ class MovableKernel:
     ) -> dict[str, Any]:
         """Start the kernel (on the current host on a restart, else on a new one) and point
         the relay at it. Returns the relay's connection info."""
+        if not cwd and self.work_dir:
+            os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
+            cwd = self.work_dir
         self.argv, self.env, self.cwd = list(argv), dict(env or {}), cwd
         self.stopping = False
+        # a fresh namespace (a restart too): an older snapshot is not this kernel's state
+        self._good = None
+        self.snapshot_report.unlink(missing_ok=True)
         await self.start_relay()
         fresh_host = self.host is None
         if fresh_host:
@@ -209,6 +257,10 @@ class MovableKernel:
             await self.relay.stop()
             self._relay_started = False
         _rmtree(self.state_dir)
+        if self.work_dir:
+            # the user's files stay; an empty folder does not
+            with contextlib.suppress(OSError):
+                os.rmdir(self.work_dir)
 
     async def status(self) -> dict[str, Any] | None:
         """The agent's record of the kernel process; None if the agent is unreachable."""
@@ -230,25 +282,25 @@ class MovableKernel:
 
     async def interrupt(self) -> None:
         """Interrupt the running cell: an interrupt_request on the target's control channel
-        (works whatever the kernelspec's interrupt_mode, and across hosts)."""
-        if self.target is None:
-            return
-        client = self._client(self.target)
-        try:
-            msg = client.session.msg("interrupt_request", content={})
-            client.control_channel.send(msg)
-            await client.get_control_msg(timeout=5)
-        except Exception as e:  # the interrupt is best effort, as a SIGINT is
-            self.log.warning("kernel %s: interrupt got no reply: %s", self.kernel_id, e)
-        finally:
-            client.stop_channels()
+        (works whatever the kernelspec's interrupt_mode, and across hosts). Sent through
+        the relay, so it never waits on a new connection, and it stays ahead of the
+        shutdown_request that follows it at a restart or shutdown (jupyter_client
+        interrupts first); a reply is not awaited, as none is for a SIGINT."""
+        if not await self.relay.interrupt_kernel():
+            self.log.info("kernel %s: no kernel to interrupt", self.kernel_id)
+
+    def interrupt_soon(self) -> None:
+        """``interrupt()`` from synchronous code (the task is kept, and awaited at
+        shutdown)."""
+        self._keep(self.interrupt())
 
     # -- moving ----------------------------------------------------------------------------
 
     async def move(self, reason: str, deadline: float | None = None) -> dict[str, Any]:
         """Move the kernel to a new host with its namespace; clients keep their sockets.
 
-        ``deadline`` (epoch seconds) bounds how long a running cell may go on.
+        ``deadline`` (epoch seconds, when the host goes) bounds how long a running cell may
+        go on and how long a failed snapshot is retried.
         """
         if self.moving:
             raise KernelMoveError(f"kernel {self.kernel_id} is already moving")
@@ -260,14 +312,23 @@ class MovableKernel:
         record: dict[str, Any] = {"reason": reason, "from": old_host.id, "started": time.time()}
         self.log.warning("kernel %s: moving off %s (%s)", self.kernel_id, old_host.id, reason)
         self.relay.pause()
+        previous = self._good  # what a failed snapshot falls back to
+        snap: dict[str, Any] | None = None
+        notice = ""
         # the new host and kernel start while the old kernel finishes its cell and snapshots
         new = asyncio.create_task(self._start_elsewhere())
         try:
-            bound = self.cell_timeout
-            if deadline is not None:
-                # keep time for the restore and the cut-over before the host goes
-                bound = max(1.0, min(bound, deadline - time.time() - 5))
-            record["snapshot"] = await self._snapshot(old_target, bound)
+            try:
+                snap, why = await self._move_snapshot(old_target, deadline)
+                if snap is None:
+                    notice = self._loss_notice(why, previous)
+                    record["snapshot_error"] = why
+            finally:
+                # a cell the move interrupted says in its own output why it stopped (a move
+                # cancelled by a shutdown lets it end without a word)
+                done = snap is not None or bool(notice)
+                await self.relay.explain_interrupted(interrupted_text(notice) if done else "")
+            record["snapshot"] = snap
             record["snapshot_seconds"] = round(time.monotonic() - t0, 3)
             new_host, new_target = await new
         except BaseException as e:
@@ -284,7 +345,17 @@ class MovableKernel:
         self.host, self.target = new_host, new_target
         self._keep(self._release(old_host))
         try:
-            record["restore"] = await self._restore(new_target, record["snapshot"])
+            if snap is not None:
+                self._good = (snap, time.time())
+                record["restore"] = await self._restore(new_target, snap)
+            elif previous is not None:
+                # an older snapshot, said as such: what ran after it is lost
+                record["restored_older"] = previous[1]
+                self.relay.announce(notice)
+                record["restore"] = await self._restore(new_target, previous[0])
+            else:
+                self.relay.announce(notice)
+                record["restore"] = None
             await self._retarget(new_target)
         finally:
             self.moving = False
@@ -312,10 +383,12 @@ class MovableKernel:
         try:
             self.host, self.target = await self._start_elsewhere()
             snap = _read_json(self.snapshot_report)
+            if self._good is not None:  # a failed snapshot since may have overwritten it
+                snap, taken_at = self._good
+            elif snap is not None and snap.get("ok"):
+                taken_at = self.snapshot_report.stat().st_mtime
             if snap is not None and snap.get("ok"):
-                taken = time.strftime(
-                    "%H:%M:%S", time.localtime(self.snapshot_report.stat().st_mtime)
-                )
+                taken = time.strftime("%H:%M:%S", time.localtime(taken_at))
                 self.relay.announce(
                     "This kernel's machine went away without notice. The kernel was restarted "
                     f"on another machine from its last snapshot (taken at {taken}, after cell "
@@ -346,49 +419,135 @@ class MovableKernel:
             await self._release(host)
             raise
 
-    async def _snapshot(
-        self, target: dict[str, Any], bound: float, background: bool = False
-    ) -> dict[str, Any] | None:
-        """Write the namespace into ``state_dir``; None if the language has no support.
-
-        In the background (no move under way) the last snapshot stays until a new one is
-        complete, and a cell the user started meanwhile is never interrupted."""
-        if not state.supported(self.language):
-            self.log.warning("kernel %s: no state support for %r", self.kernel_id, self.language)
-            return None
+    def _snapshot_code(self) -> str:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        if not background:
-            self.snapshot_report.unlink(missing_ok=True)
-        code = state.snapshot_code(self.language, self.state_dir)
+        return state.snapshot_code(self.language, self.state_dir)
+
+    async def _snapshot(self, target: dict[str, Any], bound: float) -> dict[str, Any] | None:
+        """A background snapshot (no move under way) into ``state_dir``: the last snapshot
+        stays until a new one is complete, and a cell the user started meanwhile is never
+        interrupted. Its report if it is good, else None."""
+        if not state.supported(self.language):
+            return None
         client = self._client(target)
         try:
-            msg_id = client.execute(code, silent=True, store_history=False)
-            self.relay.hide(msg_id)  # its busy/idle is not the user's kernel status
-            # shell requests run in order: this waits for a running cell, up to `bound`
-            reply = await self._reply(client, msg_id, bound)
-            if reply is None and background:
-                self.log.warning("kernel %s: background snapshot timed out", self.kernel_id)
-                return None
-            if reply is None:
-                self.log.warning(
-                    "kernel %s: cell still running after %.0f s; interrupting it",
-                    self.kernel_id,
-                    bound,
-                )
-                client.control_channel.send(client.session.msg("interrupt_request", content={}))
-                reply = await self._reply(client, msg_id, 10)
-            if reply is None:
-                self.log.error("kernel %s: no snapshot; its variables are lost", self.kernel_id)
-                return None
+            reply = await self._run_hidden(client, self._snapshot_code(), bound)
         finally:
             client.stop_channels()
-        # the cell that was running when the move began sent its reply before ours: give
-        # the relay a moment to pass it on before its sockets to this kernel close
-        await asyncio.sleep(0.1)
         report = _read_json(self.snapshot_report)
-        if report is None or not report.get("ok"):
-            self.log.error("kernel %s: snapshot failed: %s", self.kernel_id, report)
+        why = snapshot_failure(reply, report)
+        if why:
+            self.log.warning("kernel %s: background snapshot failed: %s", self.kernel_id, why)
+            return None
         return report
+
+    async def _move_snapshot(
+        self, target: dict[str, Any], deadline: float | None
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Snapshot the kernel for a move: (its report, "") or (None, what failed).
+
+        A running cell may go on for ``cell_timeout`` (never beyond the deadline minus 5 s),
+        then it is interrupted. ipykernel aborts the requests queued behind an interrupted
+        cell, so a snapshot that fails is sent again once the kernel is idle, while the
+        deadline allows (the snapshot must be written before the host goes)."""
+        if not state.supported(self.language):
+            return None, f"kernels of language {self.language!r} have no snapshot support"
+        now, start = time.time(), time.monotonic()
+        cell_bound = self.cell_timeout
+        end = start + self.cell_timeout + MOVE_RETRY_SECONDS
+        if deadline is not None:
+            left = deadline - now
+            cell_bound = max(1.0, min(cell_bound, left - 5))
+            end = start + max(cell_bound + 1, left - 1)
+        code = self._snapshot_code()
+        client = self._client(target)
+        interrupted = False
+        why = ""
+        try:
+            for attempt in range(1, MOVE_SNAPSHOT_ATTEMPTS + 1):
+                self.snapshot_report.unlink(missing_ok=True)
+                msg_id = client.execute(code, silent=True, store_history=False)
+                self.relay.hide(msg_id)  # its busy/idle is not the user's kernel status
+                # shell requests run in order: this waits for a running cell
+                wait = cell_bound if not interrupted else end - time.monotonic()
+                reply = await self._reply(client, msg_id, max(0.1, wait))
+                while reply is None and not interrupted and time.monotonic() < end:
+                    if self.relay.execution_state == "busy":
+                        self.log.warning(
+                            "kernel %s: cell still running after %.0f s; interrupting it",
+                            self.kernel_id,
+                            time.monotonic() - start,
+                        )
+                        self.relay.hold_interrupted()
+                        client.control_channel.send(
+                            client.session.msg("interrupt_request", content={})
+                        )
+                        interrupted = True
+                    # else the snapshot itself is what takes long: it goes on
+                    reply = await self._reply(client, msg_id, max(0.1, end - time.monotonic()))
+                if reply is None:
+                    why = (
+                        f"the kernel did not answer the snapshot request within "
+                        f"{time.monotonic() - start:.0f} s"
+                        + (" of the interrupt" if interrupted else "")
+                    )
+                    break
+                report = _read_json(self.snapshot_report)
+                why = snapshot_failure(reply, report)
+                if not why:
+                    # the cell running when the move began sent its reply before ours: give
+                    # the relay a moment to pass it on before its sockets to this kernel close
+                    await asyncio.sleep(0.1)
+                    if attempt > 1:
+                        self.log.warning(
+                            "kernel %s: snapshot taken at attempt %d", self.kernel_id, attempt
+                        )
+                    return report, ""
+                if time.monotonic() > end - 0.5:
+                    break
+                self.log.warning(
+                    "kernel %s: snapshot attempt %d failed (%s); trying again",
+                    self.kernel_id,
+                    attempt,
+                    why,
+                )
+                # the aborted request came back: the interrupted cell is ending
+                await self._until_idle(end)
+        finally:
+            client.stop_channels()
+        self.log.error("kernel %s: no snapshot for the move: %s", self.kernel_id, why)
+        return None, why
+
+    async def _until_idle(self, end: float) -> None:
+        """Wait (up to ``end``, monotonic) until the kernel has ended the user's cell."""
+        while self.relay.execution_state == "busy" and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+
+    def _loss_notice(self, why: str, previous: tuple[dict[str, Any], float] | None) -> str:
+        """What the user is told when a move has no snapshot of the kernel as it is now."""
+        if previous is None:
+            return (
+                f"This kernel's host was reclaimed and its variables could not be saved "
+                f"({why}): the kernel on the new host starts fresh, every variable is lost. "
+                "Re-run the cells you need."
+            )
+        report, taken = previous
+        count = report.get("execution_count", "?")
+        age = max(0, round(time.time() - taken))
+        return (
+            f"This kernel's host was reclaimed and its variables could not be saved now "
+            f"({why}). The kernel on the new host continues from its last snapshot, taken at "
+            f"{time.strftime('%H:%M:%S', time.localtime(taken))} ({age} s before the move, "
+            f"after cell [{count}]): what the cells after [{count}] did is lost. "
+            "Re-run them."
+        )
+
+    async def _run_hidden(
+        self, client: AsyncKernelClient, code: str, timeout: float
+    ) -> dict | None:
+        msg_id = client.execute(code, silent=True, store_history=False)
+        self.relay.hide(msg_id)  # its busy/idle is not the user's kernel status
+        return await self._reply(client, msg_id, timeout)
 
     async def _restore(
         self, target: dict[str, Any], snapshot: dict[str, Any] | None
@@ -551,12 +710,13 @@ class MovableKernel:
         executes = self.relay.executes
         self._last_snapshot = time.monotonic()
         try:
-            report = await self._snapshot(self.target, self.cell_timeout, background=True)
+            report = await self._snapshot(self.target, self.cell_timeout)
         except Exception as e:  # the kernel went away meanwhile: the watch sees to it
             self.log.warning("kernel %s: background snapshot failed: %s", self.kernel_id, e)
             return
-        if report is not None and report.get("ok"):
+        if report is not None:
             self._snapshot_executes = executes
+            self._good = (report, time.time())
 
     async def _run_move(self, coro: Any) -> None:
         """Run a move as its own task (shutdown cancels it); a failure is logged and the

@@ -190,7 +190,7 @@ class MigratingProcessProxy(BaseProcessProxyABC):
             return None
         if signum == signal.SIGINT:
             # the kernel is on another host: an interrupt_request, which ipykernel handles
-            asyncio.ensure_future(self.kernel.interrupt())
+            self.kernel.interrupt_soon()
         elif signum in (signal.SIGTERM, signal.SIGKILL):
             self._stop(signum)
         else:

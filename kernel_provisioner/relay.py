@@ -73,6 +73,14 @@ def _msg_id(frame: bytes) -> str | None:
         return None
 
 
+def _msg_type(frame: bytes) -> str | None:
+    """msg_type of a header frame."""
+    try:
+        return json.loads(frame).get("msg_type")
+    except (ValueError, AttributeError):
+        return None
+
+
 def _execution_state(content: bytes, default: str) -> str:
     try:
         return json.loads(content).get("execution_state") or default
@@ -133,6 +141,11 @@ class KernelRelay:
         self._target_alive: bool | None = None
         self._flush_task: asyncio.Task | None = None
         self._announcement = ""  # shown in the output of the next cell a client runs
+        # a cell a move interrupts: its closing idle status waits for explain_interrupted()
+        self._holding = False
+        self._interrupted: bytes | None = None  # the parent header of its error
+        self._held: list[tuple[list[bytes], list[bytes]]] = []  # its idle status, held back
+        self._held_seen = asyncio.Event()
         self._executes = 0  # execute_requests forwarded so far
         self._shutdown_requested = False  # a client asked the current kernel to exit
         self._execution_state = "starting"  # the kernel's, from client requests' status
@@ -269,6 +282,39 @@ class KernelRelay:
         output without a parent request is not shown in a notebook."""
         self._announcement = "\n".join(filter(None, [self._announcement, text.strip()]))
 
+    def hold_interrupted(self) -> None:
+        """A move is about to interrupt the running cell: when it stops with an error, its
+        closing idle status waits until ``explain_interrupted()`` has put in that cell's own
+        output why it stopped (after the idle, a notebook no longer shows a cell's output)."""
+        self._holding = True
+        self._interrupted = None
+        self._held = []
+        self._held_seen = asyncio.Event()
+
+    async def explain_interrupted(self, text: str, wait: float = 1.0) -> bool:
+        """Show ``text`` (stderr) in the output of the cell ``hold_interrupted()`` was about,
+        then let its idle status through. Waits up to ``wait`` seconds for that cell to end
+        (its output reaches the relay on a socket of its own). False if no cell stopped with
+        an error meanwhile: then nobody saw it interrupted, and ``text`` is not shown."""
+        if not self._holding:
+            return False
+        if self._interrupted is None or not self._held:
+            try:
+                await asyncio.wait_for(self._held_seen.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+        parent, held = self._interrupted, self._held
+        self._holding, self._interrupted, self._held = False, None, []
+        shown = False
+        if parent is not None and text:
+            await self._publish_stream(parent, text)
+            shown = True
+        for topic, parts in held:
+            await self._front["iopub"].send_multipart(
+                [*topic, DELIM, self.session.sign(parts[:4]), *parts]
+            )
+        return shown
+
     def _keep(self, coro: Any) -> asyncio.Task:
         # the loop holds tasks weakly: keep the flush alive when the caller does not await it
         self._flush_task = asyncio.ensure_future(coro)
@@ -350,6 +396,18 @@ class KernelRelay:
                     break
         await self._flush(gen)
 
+    async def interrupt_kernel(self) -> bool:
+        """Send the current kernel an interrupt_request of the relay's own, on the control
+        socket already connected to it: no new connection to wait for, and it reaches the
+        kernel before any shutdown_request a client sends after it (its reply, addressed
+        to no client, is dropped). False if there is no kernel to send it to."""
+        sock = self._back.get("control")
+        if sock is None or self._target_session is None:
+            return False
+        msg = self._target_session.msg("interrupt_request", content={})
+        await sock.send_multipart(self._target_session.serialize(msg))
+        return True
+
     async def _nudge(self) -> None:
         assert self._target_session is not None
         msg = self._target_session.msg("kernel_info_request")
@@ -386,11 +444,15 @@ class KernelRelay:
         self._stats["to_kernel"] += 1
 
     async def _publish_announcement(self, request_header: bytes) -> None:
+        text, self._announcement = self._announcement, ""
+        await self._publish_stream(request_header, text)
+
+    async def _publish_stream(self, parent_header: bytes, text: str) -> None:
+        """stderr output of our own, in the output of the request ``parent_header`` names."""
         try:
-            parent = json.loads(request_header)
+            parent = json.loads(parent_header)
         except ValueError:
             return
-        text, self._announcement = self._announcement, ""
         msg = self.session.msg(
             "stream", content={"name": "stderr", "text": text.rstrip() + "\n"}, parent=parent
         )
@@ -435,10 +497,29 @@ class KernelRelay:
                 or b'"iopub_welcome"' in parts[0]
             ):
                 continue
+            if self._holding and parent in self._recent and self._hold(topic, parts):
+                continue
             await self._front["iopub"].send_multipart(
                 [*topic, DELIM, self.session.sign(parts[:4]), *parts]
             )
             self._stats["to_clients"] += 1
+
+    def _hold(self, topic: list[bytes], parts: list[bytes]) -> bool:
+        """While a move interrupts a cell: note the client cell that stopped with an error;
+        keep back its idle status (True: not to be forwarded now)."""
+        kind = _msg_type(parts[0])
+        if kind == "error" and self._interrupted is None:
+            self._interrupted = parts[1]
+        elif (
+            kind == "status"
+            and self._interrupted is not None
+            and _msg_id(parts[1]) == _msg_id(self._interrupted)
+            and _execution_state(parts[3], "") == "idle"
+        ):
+            self._held.append((topic, parts))
+            self._held_seen.set()
+            return True
+        return False
 
     # -- client side -----------------------------------------------------------------------
 

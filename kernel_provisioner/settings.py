@@ -67,6 +67,20 @@ class KernelHostSettings(LoggingConfigurable):
         root = getattr(self.provider, "root_dir", "") or os.getcwd()
         return os.path.join(root, "kernel-state")
 
+    work_root = Unicode(
+        help="""Folder for the kernels' working folders, one subfolder per kernel id, on
+        storage every host of a kernel sees: a kernel whose gateway names no working folder
+        starts there, so files it writes by relative path survive its moves (the host's own
+        disk goes with the host). The files stay after the kernel shuts down. Defaults to
+        `kernel-files/` under the local provider's root_dir.
+        """
+    ).tag(config=True)
+
+    @default("work_root")
+    def _default_work_root(self) -> str:
+        root = getattr(self.provider, "root_dir", "") or os.getcwd()
+        return os.path.join(root, "kernel-files")
+
     notice_poll_interval = Float(
         1.0, help="Seconds between polls of the kernel's host agent for a reclaim notice."
     ).tag(config=True)
@@ -111,16 +125,24 @@ class KernelHostSettings(LoggingConfigurable):
         }
 
     def new_kernel(self, kernel_id: str, language: str, **kw: Any) -> MovableKernel:
-        """A kernel (not started yet) with its snapshot folder under ``state_root``."""
+        """A kernel (not started yet) with its snapshot folder under ``state_root`` and its
+        default working folder under ``work_root``."""
         return MovableKernel(
             self.provider,
             kernel_id,
             language,
             os.path.join(self.state_root, kernel_id),
+            work_dir=os.path.join(self.work_root, kernel_id),
             **self.kernel_options(),
             **kw,
         )
 
     def restored_kernel(self, kernel_id: str, info: dict[str, Any]) -> MovableKernel:
         """A kernel object for another process's ``MovableKernel.to_info()``."""
-        return MovableKernel.from_info(self.provider, kernel_id, info, **self.kernel_options())
+        return MovableKernel.from_info(
+            self.provider,
+            kernel_id,
+            info,
+            work_dir=os.path.join(self.work_root, kernel_id),
+            **self.kernel_options(),
+        )

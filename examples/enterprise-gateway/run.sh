@@ -11,7 +11,9 @@ LAB_PORT=${LAB_PORT:-8888}
 LAB_TOKEN=${LAB_TOKEN:-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')}
 
 cd "$here"
-mkdir -p var
+# JupyterLab serves var/notebooks (git-ignored): notebooks you make stay out of the example
+NOTEBOOK_DIR=${NOTEBOOK_DIR:-$here/var/notebooks}
+mkdir -p var "$NOTEBOOK_DIR"
 # Kernels run with the python3 on their host's PATH: here the project's venv (ipykernel).
 export PATH="$VENV/bin:$PATH"
 export JUPYTER_PATH="$here${JUPYTER_PATH:+:$JUPYTER_PATH}"
@@ -54,9 +56,14 @@ PY
 
 echo "Enterprise Gateway: http://127.0.0.1:$GATEWAY_PORT (log: $here/var/gateway.log)"
 echo "JupyterLab:         http://127.0.0.1:$LAB_PORT/lab?token=$LAB_TOKEN"
+# The kernel websocket class: one connection per notebook session at a time, so the first
+# notebook's kernel does not stay "unknown" (README.md, "Opening a notebook").
+# LAB_OPTS: more options for JupyterLab, e.g. "--LabApp.expose_app_in_browser=True"
+# shellcheck disable=SC2086 # word splitting of LAB_OPTS is wanted
 "$VENV/bin/jupyter-lab" --gateway-url="http://127.0.0.1:$GATEWAY_PORT" \
+    --ServerApp.kernel_websocket_connection_class=kernel_provisioner.gatewayws.GatewayWebSocketConnection \
     --ServerApp.ip=127.0.0.1 --ServerApp.port="$LAB_PORT" --ServerApp.port_retries=0 \
     --IdentityProvider.token="$LAB_TOKEN" --ServerApp.open_browser=False \
-    --ServerApp.root_dir="$here" $root_flag &
+    --ServerApp.root_dir="$NOTEBOOK_DIR" $root_flag ${LAB_OPTS:-} &
 lab=$!
 wait "$lab"

@@ -1,6 +1,6 @@
-"""In a real browser: twenty notebook openings through the Enterprise Gateway example
-(examples/enterprise-gateway/run.sh, JupyterLab with --gateway-url in front of Enterprise
-Gateway 3.3): the kernel indicator reaches Idle in each.
+"""The Enterprise Gateway example as a new user meets it (examples/enterprise-gateway/run.sh,
+JupyterLab with --gateway-url in front of Enterprise Gateway 3.3): twenty notebook openings
+in a real browser reach Idle, and every kernel the launcher offers moves, R's included.
 
 Headless Debian chromium driven by Playwright (no browser download: `executable_path`).
 """
@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from gateways import EG_VENV, EnterpriseGatewayExample, serving, until
+from gateways import EG_VENV, EnterpriseGatewayExample, reclaim, serving, until
+from kernelws import KernelSocket
 from labpage import ARTIFACTS, CHROMIUM, KERNEL_STATUS, chromium_page, notebook
 
 pytestmark = pytest.mark.integration
@@ -21,6 +22,7 @@ OPENINGS = 20
 # generous: an opening that hits the upstream hold stays "unknown" for 40 s or more
 IDLE_WITHIN = 25.0
 KERNEL = "python3-moving"
+NOTICE = 8.0
 
 if not (EG_VENV / "bin" / "jupyter-enterprisegateway").exists():
     pytest.skip(
@@ -111,3 +113,29 @@ async def test_twenty_openings_reach_idle(example):
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "eg-openings.json").write_text(json.dumps(results, indent=1))
     assert late == [], late
+
+
+async def test_every_offered_kernel_moves_r_included(example):
+    # the launcher offers what the gateway lists: each one runs under the process proxy and
+    # says that it moves (a plain "R" from the system's kernelspecs would not)
+    status, specs = await example.request("GET", "/api/kernelspecs")
+    assert status == 200
+    offered = {name: s["spec"] for name, s in specs["kernelspecs"].items()}
+    assert {"python3-moving", "ir"} <= set(offered), offered
+    for name, spec in offered.items():
+        assert "moves with its host" in spec["display_name"], (name, spec["display_name"])
+
+    status, kernel = await example.request("POST", "/api/kernels", {"name": "ir"})
+    assert status == 201, kernel
+    [old] = example.hosts()
+    async with KernelSocket(example.url, kernel["id"], example.token) as ws:
+        out, reply = await ws.run("x <- 42; cat('ready')", timeout=60)
+        assert reply["status"] == "ok" and out.strip() == "ready", out
+        await reclaim(old, NOTICE)
+        await until(lambda: len(example.hosts()) >= 2, 10, "the move did not begin")
+        out, reply = await ws.run("cat(x + 1)", timeout=60)
+        assert reply["status"] == "ok" and out.strip().splitlines()[-1] == "43", out
+    await until(lambda: old.id not in [h.id for h in example.hosts()], NOTICE + 5, "old host kept")
+    status, _ = await example.request("DELETE", f"/api/kernels/{kernel['id']}")
+    assert status == 204
+    await until(lambda: not example.hosts(), 15, "the kernel's host was not released")

@@ -142,7 +142,7 @@ c.JupyterHub.load_roles = [
     async def restart(self) -> None:
         """Stop the hub as an operator would (SIGTERM) and start it again on its database;
         user servers and agents keep running."""
-        self.stop()
+        await asyncio.to_thread(self.stop)  # the caller's websockets go on meanwhile
         self.start()
         await self.wait_up()
 

@@ -37,6 +37,8 @@ class GatewayWebSocketConnection(connections.GatewayWebSocketConnection):
 
     # (kernel id, session id) -> done once the earlier connection of it is closed
     _closing: ClassVar[dict[tuple[str, str], asyncio.Future]] = {}
+    # the tasks that close them (asyncio keeps only weak references to tasks)
+    _closers: ClassVar[set[asyncio.Task]] = set()
 
     async def connect(self):
         """Connect once an earlier connection of this session is closed at the gateway."""
@@ -63,7 +65,9 @@ class GatewayWebSocketConnection(connections.GatewayWebSocketConnection):
                 del self._closing[key]
 
         closed.add_done_callback(settled)
-        asyncio.ensure_future(self._close_when_open(pending, closed))
+        closer = asyncio.ensure_future(self._close_when_open(pending, closed))
+        self._closers.add(closer)
+        closer.add_done_callback(self._closers.discard)
 
     async def _close_when_open(self, pending: asyncio.Future, closed: asyncio.Future) -> None:
         try:

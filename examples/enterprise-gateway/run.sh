@@ -8,6 +8,7 @@ EG_VENV=${EG_VENV:-$root/.venv-eg}
 VENV=${VENV:-$root/.venv}
 GATEWAY_PORT=${GATEWAY_PORT:-8889}
 LAB_PORT=${LAB_PORT:-8888}
+KERNEL_WS_CLASS=${KERNEL_WS_CLASS:-kernel_provisioner.gatewayws.GatewayWebSocketConnection}
 LAB_TOKEN=${LAB_TOKEN:-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')}
 
 cd "$here"
@@ -57,11 +58,12 @@ PY
 echo "Enterprise Gateway: http://127.0.0.1:$GATEWAY_PORT (log: $here/var/gateway.log)"
 echo "JupyterLab:         http://127.0.0.1:$LAB_PORT/lab?token=$LAB_TOKEN"
 # The kernel websocket class: one connection per notebook session at a time, so the first
-# notebook's kernel does not stay "unknown" (README.md, "Opening a notebook").
+# notebook's kernel does not stay "unknown" (README.md, "Opening a notebook"). KERNEL_WS_CLASS
+# =jupyter_server.gateway.connections.GatewayWebSocketConnection gives jupyter_server's own.
 # LAB_OPTS: more options for JupyterLab, e.g. "--LabApp.expose_app_in_browser=True"
 # shellcheck disable=SC2086 # word splitting of LAB_OPTS is wanted
 "$VENV/bin/jupyter-lab" --gateway-url="http://127.0.0.1:$GATEWAY_PORT" \
-    --ServerApp.kernel_websocket_connection_class=kernel_provisioner.gatewayws.GatewayWebSocketConnection \
+    --ServerApp.kernel_websocket_connection_class="$KERNEL_WS_CLASS" \
     --ServerApp.ip=127.0.0.1 --ServerApp.port="$LAB_PORT" --ServerApp.port_retries=0 \
     --IdentityProvider.token="$LAB_TOKEN" --ServerApp.open_browser=False \
     --ServerApp.root_dir="$NOTEBOOK_DIR" $root_flag ${LAB_OPTS:-} &

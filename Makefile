@@ -10,13 +10,21 @@ EG_VENV := .venv-eg
 EG_REQS := examples/enterprise-gateway/requirements.txt
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo demo-eg test install install-eg system-deps lint bench clean
+.PHONY: demo demo-eg test install install-demo install-eg system-deps lint bench clean
 
+# the demo's venv: the package and JupyterLab, nothing else
+$(VENV)/.installed-demo: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[lab]'
+	touch $@
+
+# the tests' venv adds the test tools (pytest, playwright, Kernel Gateway, ruff, ...)
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,lab]'
-	touch $@
+	touch $(VENV)/.installed-demo $@
 
 $(EG_VENV)/.installed: pyproject.toml $(EG_REQS)
 	test -x $(EG_VENV)/bin/python || python3 -m venv $(EG_VENV)
@@ -40,13 +48,15 @@ system-deps:
 
 install: $(VENV)/.installed node_modules/.installed
 
+install-demo: $(VENV)/.installed-demo node_modules/.installed
+
 install-eg: $(EG_VENV)/.installed
 
-demo: install
+demo: install-demo
 	cd examples/local && jupyterhub -f jupyterhub_config.py
 
 # Enterprise Gateway with moving kernels and JupyterLab in front (--gateway-url)
-demo-eg: install install-eg
+demo-eg: install-demo install-eg
 	examples/enterprise-gateway/run.sh
 
 test: install install-eg system-deps

@@ -1,8 +1,9 @@
 """JupyterHub on local hosts: each user server runs on its own loopback address 127.0.0.N.
 
 Run it with `make demo` from the repository root, then open http://127.0.0.1:8000 and log
-in as any user with the password below ("admin" is an admin). Reclaim a user's host with
-`jupyterhub-migrate reclaim HOST --notice 10` and watch the server move.
+in as any user with the password below ("admin", the admin, has a password of its own).
+Reclaim a user's host with `jupyterhub-migrate reclaim HOST --notice 10` and watch the
+server move. Ctrl-C stops it; `make clean` resets it (its state is in `var/`).
 """
 
 import os
@@ -19,9 +20,12 @@ c.JupyterHub.db_url = f"sqlite:///{var}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = f"{var}/jupyterhub_cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = f"{var}/jupyterhub-proxy.pid"
 
-# Anyone may log in with this password; the user "admin" is an admin.
-c.JupyterHub.authenticator_class = "dummy"
-c.DummyAuthenticator.password = "migrate-me"
+# A demo's shared passwords (JupyterHub's SharedPasswordAuthenticator): any user name logs in
+# with the user password; "admin" logs in with the admin password (it must be 32 characters
+# or longer) and may reclaim hosts.
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = "migrate-me"
+c.SharedPasswordAuthenticator.admin_password = "migrate-me-as-admin-of-this-demo"
 c.Authenticator.allow_all = True
 c.Authenticator.admin_users = {"admin"}
 

@@ -7,12 +7,15 @@ Headless Debian chromium driven by Playwright (no browser download: `executable_
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
-from gateways import EG_VENV, EnterpriseGatewayExample, reclaim, serving, until
+from gateways import EG_EXAMPLE, EG_VENV, EnterpriseGatewayExample, reclaim, serving, until
 from kernelws import KernelSocket
 from labpage import ARTIFACTS, CHROMIUM, KERNEL_STATUS, chromium_page, notebook
 
@@ -93,6 +96,56 @@ async def open_notebooks(ex: EnterpriseGatewayExample, n: int, within: float) ->
     return results
 
 
+async def kernel_info_after_a_dropped_socket(ex: EnterpriseGatewayExample, within: float):
+    """What JupyterLab does when it opens a new kernel's notebook: open the kernel websocket,
+    close it at once, open it again with the same session id; then ask for kernel_info on
+    the second one. Returns the reply's status, or None if none came within `within` s."""
+    status, kernel = await ex.request("POST", "/api/kernels", {"name": KERNEL})
+    assert status == 201, kernel
+    session = uuid.uuid4().hex
+    url = f"{ex.url}/api/kernels/{kernel['id']}/channels?session_id={session}"
+    headers = {"Authorization": f"token {ex.token}"}
+    request = {
+        "header": {
+            "msg_id": uuid.uuid4().hex,
+            "msg_type": "kernel_info_request",
+            "session": session,
+            "username": "test",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {},
+        "channel": "shell",
+        "buffers": [],
+    }
+
+    async def reply(ws) -> str:
+        async for frame in ws:
+            msg = json.loads(frame.data)
+            if (
+                msg["msg_type"] == "kernel_info_reply"
+                and msg["parent_header"].get("msg_id") == request["header"]["msg_id"]
+            ):
+                return msg["content"]["status"]
+        raise ConnectionError("the kernel websocket closed")
+
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            first = await http.ws_connect(url)
+            await first.close()
+            async with http.ws_connect(url) as ws:
+                await ws.send_str(json.dumps(request))
+                try:
+                    return await asyncio.wait_for(reply(ws), within)
+                except asyncio.TimeoutError:
+                    return None
+    finally:
+        status, _ = await ex.request("DELETE", f"/api/kernels/{kernel['id']}")
+        assert status == 204
+        await until(lambda: not ex.hosts(), 30, "the kernel's host was not released")
+
+
 @pytest.fixture
 async def example(request, tmp_path):
     ex = LabExample(tmp_path)
@@ -113,6 +166,14 @@ async def test_twenty_openings_reach_idle(example):
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "eg-openings.json").write_text(json.dumps(results, indent=1))
     assert late == [], late
+
+
+async def test_a_socket_dropped_at_once_does_not_hold_the_next(example):
+    # five new kernels: only a kernel's first connections meet the hold
+    replies = [await kernel_info_after_a_dropped_socket(example, IDLE_WITHIN) for _ in range(5)]
+    assert replies == ["ok"] * 5, replies
+    gateway_log = (EG_EXAMPLE / "var" / "gateway.log").read_text()
+    assert "Replacing stale connection" not in gateway_log
 
 
 async def test_every_offered_kernel_moves_r_included(example):

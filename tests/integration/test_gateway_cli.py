@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from gateways import KernelGateway, serving, until
+from gateways import EnterpriseGatewayExample, KernelGateway, serving, until
 from kernelws import KernelSocket
 
 from migrating_spawner.service import cli
@@ -122,3 +122,47 @@ async def test_relative_root_dir_asks_for_root_dir(gateway, capsys, monkeypatch)
     # given, it is used
     monkeypatch.setenv("JUPYTER_MIGRATING_ROOT_DIR", str(gateway.hosts_root))
     assert await cli_json(capsys, gateway, "hosts") == {"hosts": []}
+
+
+async def test_enterprise_gateway_example_as_its_readme_says(
+    tmp_path, request, capsys, monkeypatch
+):
+    """The example's README: `list` and `reclaim` through Enterprise Gateway 3.3, with the
+    hosts folder given as the README gives it (its kernelspec's root_dir is relative)."""
+    example = EnterpriseGatewayExample(tmp_path)
+    await example.clean()
+    monkeypatch.delenv("JUPYTER_MIGRATING_ROOT_DIR", raising=False)
+    monkeypatch.delenv("JUPYTER_GATEWAY_AUTH_TOKEN", raising=False)
+
+    async def gateway_cli(*argv: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(cli.main, ["--gateway-url", example.gateway_url, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    async with serving(request, example, timeout=90):
+        code, out, err = await gateway_cli("list")
+        assert code == 1 and "pass --root-dir" in err, (out, err)
+        monkeypatch.setenv("JUPYTER_MIGRATING_ROOT_DIR", str(example.hosts_root))
+        code, out, err = await gateway_cli("list", "--json")
+        assert (code, err, json.loads(out)) == (0, "", {"kernels": []})
+
+        status, kernel = await example.gateway("POST", "/api/kernels", {"name": "python3-moving"})
+        assert status == 201, kernel
+        await until(lambda: len(example.hosts()) == 1, 60, "the kernel got no host")
+        [host] = example.hosts()
+        code, out, err = await gateway_cli("--json", "list")
+        assert (code, err) == (0, "")
+        [row] = json.loads(out)["kernels"]
+        assert (row["id"], row["host_id"]) == (kernel["id"], host.id)
+
+        code, out, err = await gateway_cli("reclaim", host.id, "--notice", "3")
+        assert (code, err) == (0, "")
+        assert out.strip().endswith(f"; moving {kernel['id']}"), out
+
+        def moved() -> bool:
+            hosts = example.hosts()
+            return len(hosts) == 1 and hosts[0].id != host.id
+
+        await until(moved, 60, "the kernel did not move")
+        status, _ = await example.gateway("DELETE", f"/api/kernels/{kernel['id']}")
+        assert status == 204

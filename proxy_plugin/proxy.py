@@ -41,8 +41,9 @@ class MigratingProxy(ConfigurableHTTPProxy):
         config=True,
         help="""Seconds a request may wait in the hold server for its route's release.
 
-        A request still held after this gets a 503 (JSON body, Retry-After header).
-        Keep it above the longest expected cut-over and below client timeouts.
+        A request or websocket handshake still held after this gets a 503 (JSON body,
+        Retry-After header). Keep it above the longest expected cut-over and below client
+        timeouts.
         """,
     )
 
@@ -80,7 +81,8 @@ class MigratingProxy(ConfigurableHTTPProxy):
 
         'proxy': the hold server passes it on to the new target and streams the answer back.
         'redirect': it answers 307 to the same URL, so the client asks again through CHP.
-        Websocket handshakes get a 503 in both modes, so that clients reconnect through CHP.
+        Websocket handshakes are bridged to the new target in both modes (a browser does
+        not follow a redirect there, and a refused handshake makes JupyterLab back off).
         """,
     )
 

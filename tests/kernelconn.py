@@ -50,7 +50,9 @@ class KernelConnection:
         self.connected = asyncio.Event()
 
     async def start(self, timeout: float = 60) -> None:
-        self._http = aiohttp.ClientSession()
+        # a fresh connection per upgrade, as browsers do: a socket that carried a refused
+        # upgrade (CHP's 404 or 503) is not parsed as HTTP again, and reusing it hangs
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         self._task = asyncio.create_task(self._run())
         await asyncio.wait_for(self.connected.wait(), timeout)
 

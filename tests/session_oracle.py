@@ -142,6 +142,17 @@ class Kernel:
         self.vars[name] = value
 
 
+def hub_config(home_mode: str) -> str:
+    """The hub's config for a long session: background checkpoints every 5 s (30 s by
+    default), so a reclaim with no notice has a recent state to come back from, and
+    snapshots run while the session works."""
+    return (
+        f'c.MigratingSpawner.home_mode = "{home_mode}"\n'
+        "c.MigratingSpawner.precopy_interval = 5\n"
+        "c.MigratingSpawner.kernel_snapshot_interval = 5\n"
+    )
+
+
 def plan(rng: random.Random, moves: int = 5, stops: int = 2, restarts: int = 1) -> list[str]:
     """Steps in a seeded order: every kind of move at least once, then random ones."""
     assert moves >= len(MOVES)
@@ -177,6 +188,8 @@ class LongSession:
         self.files: dict[str, str] = {}
         self.file_history: dict[str, list[str]] = {}
         self.failures: list[str] = []
+        #: every cell the user ran, with its answer: what to read when a check fails
+        self.transcript: list[str] = []
         self.accepted: list[str] = []
         self.step_name = "setup"
         self.moves = 0
@@ -254,8 +267,13 @@ class LongSession:
         try:
             out, reply = await k.conn.run(code, timeout)
         except TimeoutError as e:
+            self.transcript.append(f"[{self.step_name}] {k.label} no reply: {code}")
             self.fail(f"{k.label}: {e}")
             return None
+        self.transcript.append(
+            f"[{self.step_name}] {k.label} [{reply.get('execution_count')}] "
+            f"{reply.get('status')}: {code}"
+        )
         if reply.get("status") != "ok":
             self.fail(
                 f"{k.label}: cell {code[:70]!r} failed: {reply.get('ename')}: {reply.get('evalue')}"
@@ -564,6 +582,7 @@ class LongSession:
     async def _check_kernel(self, k: Kernel, told: list[Told]) -> None:
         whole = self._whole(k, told)
         # every cell of the step, answered once; counts never given twice
+        reused: list[int] = []
         for msg_id in self._open(k):
             info, replies = k.conn.sent[msg_id], k.conn.replies.get(msg_id, [])
             k.judged.add(msg_id)
@@ -587,10 +606,12 @@ class LongSession:
             if isinstance(count, int):
                 other = k.counts.get(count)
                 if other is not None and other != msg_id and not whole:
-                    self.fail(f"{k.label}: execution count {count} given to two cells")
+                    reused.append(count)
                 k.counts[count] = msg_id
             if tag and tag[0] == "during" and reply.get("status") == "ok":
                 k.during_ok.append(tag[1])
+        if reused:
+            self.fail(f"{k.label}: execution counts {sorted(reused)} given to two cells each")
         # the check cell: numbered above every cell before it
         before_max = max(k.counts, default=0)
         names = sorted(k.vars)
@@ -768,5 +789,6 @@ class LongSession:
             "moves": self.moves,
             "failures": list(self.failures),
             "accepted": list(self.accepted),
+            "transcript": list(self.transcript),
             "seconds": time.monotonic() - started,
         }

@@ -6,14 +6,14 @@ two stop/start cycles and a hub restart, in a seeded order, with work between th
 and cells sent during them. tests/session_oracle.py says what is checked after every step.
 The seed and the order are printed; LONG_SESSION_SEED=<n> replays an order, and
 LONG_SESSION_STEPS=hub-restart,migrate,... runs the given steps instead;
-LONG_SESSION_KEEP_LOG=<file> keeps a copy of the hub log.
+LONG_SESSION_KEEP_LOG=<file> keeps a copy of the hub log (and <file>.cells, every cell run).
 """
 
 import os
 import shutil
 
 import pytest
-from session_oracle import LongSession, Unavailable, plan
+from session_oracle import LongSession, Unavailable, hub_config, plan
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +24,7 @@ SEEDS = {"synced": 8, "shared": 80}
 @pytest.mark.parametrize("home_mode", ["synced", "shared"])
 async def test_long_session_loses_nothing_untold(hub_factory, home_mode):
     seed = int(os.environ.get("LONG_SESSION_SEED", SEEDS[home_mode]))
-    # background checkpoints every 5 s (30 s by default): a reclaim with no notice then has
-    # a recent state to come back from, and snapshots run while the session works
-    hub = await hub_factory(
-        f'c.MigratingSpawner.home_mode = "{home_mode}"\n'
-        "c.MigratingSpawner.precopy_interval = 5\n"
-        "c.MigratingSpawner.kernel_snapshot_interval = 5\n"
-    )
+    hub = await hub_factory(hub_config(home_mode))
     session = LongSession(hub, seed)
     steps = plan(session.rng)
     if os.environ.get("LONG_SESSION_STEPS"):
@@ -42,6 +36,8 @@ async def test_long_session_loses_nothing_untold(hub_factory, home_mode):
         pytest.skip(str(e))
     if os.environ.get("LONG_SESSION_KEEP_LOG"):
         shutil.copy(hub.log_path, os.environ["LONG_SESSION_KEEP_LOG"])
+        with open(os.environ["LONG_SESSION_KEEP_LOG"] + ".cells", "w") as f:
+            f.write("\n".join(result["transcript"]) + "\n")
     for line in result["accepted"]:
         print("told and accepted:", line)
     assert result["steps"] == len(steps) and not result["failures"], (

@@ -248,23 +248,23 @@ class MigratingController(SingletonConfigurable):
         self._forget_old_notices()
         intake = self._notices.setdefault(host_id, {"deadline": deadline, "moving": []})
         intake["deadline"] = min(intake["deadline"], deadline)
+        moving = intake["moving"]
         for spawner in self.spawners_on(host_id):
-            if spawner.key in intake["moving"]:
-                continue
-            if spawner.key in self._moves:
-                # already moving (a `migrate`, or a notice taken a moment ago): it still
-                # moves off this host, so every caller hears of it
-                intake["moving"].append(spawner.key)
-                continue
-            if spawner.server is None:
-                continue
-            seconds = intake["deadline"] - time.time()
-            spawner.emit(
-                f"Host {host_id} will be reclaimed in {seconds:.0f} s: moving", level="warning"
-            )
-            self.schedule_move(spawner, f"reclaim notice for {host_id}", intake["deadline"])
-            intake["moving"].append(spawner.key)
-        return list(intake["moving"])
+            if spawner.key not in self._moves:
+                if spawner.server is None:
+                    continue
+                # a first notice, or a move of it that failed: (re)try while the host lives
+                seconds = intake["deadline"] - time.time()
+                spawner.emit(
+                    f"Host {host_id} will be reclaimed in {seconds:.0f} s: moving",
+                    level="warning",
+                )
+                self.schedule_move(spawner, f"reclaim notice for {host_id}", intake["deadline"])
+            # moving now (also a `migrate`, or a notice taken a moment ago): every caller
+            # hears of it
+            if spawner.key not in moving:
+                moving.append(spawner.key)
+        return list(moving)
 
     def _forget_old_notices(self, keep: float = 600) -> None:
         # host ids are never reused: a notice long past its deadline has nothing to tell

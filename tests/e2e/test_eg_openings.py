@@ -22,7 +22,8 @@ from labpage import ARTIFACTS, CHROMIUM, KERNEL_STATUS, chromium_page, notebook
 pytestmark = pytest.mark.integration
 
 OPENINGS = 20
-# generous: an opening that hits the upstream hold stays "unknown" for 40 s or more
+# generous (openings take 3-4 s here); one that meets the upstream hold stays "unknown"
+# past the front's 42 s request_timeout, and then until a cell is run
 IDLE_WITHIN = 25.0
 KERNEL = "python3-moving"
 NOTICE = 8.0

@@ -26,6 +26,10 @@ OPENINGS = 20
 # past the front's 42 s request_timeout, and then until a cell is run
 IDLE_WITHIN = 25.0
 KERNEL = "python3-moving"
+# every fourth opening is an R notebook (the issue saw the hold with R too)
+KERNELS = [("python3-moving", "Python 3 (moves with its host)")] * 3 + [
+    ("ir", "R (moves with its host)")
+]
 NOTICE = 8.0
 
 if not (EG_VENV / "bin" / "jupyter-enterprisegateway").exists():
@@ -53,21 +57,22 @@ class LabExample(EnterpriseGatewayExample):
 
 
 async def open_notebooks(ex: EnterpriseGatewayExample, n: int, within: float) -> list[dict]:
-    """Open `n` notebooks one after another, each in a freshly loaded JupyterLab page, as a
-    user's first notebook; each one's kernel is shut down before the next opening. Returns,
-    per opening, the kernel status last seen and how long it took to be idle (None if it
-    was not idle within `within` seconds)."""
+    """Open `n` notebooks (on KERNELS in turn) one after another, each in a freshly loaded
+    JupyterLab page, as a user's first notebook; each one's kernel is shut down before the
+    next opening. Returns, per opening, the kernel status last seen and how long it took to
+    be idle (None if it was not idle within `within` seconds)."""
     results = []
     async with chromium_page() as page:
         for i in range(n):
             path = f"opening-{i}.ipynb"
+            kernel, display_name = KERNELS[i % len(KERNELS)]
             status, _ = await ex.request(
                 "PUT",
                 f"/api/contents/{path}",
                 {
                     "type": "notebook",
                     "format": "json",
-                    "content": notebook(["x = 1"], KERNEL, "Python 3 (moves with its host)"),
+                    "content": notebook(["x = 1"], kernel, display_name),
                 },
             )
             assert status in (200, 201)
@@ -82,7 +87,9 @@ async def open_notebooks(ex: EnterpriseGatewayExample, n: int, within: float) ->
                     idle_after = time.monotonic() - started
                     break
                 await page.wait_for_timeout(200)
-            results.append({"path": path, "status": value, "idle_after": idle_after})
+            results.append(
+                {"path": path, "kernel": kernel, "status": value, "idle_after": idle_after}
+            )
             if idle_after is None:
                 ARTIFACTS.mkdir(exist_ok=True)
                 await page.screenshot(path=str(ARTIFACTS / f"eg-opening-{i}.png"))

@@ -187,13 +187,19 @@ class Move:
                 spawner.port,
                 "POST",
                 "migrating/checkpoint",
-                {"timeout": budget},
+                {"timeout": budget, "freeze": True},
                 timeout=budget + 10,
             )
         except (HostError, OSError, asyncio.TimeoutError) as e:
             spawner.emit(f"Kernel state could not be saved: {e}", level="warning")
             return
         for kernel_id, result in report.get("kernels", {}).items():
+            if result.get("failed"):
+                spawner.emit(
+                    f"Kernel {kernel_id[:8]}: {result.get('reason')}; the new host restores "
+                    "an older state of it, and the notebook will say how old",
+                    level="warning",
+                )
             cell = result.get("interrupted")
             if cell:
                 which = f": {cell.strip().splitlines()[0][:80]!r}" if isinstance(cell, str) else ""

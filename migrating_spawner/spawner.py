@@ -17,6 +17,8 @@ from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import url_path_join
 from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 
+from kernel_provisioner.state import HOST_ROOT, lost_message
+
 from . import profiles as profiles_mod
 from .agent.client import AgentClient, AgentError, AgentUnreachable
 from .checkpoint import CheckpointError
@@ -277,6 +279,8 @@ class MigratingSpawner(Spawner):
         if self.host:
             env["HOME"] = self.home_on(self.host)
             env["JUPYTERHUB_MIGRATING_HOST"] = self.host.id
+            # kernels map a working folder on this host's own disk to the next host's
+            env[HOST_ROOT] = self.host.disk
         # enables the singleuser extension that snapshots and restores kernels
         config_path = [JUPYTER_CONFIG_DIR, os.environ.get("JUPYTER_CONFIG_PATH", "")]
         env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(p for p in config_path if p)
@@ -388,8 +392,6 @@ class MigratingSpawner(Spawner):
     async def restore_kernels(self, host: Host, port: int) -> None:
         """Re-create the kernels (same ids) on the server at host:port from the snapshots in
         its home, and tell the user what did not come back."""
-        from kernel_provisioner.state import lost_message
-
         try:
             report = await self.server_api(
                 host,
@@ -405,8 +407,10 @@ class MigratingSpawner(Spawner):
         kernels = report.get("kernels", {})
         if kernels:
             self.emit(f"Restored {len(kernels)} kernel(s) under their ids", 80)
+        if report.get("redelivered"):
+            self.emit(f"{report['redelivered']} kernel message(s) sent during the move delivered")
         for kernel_id, result in kernels.items():
-            message = lost_message(result) if result.get("ok") else result.get("reason")
+            message = result.get("message", lost_message(result) if result.get("ok") else None)
             if message:
                 self.emit(f"Kernel {kernel_id[:8]}: {message}", level="warning")
 
@@ -467,7 +471,7 @@ class MigratingSpawner(Spawner):
                     self.port,
                     "POST",
                     "migrating/checkpoint",
-                    {"timeout": self.kernel_state_timeout},
+                    {"timeout": self.kernel_state_timeout, "freeze": True},
                     timeout=self.kernel_state_timeout + 10,
                 )
             except (HostError, OSError, asyncio.TimeoutError) as e:

@@ -272,17 +272,20 @@ def _snapshot(ip, state_dir: str) -> dict:
     if "numpy.random" in sys.modules:
         extras["numpy.random"] = put(sys.modules["numpy.random"].get_state())
 
+    cwd = _cwd()
     index = {
         "version": VERSION,
         "language": "python",
+        "time": time.time(),
         "names": names,
         "entries": entries,
         "lost": {n: v["reason"] for n, v in variables.items() if v["how"] == "lost"},
         "stateful": stateful,
         "history": history,
         "execution_count": ip.execution_count - 1,
-        "cwd": os.getcwd(),
-        "cwd_on_host": _on_host(os.getcwd()),
+        "cwd": cwd,
+        "cwd_in_home": _under(cwd, os.path.expanduser("~")),
+        "cwd_on_host": _under(cwd, os.environ.get(HOST_ROOT)),
         "sys_path": list(sys.path),
         "extras": extras,
     }
@@ -298,12 +301,31 @@ def _snapshot(ip, state_dir: str) -> dict:
     }
 
 
-def _on_host(path: str) -> str | None:
-    """`path` relative to the host's own disk (HOST_ROOT), or None if it is elsewhere."""
-    root = os.environ.get(HOST_ROOT)
+def _cwd() -> str:
+    """The working folder, even one deleted under the kernel (Linux keeps its old path)."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return os.readlink("/proc/self/cwd").removesuffix(" (deleted)")
+
+
+def _under(path: str, root: str | None) -> str | None:
+    """`path` relative to `root`, or None if it is not inside it."""
     if not root or not (path == root or path.startswith(root.rstrip(os.sep) + os.sep)):
         return None
     return os.path.relpath(path, root)
+
+
+def _mapped_cwd(index: dict) -> str:
+    """The snapshot's working folder on this host: the same place under this home (or this
+    host's disk), since both differ from host to host."""
+    if index.get("cwd_in_home") is not None:
+        cwd = os.path.join(os.path.expanduser("~"), index["cwd_in_home"])
+        os.makedirs(cwd, exist_ok=True)  # a folder left empty is not in a home checkpoint
+        return os.path.normpath(cwd)
+    if index.get("cwd_on_host") is not None and os.environ.get(HOST_ROOT):
+        return os.path.normpath(os.path.join(os.environ[HOST_ROOT], index["cwd_on_host"]))
+    return index["cwd"]
 
 
 # -- restore ---------------------------------------------------------------------------------
@@ -332,10 +354,7 @@ def _restore(ip, state_dir: str) -> dict:
     ns["_ih"][:] = history  # In and _ih are one list: the history replay reads next time
     ip.history_manager.input_hist_raw[:] = history
     ip.execution_count = index["execution_count"] + 1
-    cwd = index["cwd"]
-    if index.get("cwd_on_host") is not None and os.environ.get(HOST_ROOT):
-        # a folder on the old host's own disk: the same folder on this host's
-        cwd = os.path.join(os.environ[HOST_ROOT], index["cwd_on_host"])
+    cwd = _mapped_cwd(index)
     if os.path.isdir(cwd):
         os.chdir(cwd)
     sys.path.extend(p for p in index["sys_path"] if p not in sys.path)
@@ -345,14 +364,17 @@ def _restore(ip, state_dir: str) -> dict:
     warnings: dict[str, str] = {}
     restored: list[str] = []
     failed: dict[str, str] = {}
-    loaded: dict[str, object] = {}  # blob -> value, so a group is loaded once
+    loaded: dict[str, dict] = {}  # blob -> a group's values, so a group is loaded once
 
     def load(name: str) -> None:
         e = entries[name]
-        if e["blob"] not in loaded:
-            loaded[e["blob"]] = _loads(state_dir, e["blob"], e["ser"])
-        value = loaded[e["blob"]]
-        ns[name] = value[name] if e.get("group") else value
+        if not e.get("group"):
+            # its own object, even when an equal variable has the same (content-addressed) blob
+            ns[name] = _loads(state_dir, e["blob"], e["ser"])
+        else:
+            if e["blob"] not in loaded:  # a group shares objects: load it once
+                loaded[e["blob"]] = _loads(state_dir, e["blob"], e["ser"])
+            ns[name] = loaded[e["blob"]][name]
         for attr, v in e.get("attrs", {}).items():
             setattr(ns[name], attr, v)
 
@@ -398,6 +420,7 @@ def _restore(ip, state_dir: str) -> dict:
         "lost": lost,
         "warnings": warnings,
         "execution_count": index["execution_count"],
+        "snapshot_time": index.get("time"),
     }
 
 

@@ -62,8 +62,16 @@ local({
   }
   ex <- .kp_executor()
   count <- if (is.null(ex)) 0L else get("execution_count", envir = ex) - 1L
+  # the working folder even if it was deleted under the kernel; and where it is in the home,
+  # whose path differs from host to host
+  cwd <- tryCatch(getwd(), error = function(e) NULL)
+  if (is.null(cwd)) cwd <- sub(" [(]deleted[)]$", "", Sys.readlink("/proc/self/cwd"))
+  home <- path.expand("~")
+  in_home <- if (cwd == home) "." else if (startsWith(cwd, paste0(home, "/")))
+    substring(cwd, nchar(home) + 2L) else NULL
   index <- list(version = 1L, language = "R", entries = entries, execution_count = count,
-                packages = rev(.packages()), cwd = getwd(),
+                packages = rev(.packages()), cwd = cwd, cwd_in_home = in_home,
+                time = as.numeric(Sys.time()),
                 lost = lapply(Filter(function(x) x$how == "lost", vars), `[[`, "reason"))
   if (length(index$lost) == 0) index$lost <- .named()
   written <- written + .kp_json(index, file.path(d, "index.json"))
@@ -83,7 +91,12 @@ local({
   t0 <- proc.time()[["elapsed"]]
   %(common)s
   index <- jsonlite::read_json(file.path(d, "index.json"))
-  if (dir.exists(index$cwd)) setwd(index$cwd)
+  cwd <- index$cwd
+  if (!is.null(index$cwd_in_home)) {
+    cwd <- file.path(path.expand("~"), index$cwd_in_home)
+    dir.create(cwd, recursive = TRUE, showWarnings = FALSE)
+  }
+  if (dir.exists(cwd)) setwd(cwd)
   lost <- if (length(index$lost)) index$lost else .named()
   for (p in unlist(index$packages)) {
     ok <- tryCatch({ suppressMessages(library(p, character.only = TRUE)); TRUE },
@@ -102,7 +115,7 @@ local({
   ex <- .kp_executor()
   if (!is.null(ex)) assign("execution_count", as.integer(index$execution_count) + 1L, envir = ex)
   .kp_json(list(ok = TRUE, restored = I(restored), replayed = I(character(0)), lost = lost,
-                execution_count = index$execution_count,
+                execution_count = index$execution_count, snapshot_time = index$time,
                 seconds = proc.time()[["elapsed"]] - t0),
            file.path(d, "restore-report.json"))
   invisible(NULL)

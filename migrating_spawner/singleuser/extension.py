@@ -17,7 +17,6 @@ every `snapshot_interval` seconds, so a host lost without notice loses little.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import json
 import os
@@ -30,6 +29,8 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from kernel_provisioner import state as kernel_state
+
+from .gate import Gate, gated
 
 #: where the state lives, relative to the home
 STATE_SUBDIR = ".local/share/jupyter-migrating"
@@ -47,6 +48,17 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+#: what a cell interrupted by a move says in its own output
+INTERRUPTED_NOTE = (
+    "[interrupted because this kernel's host was reclaimed; its state up to the last "
+    "finished statement moved; re-run this cell]"
+)
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
 class ServerState:
     """Snapshots and restores of this server's sessions, kernels and terminals."""
 
@@ -55,6 +67,7 @@ class ServerState:
         self.root = root
         self.snapshot_interval = snapshot_interval
         self.log = serverapp.log
+        self.gate = Gate(self.log)
         self.restoring = False
         self.last_restore: dict[str, Any] | None = None
         self.last_checkpoint: dict[str, Any] | None = None
@@ -65,35 +78,25 @@ class ServerState:
     def kernels(self):
         return self.app.kernel_manager
 
-    async def _run_in_kernel(
-        self, kernel_id: str, code: str, timeout: float, expressions: dict | None = None
-    ) -> dict[str, Any]:
+    def _kernel_dir(self, kernel_id: str) -> Path:
+        return self.root / "kernels" / kernel_id
+
+    async def _run_in_kernel(self, kernel_id: str, code: str, timeout: float) -> None:
         client = self.kernels.get_kernel(kernel_id).client()
         client.start_channels()
         try:
             await client.wait_for_ready(timeout=timeout)
             reply = await client.execute_interactive(
-                code,
-                silent=True,
-                store_history=False,
-                allow_stdin=False,
-                user_expressions=expressions or {},
-                timeout=timeout,
+                code, silent=True, store_history=False, allow_stdin=False, timeout=timeout
             )
             content = reply["content"]
+            if content["status"] == "aborted":
+                # ipykernel aborts what was queued behind an interrupted cell
+                raise RuntimeError("the kernel aborted the request (it was just interrupted)")
             if content["status"] != "ok":
                 raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}")
-            return content.get("user_expressions", {})
         finally:
             client.stop_channels()
-
-    async def _last_cell(self, kernel_id: str) -> str:
-        """The source of the cell a Python kernel ran last (the one an interrupt stopped)."""
-        try:
-            found = await self._run_in_kernel(kernel_id, "", 5, {"cell": "In[-1] if In else ''"})
-            return ast.literal_eval(found["cell"]["data"]["text/plain"])
-        except Exception:
-            return ""
 
     async def _wait_idle(self, kernel_id: str, until: float) -> bool:
         kernel = self.kernels.get_kernel(kernel_id)
@@ -103,45 +106,87 @@ class ServerState:
 
     # -- checkpoint -----------------------------------------------------------
 
-    async def checkpoint(self, timeout: float = 30) -> dict[str, Any]:
-        """Write sessions, terminals and every kernel's namespace; wait for busy kernels."""
+    async def checkpoint(self, timeout: float = 30, freeze: bool = False) -> dict[str, Any]:
+        """Write sessions, terminals and every kernel's namespace; wait for busy kernels.
+
+        With `freeze` (a move or a stop: this server is about to go), messages browsers
+        send from now on are held, and written into the home once the websockets are closed.
+        """
+        if freeze:
+            self.gate.freeze()
         async with self._lock:
             until = time.time() + timeout
             report: dict[str, Any] = {"kernels": {}, "time": time.time()}
             sessions = await self.app.session_manager.list_sessions()
             _write_json(self.root / "sessions.json", sessions)
+            _write_json(self.root / "kernels.json", self._kernel_list())
             _write_json(self.root / "terminals.json", self._terminals())
             for kernel_id in list(self.kernels.list_kernel_ids()):
                 report["kernels"][kernel_id] = await self._snapshot_kernel(kernel_id, until)
+            if freeze:
+                report["held_messages"] = await self.gate.seal(self.root / "held-messages.json")
             self.last_checkpoint = report
             return report
 
+    def _kernel_list(self) -> list[dict[str, Any]]:
+        """Every kernel, with or without a session (nbclient, `jupyter console --existing`)."""
+        return [
+            {"id": kernel_id, "name": self.kernels.get_kernel(kernel_id).kernel_name}
+            for kernel_id in self.kernels.list_kernel_ids()
+        ]
+
     async def _snapshot_kernel(self, kernel_id: str, until: float) -> dict[str, Any]:
+        """Snapshot one kernel; a failure is retried while time allows, and if it still
+        fails it is recorded, so the restore says how old the state it brings back is."""
         kernel = self.kernels.get_kernel(kernel_id)
         language = kernel.kernel_spec.language if kernel.kernel_spec else ""
         if not kernel_state.supported(language):
             return {"ok": False, "reason": f"no state support for {language or 'this kernel'}"}
-        interrupted = False
-        if not await self._wait_idle(kernel_id, until):
-            # the deadline will not wait for the running cell: stop it, keep the rest
-            await self.kernels.interrupt_kernel(kernel_id)
-            interrupted = True
-            await self._wait_idle(kernel_id, time.time() + 5)
-            if language.startswith("python"):
-                interrupted = await self._last_cell(kernel_id) or True
-        target = self.root / "kernels" / kernel_id
+        interrupted: str | bool = False
+        target = self._kernel_dir(kernel_id)
         started = time.monotonic()
-        try:
-            code = kernel_state.snapshot_code(language, str(target))
-            await self._run_in_kernel(kernel_id, code, max(5.0, until - time.time()))
-            result = json.loads((target / "snapshot-report.json").read_text())
-        except Exception as e:
-            self.log.error("snapshot of kernel %s failed: %s", kernel_id, e)
-            return {"ok": False, "reason": str(e), "interrupted": interrupted}
+        error = "no time left to take it"
+        while True:
+            if not await self._wait_idle(kernel_id, until - 2):
+                interrupted = await self._interrupt(kernel_id) or interrupted or True
+                await self._wait_idle(kernel_id, until)
+            try:
+                code = kernel_state.snapshot_code(language, str(target))
+                await self._run_in_kernel(kernel_id, code, max(2.0, until - time.time()))
+                result = json.loads((target / "snapshot-report.json").read_text())
+                if result.get("ok"):
+                    break
+                error = result.get("error") or "the snapshot did not finish"
+            except Exception as e:
+                error = f"{type(e).__name__}: {e}"
+            self.log.warning("snapshot of kernel %s failed: %s", kernel_id, error)
+            if time.time() > until - 1:
+                _write_json(
+                    target / "snapshot-failed.json",
+                    {"time": time.time(), "error": error, "interrupted": bool(interrupted)},
+                )
+                return {
+                    "ok": False,
+                    "failed": True,
+                    "reason": f"snapshot failed: {error}",
+                    "interrupted": interrupted,
+                }
+            await asyncio.sleep(0.2)  # retry: e.g. the request came back aborted
+        (target / "snapshot-failed.json").unlink(missing_ok=True)
         self._snapshotted_activity[kernel_id] = kernel.last_activity
         result["interrupted"] = interrupted
         result["seconds"] = time.monotonic() - started
         return result
+
+    async def _interrupt(self, kernel_id: str) -> str:
+        """Stop the cell running on `kernel_id` (the deadline will not wait for it); its own
+        output says why. Returns its code, when a browser sent it."""
+        running = self.gate.running_cell(kernel_id)
+        if running:
+            header, conn, code = running
+            self.gate.tell(conn, header, INTERRUPTED_NOTE)
+        await self.kernels.interrupt_kernel(kernel_id)
+        return running[2] if running else ""
 
     def _terminals(self) -> list[dict[str, Any]]:
         manager = self.app.web_app.settings.get("terminal_manager")
@@ -165,21 +210,42 @@ class ServerState:
             self.last_restore = report
             return report
 
+    def _saved_kernels(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The kernels the last checkpoint names, and the folder each session's kernel ran in."""
+        sessions_file, kernels_file = self.root / "sessions.json", self.root / "kernels.json"
+        sessions = json.loads(sessions_file.read_text()) if sessions_file.exists() else []
+        kernels = json.loads(kernels_file.read_text()) if kernels_file.exists() else []
+        known = {k["id"] for k in kernels}
+        for session in sessions:  # checkpoints older than kernels.json name kernels here only
+            kernel = session.get("kernel") or {}
+            if kernel.get("id") and kernel["id"] not in known:
+                kernels.append({"id": kernel["id"], "name": kernel.get("name")})
+                known.add(kernel["id"])
+        paths = {
+            (s.get("kernel") or {}).get("id"): os.path.dirname(s.get("path") or "")
+            for s in sessions
+        }
+        return kernels, paths
+
     async def _restore(self, timeout: float) -> dict[str, Any]:
         report: dict[str, Any] = {"kernels": {}, "sessions": 0, "terminals": 0}
-        sessions_file = self.root / "sessions.json"
-        if not sessions_file.exists():
-            return report
-        sessions = json.loads(sessions_file.read_text())
-        for session in sessions:
-            kernel = session.get("kernel") or {}
-            kernel_id, name = kernel.get("id"), kernel.get("name")
-            if not kernel_id:
+        kernels, paths = self._saved_kernels()
+        for kernel in kernels:
+            kernel_id = kernel["id"]
+            if kernel_id in self.kernels:
                 continue
-            if kernel_id not in self.kernels:
-                path = os.path.dirname(session.get("path") or "")
-                await self.kernels.start_kernel(kernel_id=kernel_id, kernel_name=name, path=path)
-                report["kernels"][kernel_id] = await self._restore_kernel(kernel_id, timeout)
+            await self.kernels.start_kernel(
+                kernel_id=kernel_id, kernel_name=kernel.get("name"), path=paths.get(kernel_id, "")
+            )
+            result = await self._restore_kernel(kernel_id, timeout)
+            report["kernels"][kernel_id] = result
+            if result.get("message"):
+                self.gate.announce(kernel_id, result["message"])
+        sessions_file = self.root / "sessions.json"
+        for session in json.loads(sessions_file.read_text()) if sessions_file.exists() else []:
+            kernel_id = (session.get("kernel") or {}).get("id")
+            if not kernel_id or kernel_id not in self.kernels:
+                continue
             await self.app.session_manager.save_session(
                 session["id"],
                 path=session.get("path"),
@@ -189,22 +255,51 @@ class ServerState:
             )
             report["sessions"] += 1
         report["terminals"] = self._restore_terminals()
+        report["redelivered"] = await self.gate.redeliver(
+            self.kernels, self.root / "held-messages.json"
+        )
         return report
 
     async def _restore_kernel(self, kernel_id: str, timeout: float) -> dict[str, Any]:
+        """Restore one kernel's namespace; the report's `message` is what the user must know."""
         kernel = self.kernels.get_kernel(kernel_id)
         language = kernel.kernel_spec.language if kernel.kernel_spec else ""
-        source = self.root / "kernels" / kernel_id
-        if not kernel_state.supported(language) or not (source / "snapshot-report.json").exists():
-            why = "no snapshot of it" if kernel_state.supported(language) else "not supported"
-            return {"ok": False, "reason": f"restarted fresh: its state could not be kept ({why})"}
+        source = self._kernel_dir(kernel_id)
+        if not kernel_state.supported(language):
+            why = f"{language or 'this kernel'} kernels cannot keep their state"
+        elif not (source / "index.json").exists():
+            why = "no snapshot of it was taken"
+        else:
+            why = ""
+        if why:
+            message = f"This kernel was moved to another machine and starts fresh: {why}."
+            return {"ok": False, "reason": message, "message": message}
         try:
             code = kernel_state.restore_code(language, str(source))
             await self._run_in_kernel(kernel_id, code, timeout)
-            return json.loads((source / "restore-report.json").read_text())
+            result = json.loads((source / "restore-report.json").read_text())
         except Exception as e:
             self.log.error("restore of kernel %s failed: %s", kernel_id, e)
-            return {"ok": False, "reason": str(e)}
+            result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        notes = [kernel_state.lost_message(result)]
+        failed = source / "snapshot-failed.json"
+        if result.get("ok") and failed.exists():
+            # the last snapshot failed: what came back is older, and the user must know
+            failure = json.loads(failed.read_text())
+            taken = result.get("snapshot_time")
+            age = f"taken at {_clock(taken)}, " if taken else ""
+            result["stale"] = {**failure, "snapshot_time": taken}
+            notes.insert(
+                0,
+                f"This kernel's last snapshot failed at {_clock(failure['time'])} "
+                f"({failure['error']}); its state was restored from an older one ({age}"
+                f"{max(0, failure['time'] - (taken or failure['time'])):.0f} s earlier): "
+                "what ran after that is lost.",
+            )
+        result["message"] = " ".join(n for n in notes if n) or None
+        if not result.get("ok"):
+            result["reason"] = result["message"]
+        return result
 
     def _restore_terminals(self) -> int:
         manager = self.app.web_app.settings.get("terminal_manager")
@@ -232,7 +327,7 @@ class ServerState:
         """Snapshot idle kernels that ran something since their last snapshot."""
         while True:
             await asyncio.sleep(self.snapshot_interval)
-            if self.restoring or self._lock.locked():
+            if self.restoring or self._lock.locked() or self.gate.frozen:
                 continue
             try:
                 for kernel_id in list(self.kernels.list_kernel_ids()):
@@ -246,6 +341,7 @@ class ServerState:
                     _write_json(
                         self.root / "sessions.json", await self.app.session_manager.list_sessions()
                     )
+                    _write_json(self.root / "kernels.json", self._kernel_list())
             except Exception:
                 self.log.exception("background kernel snapshot failed")
 
@@ -254,7 +350,13 @@ class CheckpointHandler(APIHandler):
     @web.authenticated
     async def post(self) -> None:
         body = self.get_json_body() or {}
-        report = await self.settings["migrating_state"].checkpoint(float(body.get("timeout", 30)))
+        try:
+            timeout = float(body.get("timeout", 30))
+        except (TypeError, ValueError):
+            raise web.HTTPError(400, "timeout must be a number of seconds") from None
+        report = await self.settings["migrating_state"].checkpoint(
+            timeout, freeze=bool(body.get("freeze"))
+        )
         self.finish(json.dumps(report, default=str))
 
 
@@ -290,6 +392,10 @@ def _load_jupyter_server_extension(serverapp) -> None:
     interval = float(os.environ.get("JUPYTERHUB_MIGRATING_SNAPSHOT_INTERVAL", "30"))
     state = ServerState(serverapp, state_dir(), snapshot_interval=interval)
     serverapp.web_app.settings["migrating_state"] = state
+    settings = serverapp.web_app.settings
+    settings["kernel_websocket_connection_class"] = gated(
+        settings["kernel_websocket_connection_class"], state.gate
+    )
     base = url_path_join(serverapp.web_app.settings["base_url"], "api/migrating")
     serverapp.web_app.add_handlers(
         ".*$",

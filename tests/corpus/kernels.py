@@ -18,13 +18,19 @@ class KernelError(AssertionError):
 class Kernel:
     """One running kernel; `with Kernel(...) as k:` shuts it down whatever happens."""
 
-    def __init__(self, kernel_name: str = "python3", cwd: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        kernel_name: str = "python3",
+        cwd: str | os.PathLike | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.km = KernelManager(kernel_name=kernel_name)
         self.language = ""
         self.cwd = str(cwd or os.getcwd())
+        self.env = env or {}
 
     def __enter__(self) -> Kernel:
-        env = {**os.environ, "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+        env = {**os.environ, "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1", **self.env}
         self.km.start_kernel(cwd=self.cwd, env=env)
         try:
             self.kc = self.km.client()

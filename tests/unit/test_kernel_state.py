@@ -193,6 +193,30 @@ def test_one_bad_variable_does_not_sink_the_others(tmp_path):
     assert "hidden" in msg and "lines" in msg
 
 
+def test_equal_variables_come_back_as_distinct_objects(tmp_path):
+    # equal values share a content-addressed blob; they must not share an object afterwards
+    _, state = move(tmp_path, ["a = {'n': 1}\nb = {'n': 1}\nc = a"])
+    with Kernel(cwd=tmp_path) as k:
+        k.restore(state)
+        assert k.eval("a == b, a is b, c is a") == "(True, False, True)"
+
+
+@pytest.mark.parametrize("deleted", [False, True], ids=["kept", "deleted-under-the-kernel"])
+def test_a_working_folder_in_the_home_maps_to_the_new_home(tmp_path, deleted):
+    old_home, new_home = tmp_path / "old" / "home", tmp_path / "new" / "home"
+    old_home.mkdir(parents=True)
+    new_home.mkdir(parents=True)
+    state = tmp_path / "state"
+    with Kernel(cwd=old_home, env={"HOME": str(old_home)}) as k:
+        k.run("import os, shutil\nos.makedirs('proj/sub')\nos.chdir('proj/sub')\nx = 1")
+        if deleted:  # the old host's disk wiped while the kernel still runs there
+            k.run("shutil.rmtree(os.path.expanduser('~/proj'))")
+        assert k.snapshot(state)["ok"]
+    with Kernel(cwd=new_home, env={"HOME": str(new_home)}) as k:
+        assert k.restore(state)["ok"]
+        assert k.eval("os.getcwd()") == repr(str(new_home / "proj" / "sub"))
+
+
 def test_other_languages_are_not_supported():
     assert supported("python") and supported("R") and not supported("julia")
     with pytest.raises(ValueError):
@@ -234,3 +258,18 @@ def test_r_global_environment_round_trip(tmp_path):
         assert k.eval("v[['a']]") == "[1] 9"
         assert k.eval("'package:tools' %in% search()") == "[1] TRUE"
         assert k.run("1")["execution_count"] == 5
+
+
+@pytest.mark.skipif(not _has_r(), reason="R or IRkernel missing (make system-deps)")
+def test_r_working_folder_in_the_home_maps_to_the_new_home(tmp_path):
+    old_home, new_home = tmp_path / "old", tmp_path / "new"
+    old_home.mkdir()
+    new_home.mkdir()
+    state = tmp_path / "state"
+    with Kernel("ir", cwd=old_home, env={"HOME": str(old_home)}) as k:
+        k.run("dir.create('proj/sub', recursive = TRUE)\nsetwd('proj/sub')\nx <- 1")
+        k.run("unlink(path.expand('~/proj'), recursive = TRUE)")  # the old disk is wiped
+        assert k.snapshot(state)["ok"]
+    with Kernel("ir", cwd=new_home, env={"HOME": str(new_home)}) as k:
+        assert k.restore(state)["ok"]
+        assert k.eval("getwd()") == f'[1] "{new_home}/proj/sub"'

@@ -1,0 +1,139 @@
+"""Nothing lost from the second move on: the working folder, failed snapshots, kernels
+without a session, and cells sent while the server is frozen."""
+
+import asyncio
+
+import pytest
+from kernelconn import KernelConnection
+from test_kernel_move import move_and_wait
+from test_move import wait_moved
+
+pytestmark = pytest.mark.integration
+
+CWD_CHECK = "import os\nprint(os.getcwd() == os.path.join(os.path.expanduser('~'), 'proj', 'sub'))"
+
+
+async def connect(hub, user, token, kernel_id, label):
+    conn = KernelConnection(hub.url + f"/user/{user}", kernel_id, token, label)
+    await conn.start()
+    return conn
+
+
+@pytest.mark.parametrize("home_mode", ["shared", "synced"])
+async def test_working_folder_and_state_survive_move_after_move(hub_factory, home_mode):
+    hub = await hub_factory(f'c.MigratingSpawner.home_mode = "{home_mode}"')
+    await hub.spawn("cora")
+    token = await hub.user_token("cora")
+    session = await hub.new_session("cora", token, "work.ipynb")
+    conn = await connect(hub, "cora", token, session["kernel"]["id"], "cora")
+    try:
+        _, reply = await conn.run(
+            "import os\nos.makedirs('proj/sub', exist_ok=True)\nos.chdir('proj/sub')\n"
+            "open('one.txt', 'w').write('1')\nx = 1"
+        )
+        counts = [reply["execution_count"]]
+        for step in (2, 3):
+            await move_and_wait(hub, "cora", notice=10)
+            out, reply = await conn.run(CWD_CHECK, timeout=90)
+            # the kernel works in the same folder of the new home, not in the old host's
+            # deleted one (relative paths work)
+            assert out.strip() == "True", out
+            counts.append(reply["execution_count"])
+            out, reply = await conn.run(
+                f"open('f{step}.txt', 'w').write('{step}')\n"
+                f"x += 1\nv{step} = {step}\n"
+                "print(x, sorted(os.listdir('.')), open('one.txt').read())"
+            )
+            # a variable defined after the first move is still there after the second
+            files = ["f2.txt", "f3.txt"][: step - 1] + ["one.txt"]
+            assert out.strip() == f"{step} {sorted(files)} 1", out
+            counts.append(reply["execution_count"])
+        out, _ = await conn.run("print(v2, v3)")
+        assert out.strip() == "2 3", out
+        assert counts == sorted(counts) and len(set(counts)) == len(counts), counts
+    finally:
+        await conn.close()
+
+
+async def test_kernel_without_a_session_comes_back_under_its_id(hub_factory):
+    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
+    await hub.spawn("kai")
+    token = await hub.user_token("kai")
+    # as nbclient and `jupyter console --existing` do: a kernel, no session
+    status, kernel = await hub.request("POST", "/user/kai/api/kernels", token, {"name": "python3"})
+    assert status == 201, kernel
+    conn = await connect(hub, "kai", token, kernel["id"], "kai")
+    try:
+        await conn.run("alone = 'no session'")
+    finally:
+        await conn.close()
+    await move_and_wait(hub, "kai", notice=10)
+    status, kernels = await hub.request("GET", "/user/kai/api/kernels", token)
+    assert status == 200 and [k["id"] for k in kernels] == [kernel["id"]], kernels
+    conn = await connect(hub, "kai", token, kernel["id"], "kai")
+    try:
+        out, _ = await conn.run("print(alone)")
+        assert out.strip() == "no session", out
+    finally:
+        await conn.close()
+
+
+async def test_a_failed_snapshot_restores_the_older_state_and_says_so(hub_factory):
+    hub = await hub_factory(
+        'c.MigratingSpawner.home_mode = "synced"\nc.MigratingSpawner.kernel_snapshot_interval = 0'
+    )
+    await hub.spawn("fay")
+    token = await hub.user_token("fay")
+    session = await hub.new_session("fay", token, "work.ipynb")
+    conn = await connect(hub, "fay", token, session["kernel"]["id"], "fay")
+    try:
+        await conn.run("kept = 'from before the first move'")
+        await move_and_wait(hub, "fay", notice=10)
+        # a variable whose pickling never ends: the next snapshot cannot be taken
+        await conn.run(
+            "class Stuck:\n    def __reduce__(self):\n        import time\n"
+            "        time.sleep(3600)\nstuck = Stuck()\nlater = 'after the first move'",
+            timeout=90,
+        )
+        await move_and_wait(hub, "fay", notice=8)
+        out, _ = await conn.run("print(kept)\nprint('later' in globals())", timeout=90)
+    finally:
+        await conn.close()
+    # the older state came back, and the notebook says what happened and how old it is
+    assert "from before the first move\nFalse" in out, out
+    assert "last snapshot failed" in out and "older" in out, out
+    events = [e["message"] for e in (await hub.server_info("fay"))["events"]]
+    assert any("snapshot failed" in m for m in events), events
+
+
+async def test_cells_sent_through_a_move_are_answered_exactly_once(hub_factory):
+    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
+    await hub.spawn("cal")
+    token = await hub.user_token("cal")
+    session = await hub.new_session("cal", token, "count.ipynb")
+    conn = await connect(hub, "cal", token, session["kernel"]["id"], "cal")
+    try:
+        await conn.run("n = 0")
+        old = (await hub.server_info("cal"))["host_id"]
+        status, data = await hub.migrate_api("POST", "/servers/cal/migrate")
+        assert status == 202, data
+        moved = asyncio.create_task(wait_moved(hub, "cal", old, timeout=90))
+        sent = []
+        # a cell every 0.2 s until the move is done: before, during and after the freeze
+        while not moved.done():
+            sent.append(await conn.send("n += 1\nprint(n)"))
+            await asyncio.wait([moved], timeout=0.2)
+        await moved
+        for _ in range(3):
+            sent.append(await conn.send("n += 1\nprint(n)"))
+        assert await conn.wait(sent, timeout=60, complete=True), (
+            [(i, conn.sent[m], conn.output(m)) for i, m in enumerate(sent) if not conn.done(m)],
+            {"drops": conn.drops, "connects": conn.connects, "refusals": conn.refusals},
+            " ".join(conn.output(m).strip() or "-" for m in sent),
+            [(len(conn.replies[m]), m in conn._idle) for m in sent],
+        )
+        # each cell ran once, in order, on state that moved: the n-th cell printed n
+        assert [len(conn.replies[m]) for m in sent] == [1] * len(sent)
+        assert [conn.output(m).strip() for m in sent] == [str(i + 1) for i in range(len(sent))]
+    finally:
+        await conn.close()

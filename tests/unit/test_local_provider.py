@@ -148,3 +148,18 @@ async def test_host_record_names_its_owner(provider: LocalHostProvider):
     record = Path(provider.root_dir) / "registry" / f"{host.id}.json"
     assert json.loads(record.read_text())["meta"]["owner"] == "kernel-1"
     assert (await provider.get(host.id)).meta["owner"] == "kernel-1"
+
+
+async def test_address_of_a_host_never_released_is_reused_when_no_other_is_free(
+    provider: LocalHostProvider,
+):
+    # a tombstone nobody will release (its holder died): its agent is gone, and the
+    # only other address is in use
+    busy = await provider.acquire()
+    assert busy.address == FIRST
+    other = "127.0.0.246"
+    gone = {"id": "local-246-dead00", "address": other, "agent_url": "", "agent_token": "t"}
+    gone["meta"] = {"agent_pid": 2**22 + 12345, "created": 1.0}  # no such process
+    (Path(provider.root_dir) / "registry" / "local-246-dead00.gone").write_text(json.dumps(gone))
+    host = await provider.acquire()
+    assert host.address == other

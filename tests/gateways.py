@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kernelws import KernelSocket
+from kernelws import KernelSocket, execute_request
 from realhub import free_port
 
 from migrating_spawner.hosts.base import Host
@@ -423,6 +423,103 @@ async def interrupt_then_restart(server: ServerProcess, ws: Any, kernel_id: str)
     out, _ = await ws.run("print('x' in dir())", timeout=30)
     assert out.strip() == "False"
     assert [h.id for h in server.hosts()] == [host.id]
+
+
+#: a cell that runs 30 s, printing as it goes
+LONG_LOOP = "import time\nfor i in range(30):\n    print(i)\n    time.sleep(1)\n"
+#: what a cell a move interrupted says in its own output
+INTERRUPTED = (
+    "interrupted because this kernel's host was reclaimed; its state up to the last "
+    "finished statement moved; re-run this cell"
+)
+
+
+async def start_cell(ws: KernelSocket, code: str) -> tuple[asyncio.Task, list[str]]:
+    """Run `code` on `ws` without waiting: (the task that returns run()'s (output, reply),
+    the output so far, growing as the kernel sends it)."""
+    assert ws.ws is not None
+    request = execute_request(code, ws.session_id)
+    msg_id = request["header"]["msg_id"]
+    output: list[str] = []
+
+    async def collect() -> tuple[str, dict[str, Any]]:
+        reply, idle = None, False
+        async for frame in ws.ws:
+            msg = json.loads(frame.data)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                output.append(content["text"])
+            elif kind == "error":
+                output.append(f"{content['ename']}: {content['evalue']}\n")
+            elif kind == "execute_reply":
+                reply = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                idle = True
+            if reply is not None and idle:
+                return "".join(output), reply
+        raise ConnectionError("websocket closed before the reply")
+
+    await ws.ws.send_str(json.dumps(request))
+    return asyncio.create_task(collect()), output
+
+
+async def long_cell_at_a_notice(server: ServerProcess, kernel_id: str, notice: float = 10) -> None:
+    """A reclaim while a 30 s loop runs, with `notice` seconds of notice: the loop's output
+    up to the interrupt is kept, the cell says why it stopped, and every variable defined
+    before it (and the loop's own, as of its last statement) is there after the move."""
+    [old] = server.hosts()
+    async with KernelSocket(server.url, kernel_id, server.token) as ws:
+        out, reply = await ws.run("x = 42\nnames = ['a', 'b']\ndef f(n):\n    return n + 1\n")
+        assert reply["status"] == "ok", out
+        cell, output = await start_cell(ws, LONG_LOOP)
+        await until(lambda: "0\n" in output, 15, "the loop did not start")
+        await reclaim(old, notice)
+        out, reply = await asyncio.wait_for(cell, 60)
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", out
+        # the loop's output up to the interrupt, then why it stopped, in the cell itself
+        printed = [line for line in out.splitlines() if line.isdigit()]
+        assert printed == [str(n) for n in range(len(printed))] and len(printed) > 1, out
+        assert INTERRUPTED in out, out
+        assert out.index(INTERRUPTED) > out.index(f"{printed[-1]}\n"), out
+        # the next cell runs on the new host, with everything defined before the loop
+        out, reply = await ws.run("print(x, names, f(1), i)", timeout=60)
+        assert reply["status"] == "ok", out
+        assert out.splitlines()[-1] == f"42 ['a', 'b'] 2 {printed[-1]}", out
+        # nothing was lost, so nothing is announced
+        assert "could not" not in out and "starts fresh" not in out, out
+    assert old.id not in [h.id for h in server.hosts()]
+
+
+async def files_survive_moves(
+    server: ServerProcess, kernel_id: str, moves: int = 3, notice: float = 8
+) -> None:
+    """Moves in a row, a file written by relative path before the first and after each:
+    every file is there, with what was written, after the last move."""
+    async with KernelSocket(server.url, kernel_id, server.token) as ws:
+        out, reply = await ws.run("import os\nopen('f0.txt', 'w').write('0')\nx = 0")
+        assert reply["status"] == "ok", out
+        for n in range(1, moves + 1):
+            [old] = server.hosts()
+            await reclaim(old, notice)
+            await until(lambda: len(server.hosts()) >= 2, 10, f"move {n} did not begin")
+            # sent during the move: it runs on the new host
+            out, reply = await ws.run(
+                f"open('f{n}.txt', 'w').write('{n}')\nx += 1\nprint(x)", timeout=60
+            )
+            assert reply["status"] == "ok", out
+            assert out.splitlines()[-1] == str(n), out
+            await until(
+                lambda: old.id not in [h.id for h in server.hosts()],  # noqa: B023
+                notice + 5,
+                f"the host of move {n} was not released",
+            )
+        out, reply = await ws.run(
+            "print(sorted((f, open(f).read()) for f in os.listdir('.') if f.endswith('.txt')))"
+        )
+        expected = [(f"f{n}.txt", str(n)) for n in range(moves + 1)]
+        assert reply["status"] == "ok" and out.strip() == str(expected), out
 
 
 def slow_to_restore(seconds: float) -> str:

@@ -19,7 +19,9 @@ from gateways import (
     EG_VENV,
     EnterpriseGatewayExample,
     culler_spares_a_moving_kernel,
+    files_survive_moves,
     interrupt_then_restart,
+    long_cell_at_a_notice,
     reclaim,
     serving,
     until,
@@ -110,6 +112,20 @@ async def test_kernel_moves_behind_one_websocket(example):
     status, _ = await example.request("DELETE", f"/api/kernels/{kernel_id}")
     assert status == 204
     await until(lambda: not example.hosts(), 15, "the kernel's host was not released")
+
+
+async def test_a_reclaim_during_a_long_cell_costs_only_that_cell(example):
+    kernel_id = await new_kernel(example)
+    await long_cell_at_a_notice(example, kernel_id, notice=10)
+    gateway_log = (EG_EXAMPLE / "var" / "gateway.log").read_text(errors="replace")
+    assert "snapshot failed" not in gateway_log
+
+
+async def test_files_written_by_relative_path_survive_three_moves(example):
+    kernel_id = await new_kernel(example)
+    await files_survive_moves(example, kernel_id, moves=3)
+    # they live on storage every host sees, under the kernel's id
+    assert (example.hosts_root / "kernel-files" / kernel_id / "f3.txt").read_text() == "3"
 
 
 async def test_interrupt_restart_and_gateway_exit(example):

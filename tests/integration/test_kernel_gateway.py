@@ -13,7 +13,9 @@ from gateways import (
     GatewayClient,
     KernelGateway,
     culler_spares_a_moving_kernel,
+    files_survive_moves,
     interrupt_then_restart,
+    long_cell_at_a_notice,
     reclaim,
     serving,
     until,
@@ -100,6 +102,25 @@ async def test_kernel_moves_behind_the_gateway_on_one_websocket(servers):
     await until(lambda: not gateway.hosts(), 15, "hosts not released")
     assert await kernel_ids(gateway) == []
     assert not (gateway.hosts_root / "kernel-state" / kernel_id).exists()
+
+
+async def new_kernel(front) -> str:
+    status, kernel = await front.request("POST", "/api/kernels", {"name": "moving"})
+    assert status == 201, kernel
+    return kernel["id"]
+
+
+async def test_a_reclaim_during_a_long_cell_costs_only_that_cell(servers):
+    front, gateway = servers
+    await long_cell_at_a_notice(front, await new_kernel(front), notice=10)
+    assert "snapshot failed" not in gateway.tail(100_000)
+
+
+async def test_files_written_by_relative_path_survive_three_moves(servers):
+    front, gateway = servers
+    kernel_id = await new_kernel(front)
+    await files_survive_moves(front, kernel_id, moves=3)
+    assert (gateway.hosts_root / "kernel-files" / kernel_id / "f3.txt").read_text() == "3"
 
 
 async def test_restart_and_interrupt_through_the_gateway_keep_the_websocket(servers):

@@ -93,3 +93,54 @@ async def test_a_kernel_asked_to_exit_is_not_moved(settings, caplog):
         kc.stop_channels()
         await kernel.shutdown(grace=0)
     assert await provider.list_hosts() == []
+
+
+async def run(kc: AsyncKernelClient, code: str, timeout: float = 60) -> tuple[str, dict]:
+    """Execute `code` through the relay: (its stream output, its execute_reply content)."""
+    msg_id = kc.execute(code)
+    out, idle = [], False
+    while not idle:
+        msg = await kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        idle = msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+    while True:
+        reply = await kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return "".join(out), reply["content"]
+
+
+async def test_a_move_without_a_snapshot_says_it_restored_an_older_one(settings, caplog):
+    caplog.set_level(logging.INFO, "test.movable")
+    kernel = settings.new_kernel(str(uuid.uuid4()), "python")
+    kernel.snapshot_interval = 0.5
+    provider = settings.provider
+    kc = await client(await kernel.start(ARGV))
+    try:
+        [old] = await provider.list_hosts()
+        await run(kc, "x = 1")
+        await until(lambda: kernel._good is not None, 15, "no background snapshot")
+        kernel.snapshot_interval = 0  # none after this: y is only in the kernel itself
+        await run(kc, "y = 2")
+        # a cell that ignores interrupts holds the kernel past the host's deadline
+        kc.execute(
+            "import time\nt = time.time()\nwhile time.time() - t < 60:\n"
+            "    try:\n        time.sleep(1)\n    except KeyboardInterrupt:\n        pass\n"
+        )
+        await provider.reclaim(old, 6)
+        await until(lambda: kernel.moves, 30, "the kernel did not move")
+        assert "snapshot failed: None" not in caplog.text
+        assert "no snapshot for the move: the kernel did not answer" in caplog.text
+        out, reply = await run(kc, "print(x, 'y' in dir())")
+        assert reply["status"] == "ok", out
+        assert out.splitlines()[-1] == "1 False", out
+        # the user is told it is an older state, how old, and what is lost
+        assert "could not be saved now (the kernel did not answer" in out, out
+        assert "continues from its last snapshot, taken at" in out, out
+        assert "after cell [1]): what the cells after [1] did is lost" in out, out
+    finally:
+        kc.stop_channels()
+        await kernel.shutdown(grace=0)
+    assert await provider.list_hosts() == []

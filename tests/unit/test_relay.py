@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -278,3 +279,45 @@ async def test_interrupt_and_restart_request_on_control(relay, start_kernel, con
     await relay.retarget(kernel_info(km2))
     assert not relay.shutdown_requested
     assert (await run(kc, "print('restarted')"))[1] == "restarted\n"
+
+
+async def test_an_interrupted_cell_says_why_before_it_ends(relay, start_kernel, connect):
+    km = await start_kernel()
+    relay.retarget(kernel_info(km))
+    kc = await connect(relay.connection_info)
+    await kc.wait_for_ready(timeout=30)
+
+    msg_id = kc.execute("import time; time.sleep(30)")
+    while True:  # wait until the cell runs
+        msg = await kc.get_iopub_msg(timeout=10)
+        if msg["msg_type"] == "execute_input":
+            break
+    # a move interrupts it, through the relay's own control socket (no client's reply)
+    relay.pause()
+    relay.hold_interrupted()
+    assert await relay.interrupt_kernel()
+    seen = []
+    while "error" not in seen:
+        msg = await kc.get_iopub_msg(timeout=10)
+        if msg["parent_header"].get("msg_id") == msg_id:
+            seen.append(msg["msg_type"])
+    # the cell stays open (no idle yet) until the move knows what to say
+    with pytest.raises(queue.Empty):
+        msg = await kc.get_iopub_msg(timeout=0.5)
+    assert await relay.explain_interrupted("interrupted because of a move")
+    texts, idle = [], False
+    while not idle:
+        msg = await kc.get_iopub_msg(timeout=10)
+        assert msg["parent_header"].get("msg_id") == msg_id
+        if msg["msg_type"] == "stream":
+            texts.append(msg["content"]["text"])
+        idle = msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+    assert texts == ["interrupted because of a move\n"]
+    reply = await kc.get_shell_msg(timeout=10)
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    # nothing held any more: the next cell goes as usual
+    relay.resume()
+    assert (await run(kc, "print('next')"))[1] == "next\n"
+    # a cell that was not interrupted is not explained
+    relay.hold_interrupted()
+    assert not await relay.explain_interrupted("nothing ran", wait=0.2)

@@ -28,6 +28,7 @@ class KernelConnection:
         self.session_id = execute_request("", "")["header"]["msg_id"]
         #: msg_id -> every execute_reply content received for it (exactly one is right)
         self.replies: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.reply_times: dict[str, list[float]] = defaultdict(list)
         #: msg_id -> text output of that cell (stream, results, errors)
         self.outputs: dict[str, list[str]] = defaultdict(list)
         #: msg_id -> {"code", "sent", "queued", "tag"}: every cell this client sent
@@ -149,6 +150,7 @@ class KernelConnection:
         if parent in self.sent:
             if kind == "execute_reply":
                 self.replies[parent].append(content)
+                self.reply_times[parent].append(time.time())
             elif kind == "status" and content.get("execution_state") == "idle":
                 self._idle.add(parent)
             elif text is not None:
@@ -189,6 +191,12 @@ class KernelConnection:
         return (
             f"{'connected' if self.connected.is_set() else 'not connected'}, "
             f"{len(self._queue)} queued; last: {story}"
+        )
+
+    def reply_clock(self, msg_id: str) -> str:
+        """When the replies to a cell came, for a failure message."""
+        return ", ".join(
+            time.strftime("%H:%M:%S", time.localtime(t)) for t in self.reply_times[msg_id]
         )
 
     def answered(self, msg_id: str) -> bool:

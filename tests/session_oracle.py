@@ -265,7 +265,7 @@ class LongSession:
     async def cell(self, k: Kernel, code: str, timeout: float = 60) -> tuple[str, dict] | None:
         """Run a cell the user typed; a cell that fails is a failure (and returns None)."""
         try:
-            out, reply = await k.conn.run(code, timeout)
+            out, reply = await k.conn.run(code, timeout, tag=("work", None, self.step_name))
         except TimeoutError as e:
             self.transcript.append(f"[{self.step_name}] {k.label} no reply: {code}")
             self.fail(f"{k.label}: {e}")
@@ -589,7 +589,10 @@ class LongSession:
             tag = info["tag"] or ()
             if len(replies) > 1:
                 k.reported_twice.add(msg_id)
-                self.fail(f"{k.label}: cell {info['code'][:50]!r} answered {len(replies)} times")
+                self.fail(
+                    f"{k.label}: cell {info['code'][:50]!r} answered {len(replies)} times, "
+                    f"at {k.conn.reply_clock(msg_id)}"
+                )
             if not replies:
                 when = "queued while disconnected" if info["queued"] else "sent on an open socket"
                 if whole:
@@ -658,7 +661,8 @@ class LongSession:
         broken = not isinstance(cwd, str) or cwd.startswith("__")
         self._compare_vars(k, seen.get("vars") or {}, told, whole)
         self._compare_cwd(k, cwd, whole)
-        if not broken:
+        # relative reads mean something only from where the oracle thinks the kernel is
+        if cwd == k.cwd:
             for rel, content in (seen.get("files") or {}).items():
                 path = reads.get(rel)
                 if path is None:
@@ -780,8 +784,13 @@ class LongSession:
         for k in self.kernels:
             for msg_id, replies in (k.conn.replies if k.conn else {}).items():
                 if len(replies) > 1 and msg_id not in k.reported_twice:
-                    code = k.conn.sent[msg_id]["code"][:50]
-                    self.fail(f"{k.label}: cell {code!r} answered {len(replies)} times (late)")
+                    info = k.conn.sent[msg_id]
+                    sent_in = (info["tag"] or ("", "", "setup or work"))[2]
+                    self.fail(
+                        f"{k.label}: cell {info['code'][:50]!r} (sent in {sent_in}, "
+                        f"{time.strftime('%H:%M:%S', time.localtime(info['sent']))}) answered "
+                        f"{len(replies)} times, at {k.conn.reply_clock(msg_id)}"
+                    )
         return {
             "seed": self.seed,
             "steps": done,

@@ -68,6 +68,7 @@ class Move:
         spawner.emit(f"Moving ({self.reason}); {max(0, self._left()):.0f} s to go", level="warning")
         self.final_id: str | None = None
         self.frozen = False
+        self.kernels_saved = False
         try:
             prepare = asyncio.ensure_future(self._prepare())
             # the old host dies at the deadline: freeze it (hold, final checkpoint, stop)
@@ -145,7 +146,7 @@ class Move:
             self.held = True
         old_alive = await self._old_alive()
         if old_alive:
-            await self._snapshot_kernels()
+            self.kernels_saved = await self._snapshot_kernels()
         if spawner.home_mode == "synced" and old_alive:
             try:
                 self.final_id = await asyncio.wait_for(
@@ -170,15 +171,17 @@ class Move:
             await spawner.restore_home(self.new, self.final_id, current=self.current_files)
         elif spawner.home_mode == "synced" and spawner.checkpoint_id and self.current_files is None:
             await spawner.restore_home(self.new, spawner.checkpoint_id)
-        await spawner.restore_kernels(self.new, self.port)
+        # without a final snapshot the kernels come back from an older one: say how old
+        await spawner.restore_kernels(self.new, self.port, final=self.kernels_saved)
         await self._switch()
         if self.held:
             await self.proxy.release(spawner)
             self.held = False
         self.timings["hold"] = time.monotonic() - self.hold_started
 
-    async def _snapshot_kernels(self) -> None:
-        """The final kernel snapshot on the old server, written into the home."""
+    async def _snapshot_kernels(self) -> bool:
+        """The final kernel snapshot on the old server, written into the home; whether it
+        was taken (kernels whose snapshot failed say so themselves at the restore)."""
         spawner = self.spawner
         budget = max(2.0, min(spawner.kernel_state_timeout, self._left() - 1))
         try:
@@ -192,7 +195,7 @@ class Move:
             )
         except (HostError, OSError, asyncio.TimeoutError) as e:
             spawner.emit(f"Kernel state could not be saved: {e}", level="warning")
-            return
+            return False
         for kernel_id, result in report.get("kernels", {}).items():
             if result.get("failed"):
                 spawner.emit(
@@ -208,6 +211,7 @@ class Move:
                     f"was interrupted and did not finish{which}",
                     level="warning",
                 )
+        return True
 
     async def _switch(self) -> None:
         """Point the hub's record and the proxy route at the new server."""

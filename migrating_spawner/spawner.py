@@ -389,16 +389,17 @@ class MigratingSpawner(Spawner):
                     raise HostError(f"{method} {path} on {host.id}: {resp.status} {text[:300]}")
                 return await resp.json(content_type=None)
 
-    async def restore_kernels(self, host: Host, port: int) -> None:
+    async def restore_kernels(self, host: Host, port: int, final: bool = True) -> None:
         """Re-create the kernels (same ids) on the server at host:port from the snapshots in
-        its home, and tell the user what did not come back."""
+        its home, and tell the user what did not come back. `final`: the snapshots were
+        taken as the old server stopped; if not, each kernel says how old its state is."""
         try:
             report = await self.server_api(
                 host,
                 port,
                 "POST",
                 "migrating/restore",
-                {"timeout": self.kernel_state_timeout},
+                {"timeout": self.kernel_state_timeout, "final": final},
                 timeout=self.kernel_state_timeout + 10,
             )
         except (HostError, OSError, asyncio.TimeoutError) as e:

@@ -199,12 +199,16 @@ class ServerState:
 
     # -- restore ------------------------------------------------------------
 
-    async def restore(self, timeout: float = 60) -> dict[str, Any]:
-        """Re-create sessions and kernels with their old ids, then restore namespaces."""
+    async def restore(self, timeout: float = 60, final: bool = True) -> dict[str, Any]:
+        """Re-create sessions and kernels with their old ids, then restore namespaces.
+
+        `final` says the snapshots were taken as the previous server stopped; when they were
+        not (its host was lost), each kernel's user is told how old the restored state is.
+        """
         async with self._lock:
             self.restoring = True
             try:
-                report = await self._restore(timeout)
+                report = await self._restore(timeout, final)
             finally:
                 self.restoring = False
             self.last_restore = report
@@ -227,7 +231,7 @@ class ServerState:
         }
         return kernels, paths
 
-    async def _restore(self, timeout: float) -> dict[str, Any]:
+    async def _restore(self, timeout: float, final: bool) -> dict[str, Any]:
         report: dict[str, Any] = {"kernels": {}, "sessions": 0, "terminals": 0}
         kernels, paths = self._saved_kernels()
         for kernel in kernels:
@@ -237,7 +241,7 @@ class ServerState:
             await self.kernels.start_kernel(
                 kernel_id=kernel_id, kernel_name=kernel.get("name"), path=paths.get(kernel_id, "")
             )
-            result = await self._restore_kernel(kernel_id, timeout)
+            result = await self._restore_kernel(kernel_id, timeout, final)
             report["kernels"][kernel_id] = result
             if result.get("message"):
                 self.gate.announce(kernel_id, result["message"])
@@ -260,7 +264,7 @@ class ServerState:
         )
         return report
 
-    async def _restore_kernel(self, kernel_id: str, timeout: float) -> dict[str, Any]:
+    async def _restore_kernel(self, kernel_id: str, timeout: float, final: bool) -> dict[str, Any]:
         """Restore one kernel's namespace; the report's `message` is what the user must know."""
         kernel = self.kernels.get_kernel(kernel_id)
         language = kernel.kernel_spec.language if kernel.kernel_spec else ""
@@ -295,6 +299,16 @@ class ServerState:
                 f"({failure['error']}); its state was restored from an older one ({age}"
                 f"{max(0, failure['time'] - (taken or failure['time'])):.0f} s earlier): "
                 "what ran after that is lost.",
+            )
+        elif result.get("ok") and not final:
+            taken = result.get("snapshot_time")
+            at = f"taken at {_clock(taken)}" if taken else "taken earlier"
+            result["stale"] = {"error": "the host was lost before a final snapshot"}
+            notes.insert(
+                0,
+                f"This kernel's host was lost before its state could be saved; it was "
+                f"restored from its last background snapshot ({at}): what ran after that "
+                "is lost, and cell numbers continue from there.",
             )
         result["message"] = " ".join(n for n in notes if n) or None
         if not result.get("ok"):
@@ -364,7 +378,13 @@ class RestoreHandler(APIHandler):
     @web.authenticated
     async def post(self) -> None:
         body = self.get_json_body() or {}
-        report = await self.settings["migrating_state"].restore(float(body.get("timeout", 60)))
+        try:
+            timeout = float(body.get("timeout", 60))
+        except (TypeError, ValueError):
+            raise web.HTTPError(400, "timeout must be a number of seconds") from None
+        report = await self.settings["migrating_state"].restore(
+            timeout, final=bool(body.get("final", True))
+        )
         self.finish(json.dumps(report, default=str))
 
 

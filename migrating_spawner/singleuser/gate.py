@@ -141,9 +141,9 @@ class Gate:
         self.freeze()
         closing = []
         for conn in list(self.connections):
+            closing.append(asyncio.ensure_future(conn.gate_closed.wait()))
             try:
                 conn.websocket_handler.close(MOVING_CLOSE_CODE, "the server is moving")
-                closing.append(asyncio.ensure_future(conn._close_future))
             except Exception as e:
                 self.log.warning("closing a kernel websocket: %s", e)
         if closing:
@@ -242,11 +242,15 @@ def gated(base: type, gate: Gate) -> type:
 
     class GatedConnection(base):  # type: ignore[misc, valid-type]
         def connect(self):
+            # set once the websocket is closed: every message sent before has arrived
+            self.gate_closed = asyncio.Event()
             gate.connections.add(self)
             return super().connect()
 
         def disconnect(self):
             gate.connections.discard(self)
+            if hasattr(self, "gate_closed"):
+                self.gate_closed.set()
             return super().disconnect()
 
         def handle_incoming_message(self, incoming_msg):

@@ -132,7 +132,11 @@ def common_flags(suppress: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     env = os.environ.get
     p.add_argument("--url", default=default(env("JUPYTERHUB_URL", "")), help="hub URL")
-    p.add_argument("--token", default=default(env("JUPYTERHUB_API_TOKEN", "")), help="API token")
+    p.add_argument(
+        "--token",
+        default=default(env("JUPYTERHUB_API_TOKEN", "")),
+        help="API token (with --gateway-url: the gateway's, if it has one)",
+    )
     p.add_argument("--json", action="store_true", default=default(False), help="print JSON")
     p.add_argument(
         "--gateway-url",
@@ -158,7 +162,9 @@ def parser() -> argparse.ArgumentParser:
     verbs = p.add_subparsers(dest="verb", required=True)
     verbs.add_parser("hosts", parents=flags, help="list hosts and what runs on them (admin)")
     verbs.add_parser("list", parents=flags, help="list servers you may see (or kernels)")
-    info = verbs.add_parser("info", parents=flags, help="state, host and events of a server")
+    info = verbs.add_parser(
+        "info", parents=flags, help="state, host and events of a server (or a kernel)"
+    )
     info.add_argument("target", metavar="USER[/SERVER] | KERNEL_ID")
     migrate = verbs.add_parser("migrate", parents=flags, help="move a server to a new host now")
     migrate.add_argument("server", metavar="USER[/SERVER]")

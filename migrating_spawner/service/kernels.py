@@ -41,7 +41,9 @@ class KernelHosts:
     """One gateway's kernels and the local hosts they run on."""
 
     def __init__(self, gateway_url: str, token: str, root_dirs: list[str]):
-        self.gateway = JSONClient(gateway_url, token, "api/", what="a Jupyter gateway")
+        self.gateway = JSONClient(
+            gateway_url, token, "api/", what="a Jupyter gateway", flag="--gateway-url"
+        )
         self.root_dirs = root_dirs
 
     @classmethod

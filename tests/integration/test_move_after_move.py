@@ -137,3 +137,30 @@ async def test_cells_sent_through_a_move_are_answered_exactly_once(hub_factory):
         assert [conn.output(m).strip() for m in sent] == [str(i + 1) for i in range(len(sent))]
     finally:
         await conn.close()
+
+
+async def test_a_host_lost_before_a_final_snapshot_says_how_old_the_state_is(hub_factory):
+    hub = await hub_factory(
+        'c.MigratingSpawner.home_mode = "shared"\nc.MigratingSpawner.kernel_snapshot_interval = 0'
+    )
+    await hub.spawn("liv")
+    token = await hub.user_token("liv")
+    session = await hub.new_session("liv", token, "work.ipynb")
+    conn = await connect(hub, "liv", token, session["kernel"]["id"], "liv")
+    try:
+        await conn.run("a = 'snapshotted'")
+        status, _ = await hub.request("POST", "/user/liv/api/migrating/checkpoint", token, {})
+        assert status == 200
+        await conn.run("b = 'after the last snapshot'")
+        old = (await hub.server_info("liv"))["host_id"]
+        # no notice: the host is gone before anything can be saved
+        status, data = await hub.migrate_api(
+            "POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 0}
+        )
+        assert status == 202, data
+        await wait_moved(hub, "liv", old, timeout=90)
+        out, _ = await conn.run("print(a, 'b' in globals())", timeout=90)
+    finally:
+        await conn.close()
+    assert "snapshotted False" in out, out
+    assert "restored from its last background snapshot" in out and "is lost" in out, out

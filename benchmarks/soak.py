@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -106,9 +107,15 @@ async def main() -> int:
     print(text)
     print(details(rows))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    git = ["git", "-C", str(HERE.parent)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True
+    )
+    code = commit.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
     section = (
         f"{SECTION}\n\nRun {stamp} by `benchmarks/soak.py --steps {args.steps} --seed "
-        f"{args.seed}`; Python {platform.python_version()}, 2 cores. One user, a notebook "
+        f"{args.seed}` on {code}; Python {platform.python_version()}, 2 cores. One user, a notebook "
         "kernel, an R kernel and a kernel with no session; the steps are moves (reclaim "
         "with 15 s notice, `migrate`, reclaim with 0 s notice), stop/start and hub restarts "
         "in a seeded order, with work between the steps and cells sent during them; after "

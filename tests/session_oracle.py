@@ -185,6 +185,7 @@ class LongSession:
         self.base = f"{hub.url}/user/{user}"
         self.token = ""
         self.kernels: list[Kernel] = []
+        self.retired: list[Kernel] = []  # kernels that were gone, replaced by fresh ones
         self.files: dict[str, str] = {}
         self.file_history: dict[str, list[str]] = {}
         self.failures: list[str] = []
@@ -229,34 +230,39 @@ class LongSession:
                 "no 'ir' kernelspec in the user server (IRkernel: Debian r-cran-irkernel, "
                 f"kernelspecs found: {sorted(specs['kernelspecs'])})"
             )
-        notebook = await hub.new_session(self.user, self.token, "work.ipynb")
-        status, r_session = await self.user_api(
-            "POST",
-            "/sessions",
-            {"path": "analysis.ipynb", "type": "notebook", "kernel": {"name": "ir"}},
-        )
-        assert status == 201, r_session
-        status, bare = await self.user_api("POST", "/kernels", {"name": "python3"})
-        assert status == 201, bare
-        self.kernels = [
-            Kernel("notebook", "python", notebook["kernel"]["id"], notebook["id"], "nb"),
-            Kernel("no-session", "python", bare["id"], None, "bare", bounces=True),
-            Kernel("R", "r", r_session["kernel"]["id"], r_session["id"], "r"),
-        ]
-        for k in self.kernels:
-            k.conn = KernelConnection(self.base, k.kernel_id, self.token, k.label)
-            await k.conn.start()
-            if k.lang == "python":
-                await self.cell(k, f"import os\n{k.during} = []\n{k.prefix}_count = 0")
-            else:
-                await self.cell(k, f"{k.during} <- numeric(0)\n{k.prefix}_count <- 0")
-            k.set(k.during, [])
-            k.set(f"{k.prefix}_count", 0 if k.lang == "python" else [0])
+        self.kernels = [await self.open_kernel(label) for label in ("notebook", "no-session", "R")]
         await self.work()
         await self.check("setup", time.time())
 
+    async def open_kernel(self, label: str) -> Kernel:
+        """Start one of the session's kernels, as JupyterLab (or a console) would."""
+        if label == "notebook":
+            session = await self.hub.new_session(self.user, self.token, "work.ipynb")
+            k = Kernel(label, "python", session["kernel"]["id"], session["id"], "nb")
+        elif label == "R":
+            status, session = await self.user_api(
+                "POST",
+                "/sessions",
+                {"path": "analysis.ipynb", "type": "notebook", "kernel": {"name": "ir"}},
+            )
+            assert status == 201, session
+            k = Kernel(label, "r", session["kernel"]["id"], session["id"], "r")
+        else:
+            status, bare = await self.user_api("POST", "/kernels", {"name": "python3"})
+            assert status == 201, bare
+            k = Kernel(label, "python", bare["id"], None, "bare", bounces=True)
+        k.conn = KernelConnection(self.base, k.kernel_id, self.token, k.label)
+        await k.conn.start()
+        if k.lang == "python":
+            await self.cell(k, f"import os\n{k.during} = []\n{k.prefix}_count = 0")
+        else:
+            await self.cell(k, f"{k.during} <- numeric(0)\n{k.prefix}_count <- 0")
+        k.set(k.during, [])
+        k.set(f"{k.prefix}_count", 0 if k.lang == "python" else [0])
+        return k
+
     async def finish(self) -> None:
-        for k in self.kernels:
+        for k in self.kernels + self.retired:
             if k.conn is not None:
                 await k.conn.close()
 
@@ -535,6 +541,7 @@ class LongSession:
     # -- the check after a step --------------------------------------------------------
 
     async def check(self, kind: str, since: float) -> None:
+        lost: list[Kernel] = []
         status, kernels = await self.user_api("GET", "/kernels")
         listed = {k["id"] for k in kernels} if status == 200 else set()
         status, sessions = await self.user_api("GET", "/sessions")
@@ -546,6 +553,7 @@ class LongSession:
                 self.fail(f"kernel {k.label} ({k.kernel_id[:8]}) is gone: kernels {listed}")
                 k.alive = False
                 await k.conn.close()
+                lost.append(k)
             if k.session_id and session_ids.get(k.session_id) != k.kernel_id:
                 self.fail(f"session of {k.label} is not back under its id: {session_ids}")
         # cells sent during the step: each answered exactly once (bounded wait)
@@ -569,6 +577,10 @@ class LongSession:
         for k in self.kernels:
             if k.conn is not None:
                 k.conn.refusals.clear()
+        # the user opens the notebook again (a fresh kernel), so later steps still test it
+        for k in lost:
+            self.retired.append(k)
+            self.kernels[self.kernels.index(k)] = await self.open_kernel(k.label)
 
     def _open(self, k: Kernel) -> list[str]:
         return [m for m in k.conn.sent if m not in k.judged]
@@ -781,7 +793,7 @@ class LongSession:
                 )
         finally:
             await self.finish()
-        for k in self.kernels:
+        for k in self.kernels + self.retired:
             for msg_id, replies in (k.conn.replies if k.conn else {}).items():
                 if len(replies) > 1 and msg_id not in k.reported_twice:
                     info = k.conn.sent[msg_id]

@@ -115,8 +115,8 @@ async def main() -> int:
     code = commit.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
     section = (
         f"{SECTION}\n\nRun {stamp} by `benchmarks/soak.py --steps {args.steps} --seed "
-        f"{args.seed}` on {code}; Python {platform.python_version()}, 2 cores. One user, a notebook "
-        "kernel, an R kernel and a kernel with no session; the steps are moves (reclaim "
+        f"{args.seed}` on {code}; Python {platform.python_version()}, 2 cores. One user, "
+        "a notebook kernel, an R kernel and a kernel with no session; the steps are moves (reclaim "
         "with 15 s notice, `migrate`, reclaim with 0 s notice), stop/start and hub restarts "
         "in a seeded order, with work between the steps and cells sent during them; after "
         "every step the variables, files, working directories, execution counts and "

@@ -259,6 +259,8 @@ class LongSession:
             await self.cell(k, f"{k.during} <- numeric(0)\n{k.prefix}_count <- 0")
         k.set(k.during, [])
         k.set(f"{k.prefix}_count", 0 if k.lang == "python" else [0])
+        # a new notebook's kernel starts in the notebook's folder: the home
+        await self._check_kernel(k, [])
         return k
 
     async def finish(self) -> None:

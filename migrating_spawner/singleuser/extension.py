@@ -31,6 +31,7 @@ from tornado import web
 from kernel_provisioner import state as kernel_state
 
 from .gate import Gate, gated
+from .status import telling_status
 
 #: where the state lives, relative to the home
 STATE_SUBDIR = ".local/share/jupyter-migrating"
@@ -413,8 +414,8 @@ def _load_jupyter_server_extension(serverapp) -> None:
     state = ServerState(serverapp, state_dir(), snapshot_interval=interval)
     serverapp.web_app.settings["migrating_state"] = state
     settings = serverapp.web_app.settings
-    settings["kernel_websocket_connection_class"] = gated(
-        settings["kernel_websocket_connection_class"], state.gate
+    settings["kernel_websocket_connection_class"] = telling_status(
+        gated(settings["kernel_websocket_connection_class"], state.gate)
     )
     base = url_path_join(serverapp.web_app.settings["base_url"], "api/migrating")
     serverapp.web_app.add_handlers(

@@ -164,3 +164,27 @@ async def test_a_host_lost_before_a_final_snapshot_says_how_old_the_state_is(hub
         await conn.close()
     assert "snapshotted False" in out, out
     assert "restored from its last background snapshot" in out and "is lost" in out, out
+
+
+async def test_a_long_cell_at_a_notice_costs_only_that_cell(hub_factory):
+    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
+    await hub.spawn("lou")
+    token = await hub.user_token("lou")
+    session = await hub.new_session("lou", token, "long.ipynb")
+    conn = await connect(hub, "lou", token, session["kernel"]["id"], "lou")
+    try:
+        await conn.run("import time\nx = 42")
+        loop = await conn.send("for i in range(30):\n    print(i, flush=True)\n    time.sleep(1)")
+        await move_and_wait(hub, "lou", notice=10)
+        assert await conn.wait([loop], timeout=30)
+        out, _ = await conn.run("print(x, i)", timeout=60)
+    finally:
+        await conn.close()
+    reply = conn.replies[loop][0]
+    printed = conn.output(loop)
+    # the loop's output up to the interrupt is there, and the cell says why it stopped
+    assert reply["status"] == "error" and printed.startswith("0\n1\n"), (reply, printed)
+    assert "interrupted because this kernel's host was reclaimed" in printed, printed
+    # everything else moved, including how far the loop got
+    last = [int(line) for line in printed.splitlines() if line.strip().isdigit()][-1]
+    assert out.strip() in (f"42 {last}", f"42 {last + 1}"), (out, last)

@@ -197,6 +197,7 @@ class LongSession:
         self._n = 0
         self._seen_restore: str | None = None
         self._seen_unsolicited: dict[str, int] = {}
+        self._seen_outputs: set[str] = set()
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -522,6 +523,17 @@ class LongSession:
             for text in k.conn.unsolicited[start:]:
                 told.append(self._classify(text, k.kernel_id))
             self._seen_unsolicited[k.kernel_id] = len(k.conn.unsolicited)
+            # or in the output of the user's next cell (none of the test's cells prints
+            # anything but the check's ORACLE line)
+            for msg_id in [m for m in k.conn.outputs if m not in self._seen_outputs]:
+                self._seen_outputs.add(msg_id)
+                text = "".join(
+                    line
+                    for line in k.conn.output(msg_id).splitlines(keepends=True)
+                    if not line.startswith("ORACLE:")
+                )
+                if text.strip():
+                    told.append(self._classify(text, k.kernel_id))
         return [t for t in told if t.names or t.whole or t.files]
 
     def _from_report(self, kernel_id: str, result: dict) -> list[Told]:

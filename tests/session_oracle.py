@@ -666,6 +666,14 @@ class LongSession:
             k.alive = False  # every later cell would wait as long
             return
         k.judged.update(m for m in k.conn.sent if k.conn.answered(m))
+        # the server may tell the user in the output of this, the first cell after the step
+        said = "".join(line for line in out.splitlines(True) if not line.startswith("ORACLE:"))
+        if said.strip():
+            t = self._classify(said, k.kernel_id)
+            if t.names or t.whole or t.files:
+                self.log(f"  told ({k.label}): {said.strip()[:200]}")
+                told = [*told, t]
+                whole = self._whole(k, told)
         found = next((line for line in out.splitlines() if line.startswith("ORACLE:")), None)
         if found is None:
             self.fail(f"{k.label}: check cell gave no result: {out[:300]!r} {reply}")

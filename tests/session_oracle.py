@@ -89,7 +89,7 @@ local({{
       substring(wd, nchar(home) + 2) else paste("__OUTSIDE__", wd)
   }}, error = function(e) paste("__ERROR__", conditionMessage(e)))
   for (f in c({files})) out$files[[f]] <- tryCatch(
-    readChar(f, file.info(f)$size, useBytes = TRUE),
+    suppressWarnings(readChar(f, file.info(f)$size, useBytes = TRUE)),
     error = function(e) paste("__ERROR__", conditionMessage(e)))
   cat("ORACLE:", jsonlite::toJSON(out, auto_unbox = FALSE, digits = NA), "\\n", sep = "")
 }})

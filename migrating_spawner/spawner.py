@@ -180,6 +180,9 @@ class MigratingSpawner(Spawner):
         self.checkpoint_id = state.get("checkpoint_id")
         self.precopy = state.get("precopy")
         self.move_record = state.get("move")
+        # the running server's token: a move after a hub restart starts its successor
+        # with it and calls its API (the hub keeps only a hash of it)
+        self.api_token = state.get("api_token") or self.api_token
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -187,6 +190,8 @@ class MigratingSpawner(Spawner):
         if self.host:
             state["host"] = self.host.to_dict()
             state["port"] = self.port
+            if self.api_token:
+                state["api_token"] = self.api_token
         if self.checkpoint_id:
             state["checkpoint_id"] = self.checkpoint_id
         if self.precopy:

@@ -188,3 +188,20 @@ async def test_a_long_cell_at_a_notice_costs_only_that_cell(hub_factory):
     # everything else moved, including how far the loop got
     last = [int(line) for line in printed.splitlines() if line.strip().isdigit()][-1]
     assert out.strip() in (f"42 {last}", f"42 {last + 1}"), (out, last)
+
+
+async def test_a_move_after_a_hub_restart_keeps_the_kernels(hub_factory):
+    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
+    await hub.spawn("hal")
+    token = await hub.user_token("hal")
+    session = await hub.new_session("hal", token, "work.ipynb")
+    conn = await connect(hub, "hal", token, session["kernel"]["id"], "hal")
+    try:
+        await conn.run("x = 'from before the hub restart'")
+        await hub.restart()
+        # the new server gets the running server's token, and the move can call its API
+        await move_and_wait(hub, "hal", notice=10)
+        out, _ = await conn.run("print(x)", timeout=90)
+    finally:
+        await conn.close()
+    assert out.strip() == "from before the hub restart", out

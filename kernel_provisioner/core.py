@@ -39,11 +39,6 @@ MOVE_SNAPSHOT_ATTEMPTS = 5
 #: without a deadline, seconds a move retries a snapshot after the cell timeout
 MOVE_RETRY_SECONDS = 10.0
 #: what a cell interrupted by a move says in its own output
-INTERRUPTED = (
-    "interrupted because this kernel's host was reclaimed; its state up to the last "
-    "finished statement moved; re-run this cell"
-)
-
 #: version stamp of ``MovableKernel.to_info()``: old records load after an upgrade
 INFO_VERSION = 1
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -112,7 +107,7 @@ def snapshot_failure(reply: dict | None, report: dict[str, Any] | None) -> str:
 def interrupted_text(loss: str) -> str:
     """What the cell a move interrupted says: why it stopped, and what did not move."""
     if not loss:
-        return INTERRUPTED
+        return state.INTERRUPTED
     return f"interrupted because this kernel's host was reclaimed. {loss}"
 
 

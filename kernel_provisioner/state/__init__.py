@@ -22,6 +22,12 @@ import os
 from . import r
 from .python import HOST_ROOT  # noqa: F401  (the env var a kernel's host disk is named in)
 
+#: what a cell interrupted by a move says in its own output, wherever the kernel runs
+INTERRUPTED = (
+    "interrupted because this kernel's host was reclaimed; its state up to the last "
+    "finished statement moved; re-run this cell"
+)
+
 _PYTHON = {"python", "python3", "ipython", "ipython3"}
 _R = {"r"}
 # where this package lives, for kernels whose environment does not have it installed

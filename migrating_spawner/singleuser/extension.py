@@ -49,13 +49,6 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-#: what a cell interrupted by a move says in its own output
-INTERRUPTED_NOTE = (
-    "[interrupted because this kernel's host was reclaimed; its state up to the last "
-    "finished statement moved; re-run this cell]"
-)
-
-
 def _clock(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 
@@ -185,7 +178,7 @@ class ServerState:
         running = self.gate.running_cell(kernel_id)
         if running:
             header, conn, code = running
-            self.gate.tell(conn, header, INTERRUPTED_NOTE)
+            self.gate.tell(conn, header, f"[{kernel_state.INTERRUPTED}]")
         await self.kernels.interrupt_kernel(kernel_id)
         return running[2] if running else ""
 

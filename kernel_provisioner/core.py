@@ -38,7 +38,6 @@ from .relay import KernelRelay
 MOVE_SNAPSHOT_ATTEMPTS = 5
 #: without a deadline, seconds a move retries a snapshot after the cell timeout
 MOVE_RETRY_SECONDS = 10.0
-#: what a cell interrupted by a move says in its own output
 #: version stamp of ``MovableKernel.to_info()``: old records load after an upgrade
 INFO_VERSION = 1
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")

@@ -198,6 +198,7 @@ class LongSession:
         self._seen_restore: str | None = None
         self._seen_unsolicited: dict[str, int] = {}
         self._seen_outputs: set[str] = set()
+        self._seen_events: set[tuple] = set()
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -507,6 +508,11 @@ class LongSession:
         told: list[Told] = []
         info = await self.hub.server_info(self.user)
         for event in info.get("events", []):
+            # each event counts once: an earlier step's notice excuses nothing later
+            key = (event.get("time"), event.get("message"))
+            if key in self._seen_events:
+                continue
+            self._seen_events.add(key)
             if event.get("time", since) >= since - 1:
                 told.append(self._classify(event["message"], None))
         status, report = await self.user_api("GET", "/migrating/status")

@@ -130,6 +130,7 @@ class MigratingSpawner(Spawner):
     checkpoint_id: str | None = None
     precopy: dict[str, Any] | None = None  # last pre-copy checkpoint {"id", "files"}
     move_record: dict[str, Any] | None = None  # a move under way (survives a hub restart)
+    delivered_seals: list[str] = []  # held cells already redelivered (see singleuser/gate.py)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -180,6 +181,7 @@ class MigratingSpawner(Spawner):
         self.checkpoint_id = state.get("checkpoint_id")
         self.precopy = state.get("precopy")
         self.move_record = state.get("move")
+        self.delivered_seals = list(state.get("delivered_seals") or [])
         # the running server's token: a move after a hub restart starts its successor
         # with it and calls its API (the hub keeps only a hash of it)
         self.api_token = state.get("api_token") or self.api_token
@@ -198,6 +200,8 @@ class MigratingSpawner(Spawner):
             state["precopy"] = self.precopy
         if self.move_record:
             state["move"] = self.move_record
+        if self.delivered_seals:
+            state["delivered_seals"] = self.delivered_seals
         return state
 
     def clear_state(self) -> None:
@@ -404,7 +408,11 @@ class MigratingSpawner(Spawner):
                 port,
                 "POST",
                 "migrating/restore",
-                {"timeout": self.kernel_state_timeout, "final": final},
+                {
+                    "timeout": self.kernel_state_timeout,
+                    "final": final,
+                    "delivered": self.delivered_seals,
+                },
                 timeout=self.kernel_state_timeout + 10,
             )
         except (HostError, OSError, asyncio.TimeoutError) as e:
@@ -413,6 +421,10 @@ class MigratingSpawner(Spawner):
         kernels = report.get("kernels", {})
         if kernels:
             self.emit(f"Restored {len(kernels)} kernel(s) under their ids", 80)
+        if report.get("seal"):
+            # a home restored from an older checkpoint may bring the same held cells back
+            self.delivered_seals = [*self.delivered_seals, report["seal"]][-10:]
+            self.save_state()
         if report.get("redelivered"):
             self.emit(f"{report['redelivered']} kernel message(s) sent during the move delivered")
         for kernel_id, result in kernels.items():

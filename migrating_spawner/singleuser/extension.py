@@ -193,16 +193,19 @@ class ServerState:
 
     # -- restore ------------------------------------------------------------
 
-    async def restore(self, timeout: float = 60, final: bool = True) -> dict[str, Any]:
+    async def restore(
+        self, timeout: float = 60, final: bool = True, delivered: list[str] | None = None
+    ) -> dict[str, Any]:
         """Re-create sessions and kernels with their old ids, then restore namespaces.
 
         `final` says the snapshots were taken as the previous server stopped; when they were
         not (its host was lost), each kernel's user is told how old the restored state is.
+        `delivered`: seals whose held messages were redelivered before (not again).
         """
         async with self._lock:
             self.restoring = True
             try:
-                report = await self._restore(timeout, final)
+                report = await self._restore(timeout, final, delivered or [])
             finally:
                 self.restoring = False
             self.last_restore = report
@@ -225,7 +228,7 @@ class ServerState:
         }
         return kernels, paths
 
-    async def _restore(self, timeout: float, final: bool) -> dict[str, Any]:
+    async def _restore(self, timeout: float, final: bool, delivered: list[str]) -> dict[str, Any]:
         report: dict[str, Any] = {"kernels": {}, "sessions": 0, "terminals": 0}
         kernels, paths = self._saved_kernels()
         for kernel in kernels:
@@ -253,8 +256,8 @@ class ServerState:
             )
             report["sessions"] += 1
         report["terminals"] = self._restore_terminals()
-        report["redelivered"] = await self.gate.redeliver(
-            self.kernels, self.root / "held-messages.json"
+        report["seal"], report["redelivered"] = await self.gate.redeliver(
+            self.kernels, self.root / "held-messages.json", skip=delivered
         )
         return report
 
@@ -377,7 +380,9 @@ class RestoreHandler(APIHandler):
         except (TypeError, ValueError):
             raise web.HTTPError(400, "timeout must be a number of seconds") from None
         report = await self.settings["migrating_state"].restore(
-            timeout, final=bool(body.get("final", True))
+            timeout,
+            final=bool(body.get("final", True)),
+            delivered=[str(seal) for seal in body.get("delivered") or []],
         )
         self.finish(json.dumps(report, default=str))
 

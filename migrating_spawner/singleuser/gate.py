@@ -21,7 +21,9 @@ import asyncio
 import base64
 import json
 import logging
+import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ class Gate:
         self.frozen = False
         self.held: list[dict[str, Any]] = []
         self._sealed_to: Path | None = None
+        self.seal_id: str | None = None
         # kernel id -> msg id -> (header, connection, code) of execute requests without a reply
         self.running: dict[str, dict[str, tuple[dict, Any, str]]] = defaultdict(dict)
         # kernel id -> text to show in the next cell the user runs there
@@ -133,7 +136,9 @@ class Gate:
     # -- freeze, seal, redeliver -------------------------------------------------------
 
     def freeze(self) -> None:
-        self.frozen = True
+        if not self.frozen:
+            self.frozen = True
+            self.seal_id = uuid.uuid4().hex
 
     async def seal(self, path: Path, timeout: float = 3.0) -> int:
         """Close every kernel websocket, wait for the close handshakes, and write what was
@@ -157,15 +162,25 @@ class Gate:
     def _write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.held))
+        tmp.write_text(json.dumps({"seal": self.seal_id, "messages": self.held}))
         tmp.replace(path)
 
-    async def redeliver(self, kernel_manager: Any, path: Path, timeout: float = 10) -> int:
+    async def redeliver(
+        self, kernel_manager: Any, path: Path, skip: Iterable[str] = (), timeout: float = 10
+    ) -> tuple[str | None, int]:
         """Send the messages held on the previous server to the kernels here; their replies
-        wait in jupyter_server's buffer for the browser that sent them."""
+        wait in jupyter_server's buffer for the browser that sent them.
+
+        Returns (the seal's id, messages sent). A seal in `skip` was delivered before: a
+        home restored from an older checkpoint can bring its file back, and a cell must
+        not run twice."""
         if not path.exists():
-            return 0
-        held = json.loads(path.read_text())
+            return None, 0
+        sealed = json.loads(path.read_text())
+        seal, held = sealed["seal"], sealed["messages"]
+        if seal in set(skip):
+            path.unlink()
+            return seal, 0
         by_session: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for item in held:
             by_session[(item["kernel_id"], item["session_id"])].append(item)
@@ -203,7 +218,7 @@ class Gate:
                     session.send(channels[channel], msg)
                 delivered += 1
         path.unlink()
-        return delivered
+        return seal, delivered
 
     async def _buffering_channels(
         self, kernel_manager: Any, kernel_id: str, session_id: str, timeout: float

@@ -2,6 +2,7 @@
 without a session, and cells sent while the server is frozen."""
 
 import asyncio
+import time
 
 import pytest
 from kernelconn import KernelConnection
@@ -205,3 +206,45 @@ async def test_a_move_after_a_hub_restart_keeps_the_kernels(hub_factory):
     finally:
         await conn.close()
     assert out.strip() == "from before the hub restart", out
+
+
+async def test_held_cells_run_once_even_when_an_older_home_comes_back(hub_factory):
+    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
+    await hub.spawn("ned")
+    token = await hub.user_token("ned")
+    session = await hub.new_session("ned", token, "count.ipynb")
+    conn = await connect(hub, "ned", token, session["kernel"]["id"], "ned")
+    try:
+        await conn.run("import time\nn = 0")
+        # a cell still running when the move freezes the server: the freeze waits for it,
+        # and the cells sent meanwhile are held
+        slow = await conn.send("time.sleep(12)")
+        old = (await hub.server_info("ned"))["host_id"]
+        status, _ = await hub.migrate_api("POST", "/servers/ned/migrate")
+        assert status == 202
+        deadline = time.monotonic() + 60
+        while not any(
+            "Holding" in e["message"] or "switching over" in e["message"]
+            for e in (await hub.server_info("ned"))["events"]
+        ):
+            assert time.monotonic() < deadline, "the move never reached its cut-over"
+            await asyncio.sleep(0.1)
+        held = [await conn.send("n += 1") for _ in range(3)]
+        await wait_moved(hub, "ned", old, timeout=90)
+        assert await conn.wait([slow, *held], timeout=60)
+        # the host dies with no notice before any new checkpoint: the new home comes from
+        # the checkpoint that still holds those cells
+        old = (await hub.server_info("ned"))["host_id"]
+        status, _ = await hub.migrate_api(
+            "POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 0}
+        )
+        assert status == 202
+        await wait_moved(hub, "ned", old, timeout=90)
+        out, _ = await conn.run("print(n)", timeout=90)
+    finally:
+        await conn.close()
+    # what the lost host ran is lost, and the user is told; the held cells are not run again
+    # (they would answer a second time, and count twice)
+    assert [len(conn.replies[m]) for m in held] == [1, 1, 1], [conn.replies[m] for m in held]
+    assert out.strip().splitlines()[-1] == "0", out
+    assert "restored from its last background snapshot" in out, out

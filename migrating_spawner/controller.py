@@ -377,6 +377,13 @@ class MigratingController(SingletonConfigurable):
         host = await self.provider.get(host_id)
         if host is None:
             raise HostError(f"no host {host_id}")
+        if notice_seconds < self.final_checkpoint_margin:
+            # the host dies at once: hold its servers' routes first, so no request (or
+            # websocket reconnect) meets the dead server; the move releases them
+            for spawner in self.spawners_on(host_id):
+                proxy = spawner.user.settings.get("proxy") or self.app.proxy
+                if spawner.server is not None and hasattr(proxy, "hold"):
+                    await proxy.hold(spawner)
         notice = await self.provider.reclaim(host, notice_seconds)
         # don't wait for the agent's push or the next poll
         return {"notice": notice, "moving": self.on_notice(host_id, notice["deadline"])}

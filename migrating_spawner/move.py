@@ -42,6 +42,7 @@ class Move:
         self.old: Host | None = spawner.host
         self.new: Host | None = None
         self.held = False
+        self.hold_started: float | None = None
         self.precopy_task: asyncio.Future | None = None
         self.timings: dict[str, float] = {}
         self.lost: str | None = None  # what the user lost, said in their log
@@ -103,6 +104,9 @@ class Move:
         old_alive = await self._old_alive()
         if not old_alive:
             self._note_loss("the old host was gone before the move")
+            # nothing serves the route any more: requests wait for the new server instead
+            # of getting the proxy's 503 (the freeze re-checks and saves what it still can)
+            await self._hold()
         instance_type = self.old.instance_type if self.old else ""
         self.new = await self.controller.provider.acquire(instance_type)
         spawner.move_record = {
@@ -140,10 +144,7 @@ class Move:
         spawner = self.spawner
         if self.precopy_task is not None and not self.precopy_task.done():
             self.precopy_task.cancel()
-        self.hold_started = time.monotonic()
-        if hasattr(self.proxy, "hold"):
-            await self.proxy.hold(spawner)
-            self.held = True
+        await self._hold()
         old_alive = await self._old_alive()
         if old_alive:
             self.kernels_saved = await self._snapshot_kernels()
@@ -162,6 +163,15 @@ class Move:
                 await AgentClient(self.old, timeout=5, retries=0).stop_process("server", grace=0)
             except AgentError:
                 pass
+
+    async def _hold(self) -> None:
+        """Hold the route (once): requests wait in the proxy's hold server."""
+        if self.hold_started is not None:
+            return
+        self.hold_started = time.monotonic()
+        if hasattr(self.proxy, "hold"):
+            await self.proxy.hold(self.spawner)
+            self.held = True
 
     async def _cut_over(self) -> None:
         """The held part: final delta, stop the old server, restore, re-point, release."""

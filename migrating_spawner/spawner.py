@@ -131,6 +131,7 @@ class MigratingSpawner(Spawner):
     precopy: dict[str, Any] | None = None  # last pre-copy checkpoint {"id", "files"}
     move_record: dict[str, Any] | None = None  # a move under way (survives a hub restart)
     delivered_seals: list[str] = []  # held cells already redelivered (see singleuser/gate.py)
+    kernels_stale = False  # the last stop could not snapshot the kernels
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -182,6 +183,7 @@ class MigratingSpawner(Spawner):
         self.precopy = state.get("precopy")
         self.move_record = state.get("move")
         self.delivered_seals = list(state.get("delivered_seals") or [])
+        self.kernels_stale = bool(state.get("kernels_stale"))
         # the running server's token: a move after a hub restart starts its successor
         # with it and calls its API (the hub keeps only a hash of it)
         self.api_token = state.get("api_token") or self.api_token
@@ -202,6 +204,8 @@ class MigratingSpawner(Spawner):
             state["move"] = self.move_record
         if self.delivered_seals:
             state["delivered_seals"] = self.delivered_seals
+        if self.kernels_stale:
+            state["kernels_stale"] = True
         return state
 
     def clear_state(self) -> None:
@@ -327,7 +331,8 @@ class MigratingSpawner(Spawner):
                 # kernels come back before the hub calls the server ready, so the first
                 # cell a user runs after a resume already sees their variables
                 await self.wait_ready(host, port)
-                await self.restore_kernels(host, port)
+                await self.restore_kernels(host, port, final=not self.kernels_stale)
+                self.kernels_stale = False
         except CheckpointError as e:
             await self._release_quietly(host)
             raise SpawnException(
@@ -492,8 +497,10 @@ class MigratingSpawner(Spawner):
                     {"timeout": self.kernel_state_timeout, "freeze": True},
                     timeout=self.kernel_state_timeout + 10,
                 )
+                self.kernels_stale = False
             except (HostError, OSError, asyncio.TimeoutError) as e:
                 self.log.warning("no kernel snapshot of %s on stop: %s", self._log_name, e)
+                self.kernels_stale = True  # the start says how old the kernels' state is
         if self.home_mode == "synced" and self.checkpoint_on_stop and not now:
             try:
                 self.checkpoint_id = await self.checkpoint_home(host, reason="stop")

@@ -20,13 +20,20 @@ async def connect(hub, user, token, kernel_id, label):
     return conn
 
 
+async def notebook(hub_factory, user, config, path="work.ipynb"):
+    """A hub with `config`, `user`'s server, a notebook session and its kernel's socket."""
+    hub = await hub_factory(config)
+    await hub.spawn(user)
+    token = await hub.user_token(user)
+    session = await hub.new_session(user, token, path)
+    return hub, token, await connect(hub, user, token, session["kernel"]["id"], user)
+
+
 @pytest.mark.parametrize("home_mode", ["shared", "synced"])
 async def test_working_folder_and_state_survive_move_after_move(hub_factory, home_mode):
-    hub = await hub_factory(f'c.MigratingSpawner.home_mode = "{home_mode}"')
-    await hub.spawn("cora")
-    token = await hub.user_token("cora")
-    session = await hub.new_session("cora", token, "work.ipynb")
-    conn = await connect(hub, "cora", token, session["kernel"]["id"], "cora")
+    hub, token, conn = await notebook(
+        hub_factory, "cora", f'c.MigratingSpawner.home_mode = "{home_mode}"'
+    )
     try:
         _, reply = await conn.run(
             "import os\nos.makedirs('proj/sub', exist_ok=True)\nos.chdir('proj/sub')\n"
@@ -80,13 +87,11 @@ async def test_kernel_without_a_session_comes_back_under_its_id(hub_factory):
 
 
 async def test_a_failed_snapshot_restores_the_older_state_and_says_so(hub_factory):
-    hub = await hub_factory(
-        'c.MigratingSpawner.home_mode = "synced"\nc.MigratingSpawner.kernel_snapshot_interval = 0'
+    hub, token, conn = await notebook(
+        hub_factory,
+        "fay",
+        'c.MigratingSpawner.home_mode = "synced"\nc.MigratingSpawner.kernel_snapshot_interval = 0',
     )
-    await hub.spawn("fay")
-    token = await hub.user_token("fay")
-    session = await hub.new_session("fay", token, "work.ipynb")
-    conn = await connect(hub, "fay", token, session["kernel"]["id"], "fay")
     try:
         await conn.run("kept = 'from before the first move'")
         await move_and_wait(hub, "fay", notice=10)
@@ -108,11 +113,9 @@ async def test_a_failed_snapshot_restores_the_older_state_and_says_so(hub_factor
 
 
 async def test_cells_sent_through_a_move_are_answered_exactly_once(hub_factory):
-    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
-    await hub.spawn("cal")
-    token = await hub.user_token("cal")
-    session = await hub.new_session("cal", token, "count.ipynb")
-    conn = await connect(hub, "cal", token, session["kernel"]["id"], "cal")
+    hub, token, conn = await notebook(
+        hub_factory, "cal", 'c.MigratingSpawner.home_mode = "synced"', "count.ipynb"
+    )
     try:
         await conn.run("n = 0")
         old = (await hub.server_info("cal"))["host_id"]
@@ -141,13 +144,11 @@ async def test_cells_sent_through_a_move_are_answered_exactly_once(hub_factory):
 
 
 async def test_a_host_lost_before_a_final_snapshot_says_how_old_the_state_is(hub_factory):
-    hub = await hub_factory(
-        'c.MigratingSpawner.home_mode = "shared"\nc.MigratingSpawner.kernel_snapshot_interval = 0'
+    hub, token, conn = await notebook(
+        hub_factory,
+        "liv",
+        'c.MigratingSpawner.home_mode = "shared"\nc.MigratingSpawner.kernel_snapshot_interval = 0',
     )
-    await hub.spawn("liv")
-    token = await hub.user_token("liv")
-    session = await hub.new_session("liv", token, "work.ipynb")
-    conn = await connect(hub, "liv", token, session["kernel"]["id"], "liv")
     try:
         await conn.run("a = 'snapshotted'")
         status, _ = await hub.request("POST", "/user/liv/api/migrating/checkpoint", token, {})
@@ -168,11 +169,9 @@ async def test_a_host_lost_before_a_final_snapshot_says_how_old_the_state_is(hub
 
 
 async def test_a_long_cell_at_a_notice_costs_only_that_cell(hub_factory):
-    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
-    await hub.spawn("lou")
-    token = await hub.user_token("lou")
-    session = await hub.new_session("lou", token, "long.ipynb")
-    conn = await connect(hub, "lou", token, session["kernel"]["id"], "lou")
+    hub, token, conn = await notebook(
+        hub_factory, "lou", 'c.MigratingSpawner.home_mode = "synced"', "long.ipynb"
+    )
     try:
         await conn.run("import time\nx = 42")
         loop = await conn.send("for i in range(30):\n    print(i, flush=True)\n    time.sleep(1)")
@@ -192,11 +191,7 @@ async def test_a_long_cell_at_a_notice_costs_only_that_cell(hub_factory):
 
 
 async def test_a_move_after_a_hub_restart_keeps_the_kernels(hub_factory):
-    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
-    await hub.spawn("hal")
-    token = await hub.user_token("hal")
-    session = await hub.new_session("hal", token, "work.ipynb")
-    conn = await connect(hub, "hal", token, session["kernel"]["id"], "hal")
+    hub, token, conn = await notebook(hub_factory, "hal", 'c.MigratingSpawner.home_mode = "synced"')
     try:
         await conn.run("x = 'from before the hub restart'")
         await hub.restart()
@@ -209,11 +204,9 @@ async def test_a_move_after_a_hub_restart_keeps_the_kernels(hub_factory):
 
 
 async def test_held_cells_run_once_even_when_an_older_home_comes_back(hub_factory):
-    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
-    await hub.spawn("ned")
-    token = await hub.user_token("ned")
-    session = await hub.new_session("ned", token, "count.ipynb")
-    conn = await connect(hub, "ned", token, session["kernel"]["id"], "ned")
+    hub, token, conn = await notebook(
+        hub_factory, "ned", 'c.MigratingSpawner.home_mode = "synced"', "count.ipynb"
+    )
     try:
         await conn.run("import time\nn = 0")
         # a cell still running when the move freezes the server: the freeze waits for it,

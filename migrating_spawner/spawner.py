@@ -394,14 +394,17 @@ class MigratingSpawner(Spawner):
 
         url = f"http://{host.address}:{port}" + url_path_join(self.server.base_url, "api", path)
         headers = {"Authorization": f"token {self.api_token}"}
-        async with aiohttp.ClientSession() as session:
-            async with session.request(
-                method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(timeout)
-            ) as resp:
-                text = await resp.text()
-                if resp.status >= 400:
-                    raise HostError(f"{method} {path} on {host.id}: {resp.status} {text[:300]}")
-                return await resp.json(content_type=None)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.request(
+                    method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(timeout)
+                ) as resp:
+                    text = await resp.text()
+                    if resp.status >= 400:
+                        raise HostError(f"{method} {path} on {host.id}: {resp.status} {text[:300]}")
+                    return await resp.json(content_type=None)
+        except aiohttp.ClientError as e:  # e.g. the host died under the call
+            raise HostError(f"{method} {path} on {host.id}: {type(e).__name__}: {e}") from e
 
     async def restore_kernels(self, host: Host, port: int, final: bool = True) -> None:
         """Re-create the kernels (same ids) on the server at host:port from the snapshots in

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import secrets
@@ -38,7 +39,8 @@ def free_port(*addresses: str) -> int:
     raise RuntimeError(f"no port free on all of {addresses}")
 
 
-_next_block = iter(range(20, 250, 12))
+# blocks of 12 loopback addresses, one per hub; reused once every hub before has released them
+_next_block = itertools.cycle(range(20, 250, 12))
 
 
 class RealHub:

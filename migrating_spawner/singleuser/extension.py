@@ -118,7 +118,11 @@ class ServerState:
             for kernel_id in list(self.kernels.list_kernel_ids()):
                 report["kernels"][kernel_id] = await self._snapshot_kernel(kernel_id, until)
             if freeze:
-                report["held_messages"] = await self.gate.seal(self.root / "held-messages.json")
+                # a client that stops reading never answers the close: wait only while the
+                # deadline allows
+                report["held_messages"] = await self.gate.seal(
+                    self.root / "held-messages.json", timeout=min(3.0, until - time.time())
+                )
             self.last_checkpoint = report
             return report
 
@@ -140,13 +144,15 @@ class ServerState:
         target = self._kernel_dir(kernel_id)
         started = time.monotonic()
         error = "no time left to take it"
+        # a running cell gets half of the time left; the snapshot needs the rest
+        cell_until = until - max(1.0, (until - time.time()) / 2)
         while True:
-            if not await self._wait_idle(kernel_id, until - 2):
+            if not await self._wait_idle(kernel_id, cell_until):
                 interrupted = await self._interrupt(kernel_id) or interrupted or True
-                await self._wait_idle(kernel_id, until)
+                await self._wait_idle(kernel_id, until - 0.5)
             try:
                 code = kernel_state.snapshot_code(language, str(target))
-                await self._run_in_kernel(kernel_id, code, max(2.0, until - time.time()))
+                await self._run_in_kernel(kernel_id, code, max(1.0, until - time.time()))
                 result = json.loads((target / "snapshot-report.json").read_text())
                 if result.get("ok"):
                     break

@@ -152,7 +152,7 @@ class Gate:
             except Exception as e:
                 self.log.warning("closing a kernel websocket: %s", e)
         if closing:
-            done, _ = await asyncio.wait(closing, timeout=timeout)
+            done, _ = await asyncio.wait(closing, timeout=max(0.1, timeout))
             self.log.info("closed %d of %d kernel websocket(s)", len(done), len(closing))
         self._sealed_to = path
         self._write(path)

@@ -136,8 +136,8 @@ async def test_kernel_moves_behind_jupyterlab_and_kernel_gateway(lab):
             assert cell["output"].strip() == "42", cell
             assert cell["count"] == 2, cell
             await wait_for(page, KERNEL_STATUS, None, lambda s: s == "idle/connected", 30)
-            [new] = gateway.hosts()
-            assert new.id != old.id
+            # the old host stays up until its deadline: the kernel runs on the one that is not it
+            [new] = [h for h in gateway.hosts() if h.id != old.id]
             print(
                 f"\nkernel move under JupyterLab + Kernel Gateway: cell run during the move "
                 f"answered {answered - sent:.2f} s after it was sent "

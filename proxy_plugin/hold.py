@@ -113,10 +113,15 @@ class HoldServer:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._bridges: set[asyncio.Task] = set()  # relays of bridged websockets
+        self._waiting: dict[str, int] = {}  # spec -> requests waiting for its release
 
     @property
     def held(self) -> set[str]:
         return set(self._events)
+
+    def waiting(self, routespec: str) -> int:
+        """How many requests for routespec wait for its release now."""
+        return self._waiting.get(routespec, 0)
 
     @property
     def url(self) -> str:
@@ -216,11 +221,16 @@ class HoldServer:
             return _unavailable(f"No server is being moved at {path}")
         event = self._events.get(spec)
         if event is not None:
+            self._waiting[spec] = self.waiting(spec) + 1
             try:
                 await asyncio.wait_for(event.wait(), self.timeout)
             except asyncio.TimeoutError:
                 self.log.warning("Held request %s %s timed out", request.method, path)
                 return _unavailable(f"The server at {spec} is still moving", retry_after=5)
+            finally:
+                self._waiting[spec] -= 1
+                if not self._waiting[spec]:
+                    del self._waiting[spec]
         target = self._targets.get(spec)
         if target is None:
             return _unavailable(f"The server at {spec} is not available")

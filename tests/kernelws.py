@@ -59,8 +59,11 @@ class KernelSocket:
         if self._http is not None:
             await self._http.close()
 
-    async def run(self, code: str, timeout: float = 60) -> tuple[str, dict[str, Any]]:
-        """Execute `code`; returns (stdout + results + errors as text, the execute_reply)."""
+    async def run(
+        self, code: str, timeout: float = 60, started: asyncio.Event | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Execute `code`; returns (stdout + results + errors as text, the execute_reply).
+        `started` is set once the kernel is busy with it."""
         assert self.ws is not None
         request = execute_request(code, self.session_id)
         msg_id = request["header"]["msg_id"]
@@ -88,6 +91,8 @@ class KernelSocket:
                     reply = content
                 elif kind == "status" and content["execution_state"] == "idle":
                     idle = True
+                elif kind == "status" and started is not None:
+                    started.set()
                 if reply is not None and idle:
                     return
             raise ConnectionError("websocket closed before the reply")

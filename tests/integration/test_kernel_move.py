@@ -64,8 +64,11 @@ async def test_busy_kernel_is_interrupted_at_the_deadline_and_named(hub_factory)
     base = hub.url + "/user/lee"
     async with KernelSocket(base, kernel_id, token) as kernel:
         await kernel.run("done = 'before the notice'")
-        busy = asyncio.create_task(kernel.run("import time\ntime.sleep(600)", timeout=600))
-        await asyncio.sleep(1)
+        started = asyncio.Event()
+        busy = asyncio.create_task(
+            kernel.run("import time\ntime.sleep(600)", timeout=600, started=started)
+        )
+        await asyncio.wait_for(started.wait(), 30)
         await move_and_wait(hub, "lee", notice=8)
         busy.cancel()
     info = await hub.server_info("lee")

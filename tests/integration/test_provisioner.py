@@ -98,8 +98,9 @@ async def test_shutdown_during_a_move_gives_both_hosts_back(server):
     async with KernelSocket(server.url, kernel_id, server.token) as ws:
         await ws.run("x = 42")
         # a running cell holds the move at its snapshot while the new kernel comes up
-        cell = asyncio.create_task(ws.run("import time; time.sleep(60)", timeout=90))
-        await asyncio.sleep(0.5)
+        busy = asyncio.Event()
+        cell = asyncio.create_task(ws.run("import time; time.sleep(60)", timeout=90, started=busy))
+        await asyncio.wait_for(busy.wait(), 30)
         await reclaim(old, 30)
         started = f"kernel {kernel_id} runs on"
         await until(lambda: server.tail(100_000).count(started) == 2, 20, "no new kernel")

@@ -1,13 +1,30 @@
-"""The hub's side of the host agent: one small async client per host."""
+"""The hub's side of the host agent: one client per host, over one shared HTTP session.
+
+Get clients from the provider (`HostProvider.agent(host)`), which caches one per host and
+gives it the provider's documented timeouts. Every call has a timeout; idempotent reads are
+retried with `jupyterhub.utils.exponential_backoff` for up to `retry` seconds. A caller that
+only wants a quick look (is the process there, is there a notice) says `quick=True`: one try
+with the short `probe` timeout, so a dead host costs seconds, not a retry budget.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
+import weakref
 from typing import Any
 
 import aiohttp
 
-from ..hosts.base import Host, HostError
+from .host import Host, HostError
+
+try:
+    from jupyterhub.httpclient import JupyterHubHTTPClient
+    from jupyterhub.utils import exponential_backoff
+except ImportError:  # Enterprise Gateway 3 runs kernels from a venv without JupyterHub
+    JupyterHubHTTPClient = None
+    exponential_backoff = None
 
 
 class AgentError(HostError):
@@ -22,56 +39,157 @@ class AgentUnreachable(AgentError):
     """No answer from the agent: the host may be gone."""
 
 
-class AgentClient:
-    """Talks to one host's agent. Every call has a timeout; reads retry briefly."""
+@dataclasses.dataclass(frozen=True)
+class AgentTimeouts:
+    """Seconds an agent call may take (the provider's `agent_*_timeout` traits)."""
 
-    def __init__(self, host: Host, timeout: float = 10, retries: int = 2):
+    #: one request (calls that carry their own budget, e.g. a snapshot, pass `timeout=`)
+    request: float = 10
+    #: how long a failed idempotent read is retried, with exponential backoff (0: never)
+    retry: float = 5
+    #: one try of a `quick=True` call
+    probe: float = 3
+
+
+# aiohttp sessions belong to one event loop: one per loop that asks (tests run many loops)
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_session() -> aiohttp.ClientSession:
+    """This process's HTTP session for agent traffic, created on first use.
+
+    Outside a hub (gateways run the kernel adapters) a lazily created one per event loop;
+    inside the hub `send` uses JupyterHub's own shared client instead (`jupyterhub.httpclient`,
+    which the hub configures and closes at shutdown).
+    """
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(loop)
+    if session is None or session.closed:
+        session = _sessions[loop] = aiohttp.ClientSession()
+    return session
+
+
+async def close_shared_session() -> None:
+    """Close this loop's own session (at shutdown; the next call makes a new one)."""
+    session = _sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None:
+        await session.close()
+
+
+def _in_hub() -> bool:
+    return JupyterHubHTTPClient is not None and JupyterHubHTTPClient.initialized()
+
+
+async def send(method: str, url: str, **kw: Any) -> aiohttp.ClientResponse:
+    """One HTTP request over the shared session (the caller reads and releases it)."""
+    if _in_hub():
+        return await JupyterHubHTTPClient.loop_instance().fetch(
+            url, method=method, raise_for_status=False, **kw
+        )
+    return await shared_session().request(method, url, **kw)
+
+
+async def _retry(attempt, fail_message: str, timeout: float) -> Any:
+    """`attempt()` until it returns something truthy, for up to `timeout` seconds."""
+    if exponential_backoff is not None:
+        return await exponential_backoff(
+            attempt, fail_message, start_wait=0.1, max_wait=1, timeout=timeout
+        )
+    # the same full-jitter schedule where JupyterHub is not installed (Enterprise Gateway 3)
+    loop = asyncio.get_running_loop()
+    deadline, wait = loop.time() + timeout, 0.1
+    while not (result := await attempt()):
+        remaining = deadline - loop.time()
+        if remaining < 0:
+            raise asyncio.TimeoutError(fail_message)
+        await asyncio.sleep(min(remaining, random.uniform(0, wait)))
+        wait = min(1.0, wait * 2)
+    return result
+
+
+class AgentClient:
+    """Talks to one host's agent. Every call has a timeout; reads retry with backoff."""
+
+    def __init__(
+        self,
+        host: Host,
+        timeouts: AgentTimeouts | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ):
         self.host = host
-        self.timeout = timeout
-        self.retries = retries
+        timeouts = timeouts or AgentTimeouts()
+        # old form (being replaced by `HostProvider.agent(host)` and `quick=True`)
+        if timeout is not None:
+            timeouts = dataclasses.replace(timeouts, request=timeout, probe=timeout)
+        if retries == 0:
+            timeouts = dataclasses.replace(timeouts, retry=0)
+        self.timeouts = timeouts
+
+    async def _once(self, method: str, url: str, body: Any, timeout: float) -> Any:
+        headers = {"Authorization": f"token {self.host.agent_token}"}
+        resp = await send(
+            method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
+        async with resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                raise AgentError(
+                    f"agent on {self.host.id}: {method} {url.split('/', 3)[-1]} -> "
+                    f"{resp.status}: {text.strip()[:500]}",
+                    status=resp.status,
+                )
+            return await resp.json() if text else None
 
     async def request(
         self,
         method: str,
         path: str,
         body: Any = None,
+        *,
         timeout: float | None = None,
+        quick: bool = False,
         retries: int | None = None,
     ) -> Any:
+        """One call; `timeout` overrides the per-try timeout, `quick` makes it a probe."""
         url = self.host.agent_url.rstrip("/") + path
-        headers = {"Authorization": f"token {self.host.agent_token}"}
+        per_try = self.timeouts.probe if quick else (timeout or self.timeouts.request)
         # only idempotent reads are retried: a POST that timed out may have happened
-        attempts = 1 + ((self.retries if retries is None else retries) if method == "GET" else 0)
-        last: Exception | None = None
-        for attempt in range(attempts):
-            try:
-                async with aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)
-                ) as session:
-                    async with session.request(method, url, json=body, headers=headers) as resp:
-                        text = await resp.text()
-                        if resp.status >= 400:
-                            raise AgentError(
-                                f"agent on {self.host.id}: {method} {path} -> {resp.status}: "
-                                f"{text.strip()[:500]}",
-                                status=resp.status,
-                            )
-                        return await resp.json() if text else None
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-                last = e
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(0.2 * 2**attempt)
-        raise AgentUnreachable(f"agent on host {self.host.id} unreachable: {last!r}")
+        retry_for = 0 if quick or method != "GET" or retries == 0 else self.timeouts.retry
+        errors: list[BaseException] = []
 
-    async def status(self, **kw: Any) -> dict[str, Any]:
-        return await self.request("GET", "/status", **kw)
+        async def attempt() -> tuple[Any] | None:
+            try:
+                return (await self._once(method, url, body, per_try),)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                errors.append(e)
+                return None
+
+        if retry_for > 0:
+            try:
+                result = await _retry(attempt, f"{method} {path}", retry_for)
+            except asyncio.TimeoutError:
+                result = None
+        else:
+            result = await attempt()
+        if result is None:
+            raise AgentUnreachable(
+                f"agent on host {self.host.id} unreachable ({len(errors)} tries): {errors[-1]!r}"
+            )
+        return result[0]
+
+    async def status(self, quick: bool = False, **kw: Any) -> dict[str, Any]:
+        return await self.request("GET", "/status", quick=quick, **kw)
 
     async def free_port(self) -> int:
         return (await self.request("GET", "/free-port"))["port"]
 
-    async def notice(self) -> dict[str, Any] | None:
+    async def notice(self, quick: bool = False) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", "/notice", retries=0, timeout=5)
+            return await self.request("GET", "/notice", quick=quick)
         except AgentError as e:
             if e.status == 404:
                 return None
@@ -80,8 +198,8 @@ class AgentClient:
     async def reclaim(self, notice_seconds: float) -> dict[str, Any]:
         return await self.request("POST", "/reclaim", {"notice_seconds": notice_seconds})
 
-    async def shutdown(self) -> None:
-        await self.request("POST", "/shutdown", {})
+    async def shutdown(self, quick: bool = False) -> None:
+        await self.request("POST", "/shutdown", {}, quick=quick)
 
     async def start_process(
         self,
@@ -97,19 +215,22 @@ class AgentClient:
             body["files"] = files
         return await self.request("POST", f"/processes/{name}", body)
 
-    async def process(self, name: str) -> dict[str, Any] | None:
+    async def process(self, name: str, quick: bool = False) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", f"/processes/{name}")
+            return await self.request("GET", f"/processes/{name}", quick=quick)
         except AgentError as e:
             if e.status == 404:
                 return None
             raise
 
-    async def stop_process(self, name: str, grace: float = 5) -> dict[str, Any] | None:
+    async def stop_process(
+        self, name: str, grace: float = 5, quick: bool = False
+    ) -> dict[str, Any] | None:
+        """Stop `name` (SIGTERM, SIGKILL after `grace` s); `quick` for a host that may be
+        dying: the call then waits only the probe timeout beyond the grace."""
+        timeout = grace + (self.timeouts.probe if quick else self.timeouts.request)
         try:
-            return await self.request(
-                "DELETE", f"/processes/{name}?grace={grace}", timeout=grace + 10
-            )
+            return await self.request("DELETE", f"/processes/{name}?grace={grace}", timeout=timeout)
         except AgentError as e:
             if e.status == 404:
                 return None

@@ -7,43 +7,24 @@ restart, and give it back.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
-from traitlets import Dict, Enum, Unicode
+from traitlets import Dict, Enum, Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
+from ..agent.client import AgentClient, AgentTimeouts
+from ..agent.host import Host, HostError
+from .watcher import HostWatcher
 
-class HostError(Exception):
-    """A host could not be acquired, found or released."""
+__all__ = ["Host", "HostError", "HostProvider", "ReclaimOnRequest"]
 
 
-@dataclasses.dataclass
-class Host:
-    """What the hub needs to reach a host and its agent."""
+class ReclaimOnRequest(Protocol):
+    """A provider whose hosts can be reclaimed on request (a simulated cloud: tests, demos,
+    `jupyterhub-migrate reclaim`). A real cloud's provider does not offer it."""
 
-    id: str
-    address: str
-    agent_url: str
-    agent_token: str
-    instance_type: str = ""
-    market: str = "spot"
-    disk: str = ""  # the host's own disk (lost when it is reclaimed)
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Host:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
-
-    def public(self) -> dict[str, Any]:
-        """The host as shown to users and admins: no secrets."""
-        data = self.to_dict()
-        data.pop("agent_token")
-        return data
+    async def reclaim(self, host: Host, notice_seconds: float) -> dict[str, Any]:
+        """Give `host` a reclaim notice of `notice_seconds`; returns the notice."""
 
 
 class HostProvider(LoggingConfigurable):
@@ -73,6 +54,79 @@ class HostProvider(LoggingConfigurable):
         help="Market to buy hosts in: 'spot' (cheap, reclaimable) or 'on-demand'.",
     ).tag(config=True)
 
+    agent_request_timeout = Float(
+        10,
+        help="""Seconds one request to a host's agent may take. Calls that carry a budget of
+        their own (home snapshots and restores, a stop with a grace period) use that.""",
+    ).tag(config=True)
+
+    agent_retry_timeout = Float(
+        5,
+        help="""Seconds over which a read from an agent that failed (no connection, or a
+        timeout) is tried again, with exponential backoff (0: never). Requests that change
+        something are never repeated: one that timed out may have happened.""",
+    ).tag(config=True)
+
+    agent_probe_timeout = Float(
+        3,
+        help="""Seconds of a quick look at an agent (`quick=True`: the watcher's status
+        polls, "is the old server still there" during a move): one try, no retry, so a dead
+        host costs no more than this.""",
+    ).tag(config=True)
+
+    watch_interval = Float(
+        5,
+        help="""Seconds between the host watcher's polls of each watched host's agent
+        (its status, processes and reclaim notice). AWS suggests 5 s for spot notices.""",
+    ).tag(config=True)
+
+    lost_after_polls = Integer(
+        3,
+        help="""Polls in a row a host's agent may leave unanswered before the watcher calls
+        the host lost (a host whose record is gone is lost at the first failed poll).""",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._agents: dict[str, AgentClient] = {}
+        self._watcher: HostWatcher | None = None
+
+    def agent(self, host: Host) -> AgentClient:
+        """The one client of `host`'s agent (cached per host, with this provider's timeouts)."""
+        client = self._agents.get(host.id)
+        if client is None:
+            timeouts = AgentTimeouts(
+                request=self.agent_request_timeout,
+                retry=self.agent_retry_timeout,
+                probe=self.agent_probe_timeout,
+            )
+            client = self._agents[host.id] = AgentClient(host, timeouts)
+        return client
+
+    @property
+    def watcher(self) -> HostWatcher:
+        """The one HostWatcher of this provider's hosts (see hosts/watcher.py)."""
+        if self._watcher is None:
+            self._watcher = HostWatcher(self, self.watch_interval, self.lost_after_polls)
+        return self._watcher
+
+    def forget(self, host: Host) -> None:
+        """Drop what is cached about `host` (its client, its watch): it is being released."""
+        self._agents.pop(host.id, None)
+        if self._watcher is not None:
+            self._watcher.forget(host.id)
+
+    @property
+    def simulated_cloud(self) -> ReclaimOnRequest | None:
+        """What reclaims this provider's hosts on request, if it can (a simulated cloud, for
+        tests and demos); None for a real cloud, where only the cloud reclaims."""
+        return None
+
+    def start(self, notify_url: str = "") -> list:
+        """Background work this provider needs while the hub runs (tasks it started);
+        `notify_url` is where agents may push notices. Nothing by default."""
+        return []
+
     async def acquire(self, instance_type: str = "", market: str = "", owner: str = "") -> Host:
         """Get a new host with a running agent.
 
@@ -92,10 +146,6 @@ class HostProvider(LoggingConfigurable):
     async def release(self, host: Host) -> None:
         """Give a host back; its processes and disk are gone afterwards."""
         raise NotImplementedError
-
-    async def reclaim(self, host: Host, notice_seconds: float) -> dict[str, Any]:
-        """Simulate the cloud reclaiming a host (local and simulated providers only)."""
-        raise HostError(f"the {self.name} provider cannot reclaim hosts on request")
 
     def check_instance_type(self, instance_type: str) -> str:
         instance_type = instance_type or self.default_instance_type

@@ -12,7 +12,6 @@ import asyncio
 import ipaddress
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -24,8 +23,9 @@ from typing import Any
 
 from traitlets import Float, Integer, Unicode, default, validate
 
-from ..agent.client import AgentClient, AgentError
+from ..agent.client import AgentError
 from .base import Host, HostError, HostProvider
+from .simcloud import SimulatedCloud
 
 
 class LocalHostProvider(HostProvider):
@@ -85,10 +85,27 @@ class LocalHostProvider(HostProvider):
         120, help="Notice the spot-market simulator gives (AWS gives 120 s)."
     ).tag(config=True)
 
-    #: set by the controller: where agents push notices
+    #: where agents push notices (the hub's, set by `start`)
     notify_url = ""
 
     _lock: asyncio.Lock | None = None
+    _cloud: SimulatedCloud | None = None
+
+    @property
+    def simulated_cloud(self) -> SimulatedCloud:
+        """Local hosts live in a simulated cloud: it reclaims them on request and, with
+        `spot_reclaim_rate`, at random."""
+        if self._cloud is None:
+            self._cloud = SimulatedCloud(self, self.spot_reclaim_rate, self.spot_notice_seconds)
+        return self._cloud
+
+    def start(self, notify_url: str = "") -> list:
+        """Agents started from now on push notices to `notify_url`; the spot market
+        simulator runs when `spot_reclaim_rate` is set."""
+        self.notify_url = notify_url
+        if self.spot_reclaim_rate > 0:
+            return [asyncio.create_task(self.simulated_cloud.spot_market())]
+        return []
 
     @property
     def registry(self) -> Path:
@@ -211,11 +228,11 @@ class LocalHostProvider(HostProvider):
             )
         host.meta["agent_pid"] = proc.pid
         self._write_private(record, json.dumps(host.to_dict()))
-        client = AgentClient(host, timeout=2, retries=0)
+        client = self.agent(host)
         deadline = time.monotonic() + self.agent_start_timeout
         while True:
             try:
-                await client.status()
+                await client.status(quick=True)
                 return
             except AgentError as e:
                 if proc.poll() is not None:
@@ -238,8 +255,10 @@ class LocalHostProvider(HostProvider):
         return self._read_registry()
 
     async def release(self, host: Host) -> None:
+        client = self.agent(host)
+        self.forget(host)  # no watcher event for a host given back on purpose
         try:
-            await AgentClient(host, timeout=5, retries=0).shutdown()
+            await client.shutdown(quick=True)
         except AgentError as e:
             self.log.info("agent of %s did not take the shutdown (%s); cleaning up", host.id, e)
         pid = host.meta.get("agent_pid")
@@ -263,20 +282,12 @@ class LocalHostProvider(HostProvider):
         (Path(self.root_dir) / "secrets" / f"{host.id}.token").unlink(missing_ok=True)
 
     async def reclaim(self, host: Host, notice_seconds: float) -> dict[str, Any]:
-        return await AgentClient(host).reclaim(notice_seconds)
+        """Old form of `simulated_cloud.reclaim` (kept until its callers are switched)."""
+        return await self.simulated_cloud.reclaim(host, notice_seconds)
 
     async def simulate_spot_market(self, interval: float = 5) -> None:
-        """Reclaim spot hosts at random, `spot_reclaim_rate` per host-hour, until cancelled."""
-        while self.spot_reclaim_rate > 0:
-            await asyncio.sleep(interval)
-            chance = self.spot_reclaim_rate * interval / 3600
-            for host in self._read_registry():
-                if host.market == "spot" and random.random() < chance:
-                    self.log.warning("spot simulator: reclaiming %s", host.id)
-                    try:
-                        await self.reclaim(host, self.spot_notice_seconds)
-                    except AgentError as e:
-                        self.log.warning("spot simulator could not reclaim %s: %s", host.id, e)
+        """Old form of `simulated_cloud.spot_market` (kept until its caller is switched)."""
+        await self.simulated_cloud.spot_market(interval)
 
 
 def _alive(pid: int) -> bool:

@@ -98,6 +98,8 @@ c.JupyterHub.services = [
 c.JupyterHub.load_roles = [
     {{"name": "admin", "services": ["test-admin"], "users": ["admin"]}},
 ]
+# users may use the control API with their own tokens, as in the demo's config
+c.JupyterHub.extra_user_scopes = {{"access:services!service=migrate"}}
 {self.extra_config}
 """
 

@@ -2,30 +2,108 @@
 
 JupyterHub routes `/services/migrate/` to it (a service with a `url` and no command), so it
 lives where the spawners and the proxy are and can move servers directly. Callers present a
-JupyterHub token; what they may do follows JupyterHub's scopes: `admin:servers` acts on
-every server and host, anyone else on their own servers only. Agents push notices with
-their host's secret.
+JupyterHub token, checked the way every JupyterHub service checks one
+(`jupyterhub.services.auth.HubAuth`): the token must grant `access:services!service=migrate`,
+and what it may do then follows its JupyterHub scopes: `servers` on a user's server moves
+that server (a user's own token has it for their own servers), `admin:servers` also lists
+and reclaims hosts. Agents push notices with their host's secret instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from jupyterhub import orm
-from jupyterhub.scopes import get_scopes_for, has_scope
+from jupyterhub.scopes import has_scope
+from jupyterhub.services.auth import HubAuth, HubAuthenticated, UserNotAllowed
 from tornado import web
+from traitlets import Any as AnyTrait
+from traitlets import default
 
 from ..hosts.base import HostError
 
-if TYPE_CHECKING:
-    from ..controller import MigratingController
-    from ..spawner import MigratingSpawner
+
+class Controller(Protocol):
+    """What the API needs of the hub's controller (migrating_spawner.controller)."""
+
+    provider: Any
+
+    @property
+    def app(self) -> Any: ...  # the running JupyterHub
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def service_name(self) -> str: ...
+
+    def spawners_on(self, host_id: str) -> list[Any]: ...
+
+    def is_moving(self, spawner: Any) -> bool: ...
+
+    def schedule_move(self, spawner: Any, reason: str) -> asyncio.Future: ...
+
+    def on_notice(self, host_id: str, deadline: float) -> list[str]: ...
+
+    async def reclaim(self, host_id: str, notice_seconds: float) -> dict[str, Any]: ...
 
 
-def server_state(spawner: MigratingSpawner, moving: bool) -> str:
+class ServiceAuth(HubAuth):
+    """HubAuth for a service that runs inside the hub process.
+
+    It asks the hub's own REST API who a token belongs to and what it may do
+    (`GET <hub>/api/user` with that token, answers cached for `cache_max_age`), as any
+    JupyterHub service does. Its defaults come from the hub, not from the environment
+    (the hub's environment is not a service's), and it needs no token of its own.
+    Configurable as `c.HubAuth` or `c.ServiceAuth` in jupyterhub_config.py.
+    """
+
+    hub = AnyTrait(help="The hub's `jupyterhub.objects.Hub`: where its API is.")
+
+    @default("api_url")
+    def _default_api_url(self) -> str:
+        return self.hub.api_url
+
+    @default("hub_prefix")
+    def _default_hub_prefix(self) -> str:
+        return self.hub.base_url
+
+    @default("api_token")
+    def _default_api_token(self) -> str:
+        return ""  # identifying a caller uses the caller's own token
+
+    @default("allow_token_in_url")
+    def _default_allow_token_in_url(self) -> bool:
+        return False  # a token in a URL ends up in access logs
+
+    @default("cache_max_age")
+    def _default_cache_max_age(self) -> int:
+        # the hub is in this process, so asking is cheap; a revoked token stops working
+        # within a minute instead of JupyterHub's default five
+        return 60
+
+
+def service_auth(controller: Controller) -> ServiceAuth:
+    return ServiceAuth(
+        parent=controller,
+        hub=controller.app.hub,
+        base_url=controller.base_url,
+        access_scopes={f"access:services!service={controller.service_name}"},
+    )
+
+
+def error(status: int, message: str) -> web.HTTPError:
+    """An HTTP error whose message may hold what a caller sent (a `%` in it is text: tornado
+    formats log messages with their args)."""
+    return web.HTTPError(status, "%s", message)
+
+
+def server_state(spawner: Any, moving: bool) -> str:
     """What a user sees: Starting, Running, Floating, Suspended, Stopped or Failed."""
     if moving:
         return "Floating"
@@ -43,15 +121,22 @@ def server_state(spawner: MigratingSpawner, moving: bool) -> str:
     return "Stopped"
 
 
-class APIHandler(web.RequestHandler):
-    controller: MigratingController
+def number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    """`body[key]` as a finite number in [low, high] (a 400 naming the field otherwise)."""
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise error(400, f"{key} must be a number of seconds, not {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise error(400, f"{key} must be a number of seconds, not {value!r}") from None
+    if not (math.isfinite(seconds) and low <= seconds <= high):
+        raise error(400, f"{key} must be between {low:g} and {high:g} seconds")
+    return seconds
 
-    def initialize(self, controller: MigratingController) -> None:
-        self.controller = controller
 
-    @property
-    def db(self):
-        return self.controller.app.db
+class JSONHandler(web.RequestHandler):
+    """Every answer is JSON, errors too: `{"status": code, "message": text}`."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         message = self._reason
@@ -66,60 +151,98 @@ class APIHandler(web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
 
-    def body(self) -> dict[str, Any]:
+    def body(self, allowed: set[str] | None = None) -> dict[str, Any]:
+        """The request's JSON object; with `allowed`, only those keys (a typo is refused, not
+        ignored)."""
         if not self.request.body:
             return {}
         try:
             data = json.loads(self.request.body)
         except ValueError:
-            raise web.HTTPError(400, "request body is not JSON") from None
+            raise error(400, "request body is not JSON") from None
         if not isinstance(data, dict):
-            raise web.HTTPError(400, "request body must be a JSON object")
+            raise error(400, "request body must be a JSON object")
+        unknown = sorted(set(data) - allowed) if allowed is not None else []
+        if unknown:
+            expected = ", ".join(sorted(allowed)) or "none"
+            names = ", ".join(unknown)
+            raise error(400, f"unknown field(s) {names} (expected: {expected})")
         return data
 
-    def token(self) -> str:
-        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        # header only: a token in the query string ends up in access logs
-        return token.strip() if scheme.lower() in {"token", "bearer"} else ""
+    def flag(self, name: str) -> bool:
+        """A query argument that is `true` or `false` (absent: false)."""
+        value = self.get_argument(name, "false")
+        if value not in {"true", "false"}:
+            raise error(400, f"{name} must be true or false, not {value!r}")
+        return value == "true"
+
+
+class NotFoundHandler(JSONHandler):
+    """Any path the API does not have: a JSON 404, not tornado's HTML page."""
 
     def prepare(self) -> None:
-        if isinstance(self, (NoticeHandler, RootHandler)):
-            return
-        token = self.token()
-        if not token:
-            raise web.HTTPError(401, "a JupyterHub API token is required")
-        orm_token = orm.APIToken.find(self.db, token)
-        if orm_token is None:
-            raise web.HTTPError(403, "invalid or expired token")
-        self.scopes = get_scopes_for(orm_token)
-        self.username = orm_token.user.name if orm_token.user else None
+        raise error(404, f"no such API path: {self.request.path}")
+
+
+class APIHandler(HubAuthenticated, JSONHandler):
+    """A handler for JupyterHub users and services, authenticated by the hub."""
+
+    controller: Controller
+
+    def initialize(self, controller: Controller, hub_auth: ServiceAuth) -> None:
+        self.controller = controller
+        self.hub_auth = hub_auth
+
+    @property
+    def db(self) -> Any:
+        return self.controller.app.db
+
+    async def prepare(self) -> None:
+        if not self.hub_auth.get_token(self, in_cookie=False):
+            raise error(401, "a JupyterHub API token is required (Authorization: token)")
+        # HubAuthenticated.get_current_user would wait for the hub's answer synchronously,
+        # blocking the very loop the hub answers on: ask without blocking, and let the
+        # mixin judge the answer (it caches it where get_current_user looks)
+        model = await self.hub_auth.get_user(self, sync=False)
+        if model is None:
+            raise error(403, "invalid or expired token")
+        try:
+            self._hub_auth_user_cache = self.check_hub_user(model)
+        except UserNotAllowed:
+            scopes = " or ".join(sorted(self.hub_scopes or ()))
+            raise error(
+                403,
+                f"{model.get('kind', 'user')} {model['name']} may not use this service: "
+                f"its token lacks the scope {scopes}",
+            ) from None
+        self.scopes = set(model["scopes"])
         self.is_admin = has_scope("admin:servers", self.scopes)
 
     def require_admin(self) -> None:
         if not self.is_admin:
-            raise web.HTTPError(403, "this needs the admin:servers scope")
+            raise error(403, "this needs the admin:servers scope")
 
-    def may_act_on(self, username: str) -> bool:
-        return self.is_admin or (
-            username == self.username and has_scope(f"servers!user={username}", self.scopes)
-        )
+    def may_act_on(self, username: str, server_name: str) -> bool:
+        # moving a server stops and starts it: JupyterHub's `servers` scope on that server
+        return has_scope(f"servers!server={username}/{server_name}", self.scopes, db=self.db)
 
-    def spawner(self, username: str, server_name: str) -> MigratingSpawner:
+    def spawner(self, username: str, server_name: str) -> Any:
         # someone else's server reads as missing: its existence is not ours to tell
-        if not self.may_act_on(username):
-            raise web.HTTPError(404, f"no server {username}/{server_name}")
+        missing = error(404, f"no server {username}/{server_name}")
+        if not self.may_act_on(username, server_name):
+            raise missing
         orm_user = orm.User.find(self.db, username)
         if orm_user is None:
-            raise web.HTTPError(404, f"no server {username}/{server_name}")
+            raise missing
         user = self.controller.app.users[orm_user]
         if server_name not in user.orm_spawners:
-            raise web.HTTPError(404, f"no server {username}/{server_name}")
+            raise missing
         spawner = user.spawners[server_name]
         if not hasattr(spawner, "checkpoint_home"):
-            raise web.HTTPError(400, f"{username}/{server_name} does not use MigratingSpawner")
+            raise error(400, f"{username}/{server_name} does not use MigratingSpawner")
         return spawner
 
-    def describe(self, spawner: MigratingSpawner, events: bool = False) -> dict[str, Any]:
+    def describe(self, spawner: Any, events: bool = False) -> dict[str, Any]:
         moving = self.controller.is_moving(spawner)
         info: dict[str, Any] = {
             "user": spawner.user.name,
@@ -137,9 +260,12 @@ class APIHandler(web.RequestHandler):
         return info
 
 
-class RootHandler(APIHandler):
+class RootHandler(JSONHandler):
     """The service's root: JupyterHub checks a service's health with a GET here (once a
     minute), and a person who opens it sees what it is. No token needed: it tells nothing."""
+
+    def initialize(self, controller: Controller) -> None:
+        self.controller = controller
 
     async def get(self) -> None:
         self.write_json({"service": self.controller.service_name, "api": "api/"})
@@ -158,29 +284,27 @@ class HostsHandler(APIHandler):
 class ReclaimHandler(APIHandler):
     async def post(self, host_id: str) -> None:
         self.require_admin()
-        try:
-            seconds = float(self.body().get("notice_seconds", 120))
-        except (TypeError, ValueError):
-            raise web.HTTPError(400, "notice_seconds must be a number") from None
-        if not 0 <= seconds <= 3600:
-            raise web.HTTPError(400, "notice_seconds must be between 0 and 3600")
+        seconds = number(self.body({"notice_seconds"}), "notice_seconds", 120, 0, 3600)
+        if await self.controller.provider.get(host_id) is None:
+            raise error(404, f"no host {host_id}")
         try:
             answer = await self.controller.reclaim(host_id, seconds)
         except HostError as e:
-            raise web.HTTPError(404 if "no host" in str(e) else 400, str(e)) from None
+            # the host is there but its agent did not take the notice
+            message = f"the agent of {host_id} did not take the notice: {e}"
+            raise error(502, message) from None
         self.write_json({"host_id": host_id, **answer}, 202)
 
 
 class ServersHandler(APIHandler):
     async def get(self) -> None:
-        query = self.db.query(orm.Spawner).join(orm.User)
-        if not self.is_admin:
-            query = query.filter(orm.User.name == self.username)
         servers = []
-        for orm_spawner in query:
-            user = self.controller.app.users[orm_spawner.user]
-            spawner = user.spawners[orm_spawner.name]
-            if hasattr(spawner, "checkpoint_home") and self.may_act_on(user.name):
+        for orm_spawner in self.db.query(orm.Spawner).join(orm.User):
+            # scopes first: no Spawner object is built for a server the caller may not see
+            if not self.may_act_on(orm_spawner.user.name, orm_spawner.name):
+                continue
+            spawner = self.controller.app.users[orm_spawner.user].spawners[orm_spawner.name]
+            if hasattr(spawner, "checkpoint_home"):
                 servers.append(self.describe(spawner))
         self.write_json({"servers": servers})
 
@@ -192,53 +316,65 @@ class ServerHandler(APIHandler):
 
 class MigrateHandler(APIHandler):
     async def post(self, username: str, server_name: str | None = None) -> None:
+        wait = self.flag("wait")
+        self.body(set())
         spawner = self.spawner(username, server_name or "")
         if not spawner.ready:
-            raise web.HTTPError(409, f"{spawner.key} is not running")
-        wait = self.get_argument("wait", "false") == "true"
-        future = self.controller.schedule_move(spawner, f"requested by {self.username}")
+            raise error(409, f"{spawner.key} is not running")
+        who = self.current_user["name"]
+        future = self.controller.schedule_move(spawner, f"requested by {who}")
         if wait:
             try:
                 result = await future
             except Exception as e:
-                raise web.HTTPError(500, f"move failed: {e}") from None
+                raise error(500, f"move failed: {e}") from None
             self.write_json({**self.describe(spawner), "move": result})
         else:
             self.write_json(self.describe(spawner), 202)
 
 
-class NoticeHandler(APIHandler):
+class NoticeHandler(JSONHandler):
     """Agents push reclaim notices here, signed with their host's own secret."""
 
+    def initialize(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def token(self) -> str:
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        return token.strip() if scheme.lower() in {"token", "bearer"} else ""
+
     async def post(self) -> None:
-        body = self.body()
+        body = self.body()  # agents may send more than we read
         host = await self.controller.provider.get(str(body.get("host_id", "")))
         if host is None or not hmac.compare_digest(
             self.token().encode(), host.agent_token.encode()
         ):
-            raise web.HTTPError(403, "unknown host or wrong host secret")
-        try:
-            deadline = float(body["deadline"])
-        except (KeyError, TypeError, ValueError):
-            raise web.HTTPError(400, "deadline (epoch seconds) is required") from None
+            raise error(403, "unknown host or wrong host secret")
+        deadline = body.get("deadline")
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+            raise error(400, "deadline (epoch seconds) is required")
+        if not math.isfinite(deadline):
+            raise error(400, "deadline must be a finite number of epoch seconds")
         if deadline < time.time() - 600:
-            raise web.HTTPError(400, "notice expired: its deadline passed long ago")
+            raise error(400, "notice expired: its deadline passed long ago")
         moving = self.controller.on_notice(host.id, deadline)
         self.write_json({"moving": moving}, 202)
 
 
-def make_app(controller: MigratingController) -> web.Application:
+def make_app(controller: Controller) -> web.Application:
     prefix = controller.base_url + "api/"
     server = r"(?P<username>[^/]+)(?:/(?P<server_name>[^/]*))?"
-    args = {"controller": controller}
+    plain = {"controller": controller}
+    args = {**plain, "hub_auth": service_auth(controller)}
     return web.Application(
         [
-            (controller.base_url, RootHandler, args),
+            (controller.base_url, RootHandler, plain),
             (prefix + "hosts", HostsHandler, args),
             (prefix + r"hosts/(?P<host_id>[^/]+)/reclaim", ReclaimHandler, args),
             (prefix + "servers", ServersHandler, args),
             (prefix + "servers/" + server + "/migrate", MigrateHandler, args),
             (prefix + "servers/" + server, ServerHandler, args),
-            (prefix + "notices", NoticeHandler, args),
-        ]
+            (prefix + "notices", NoticeHandler, plain),
+        ],
+        default_handler_class=NotFoundHandler,
     )

@@ -5,6 +5,7 @@ import time
 
 import aiohttp
 import pytest
+from gateways import until
 
 pytestmark = pytest.mark.integration
 
@@ -73,14 +74,16 @@ async def test_reclaim_moves_server_same_url_no_errors(hub_factory, home_mode):
 
     poller = Poller(hub.url + "/user/alice/api/status", token)
     task = asyncio.create_task(poller.run())
-    await asyncio.sleep(0.5)
+    await until(lambda: len(poller.codes) >= 3, 30, "the poller got no answer")
     status, data = await hub.migrate_api(
         "POST", f"/hosts/{before['host_id']}/reclaim", body={"notice_seconds": 5}
     )
     assert status == 202, data
     assert data["moving"] == ["alice/"]
     after = await wait_moved(hub, "alice", before["host_id"])
-    await asyncio.sleep(1)
+    # a few more requests, answered by the new server
+    moved_at = len(poller.codes)
+    await until(lambda: len(poller.codes) >= moved_at + 5, 30, "no answer after the move")
     poller.stop()
     await task
 

@@ -60,7 +60,7 @@ demo-eg: install-demo install-eg
 	examples/enterprise-gateway/run.sh
 
 test: install install-eg system-deps
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

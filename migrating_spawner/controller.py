@@ -20,12 +20,10 @@ from traitlets.config import SingletonConfigurable
 
 from .agent.client import AgentClient, AgentError
 from .checkpoint import (
-    CheckpointError,
     CheckpointStore,
     LocalCheckpointStore,
     Manifest,
-    sign_manifest,
-    verify_manifest,
+    SignedCheckpoints,
 )
 from .hosts.base import HostError, HostProvider
 from .hosts.local import LocalHostProvider
@@ -217,20 +215,22 @@ class MigratingController(SingletonConfigurable):
 
     # -- checkpoints -------------------------------------------------------------
 
+    _checkpoints: SignedCheckpoints | None = None
+
+    @property
+    def checkpoints(self) -> SignedCheckpoints:
+        """Commits (signs, stores the manifest last) and loads (verifies) checkpoints."""
+        if self._checkpoints is None or self._checkpoints.store is not self.store:
+            self._checkpoints = SignedCheckpoints(self.store, lambda: self.secret)
+        return self._checkpoints
+
     def commit_checkpoint(
         self, key: str, files: dict[str, Any], parent: str | None, meta: dict[str, Any]
     ) -> str:
-        manifest = Manifest(server=key, parent=parent, files=files, blobs={}, meta=meta)
-        # the manifest is the commit point: chunks are already in the store
-        self.store.put_manifest(key, manifest.id, sign_manifest(manifest, self.secret))
-        return manifest.id
+        return self.checkpoints.commit(key, files, parent=parent, meta=meta).id
 
     def load_checkpoint(self, key: str, checkpoint_id: str) -> Manifest:
-        try:
-            data = self.store.get_manifest(key, checkpoint_id)
-        except (OSError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {checkpoint_id} of {key} not found: {e}") from e
-        return verify_manifest(data, self.secret, server=key, checkpoint_id=checkpoint_id)
+        return self.checkpoints.load(key, checkpoint_id)
 
     # -- notices --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,11 +32,119 @@ import aiohttp
 from aiohttp import web
 
 from ..checkpoint import CheckpointError, restore_tree, snapshot_tree, store_from_config
+from ..checkpoint.home import check_table
+from ..checkpoint.manifest import check_checkpoint_id
 
 log = logging.getLogger("migrating.agent")
 
 #: what a launched process inherits from the host (the hub sends the rest)
 HOST_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH", "CONDA_PREFIX")
+
+#: file tables the agent keeps per home folder (its last snapshots and restores, by
+#: checkpoint id), so the hub sends only a parent's id; an id it lacks means a full snapshot
+TABLES_PER_ROOT = 3
+
+
+class RequestError(Exception):
+    """The caller's mistake: answered with `status` and a JSON message, never a 500."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class NotFound(RequestError):
+    status = 404
+
+
+class Conflict(RequestError):
+    status = 409
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every error body is JSON ``{"message": ...}``; typed errors map to their status."""
+    try:
+        return await handler(request)
+    except RequestError as e:
+        return error_response(e.status, str(e))
+    except CheckpointError as e:  # a checkpoint that cannot be used: nothing was changed
+        return error_response(422, str(e))
+    except web.HTTPException as e:
+        if e.status < 400 or e.content_type == "application/json":
+            raise
+        return error_response(e.status, e.text or e.reason)
+    except Exception as e:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, f"internal agent error: {type(e).__name__}: {e}")
+
+
+def query_number(request: web.Request, name: str, default: float, kind: type = float) -> Any:
+    """A finite, non-negative number from the query string, or a 400 that names it."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise RequestError(f"{name} must be a {kind.__name__}, not {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise RequestError(f"{name} must be a finite number >= 0, not {raw!r}")
+    return value
+
+
+def optional_id(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        return check_checkpoint_id(value)
+    except CheckpointError as e:
+        raise RequestError(f"{name}: {e}") from None
+
+
+def string_list(body: dict[str, Any], name: str) -> list[str]:
+    value = body.get(name) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RequestError(f"{name} must be a list of strings")
+    return value
+
+
+def given_table(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A whole file table sent by a hub older than table ids ("previous", "current")."""
+    table = body.get(name)
+    if table is None:
+        return None
+    if not isinstance(table, dict) or not all(isinstance(e, dict) for e in table.values()):
+        raise RequestError(f"{name} must be an object of path -> entry")
+    try:
+        check_table(table)
+    except CheckpointError as e:
+        raise RequestError(f"{name}: {e}") from None
+    return table
+
+
+def home_request(body: dict[str, Any]) -> tuple[Path, Any]:
+    """The absolute home folder and the opened store of a /home request."""
+    root = body.get("root")
+    if (
+        not isinstance(root, str)
+        or not os.path.isabs(root)
+        or not isinstance(body.get("store"), dict)
+    ):
+        raise RequestError("root (an absolute path) and store (an object) are required")
+    try:
+        store = store_from_config(body["store"])
+    except (CheckpointError, TypeError) as e:  # TypeError: settings the store does not take
+        raise RequestError(f"store: {e}") from None
+    return Path(os.path.normpath(root)), store
 
 
 @dataclass
@@ -69,10 +178,10 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; anything else is the caller's error (400), not ours."""
     try:
         body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text="request body is not JSON") from None
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("request body is not JSON") from None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="request body must be a JSON object")
+        raise RequestError("request body must be a JSON object")
     return body
 
 
@@ -84,14 +193,14 @@ def check_files(root: Path, files: Any) -> list[tuple[Path, str]]:
     if files is None:
         return []
     if not isinstance(files, dict):
-        raise web.HTTPBadRequest(text="files must be an object of relative path -> text")
+        raise RequestError("files must be an object of relative path -> text")
     checked = []
     for rel, text in files.items():
         parts = Path(rel).parts if isinstance(rel, str) else ()
         if not parts or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
-            raise web.HTTPBadRequest(text=f"files: {rel!r} is not a relative path inside the disk")
+            raise RequestError(f"files: {rel!r} is not a relative path inside the disk")
         if not isinstance(text, str):
-            raise web.HTTPBadRequest(text=f"files: content of {rel!r} must be a string")
+            raise RequestError(f"files: content of {rel!r} must be a string")
         checked.append((root.joinpath(*parts), text))
     return checked
 
@@ -134,6 +243,8 @@ class Agent:
         self.notice: dict[str, Any] | None = None
         self.terminated = asyncio.Event()
         self._reclaim_task: asyncio.Task | None = None
+        # home folder -> {checkpoint id: file table}, newest last (see TABLES_PER_ROOT)
+        self.tables: dict[Path, OrderedDict[str, dict[str, Any]]] = {}
 
     # -- auth -------------------------------------------------------------
 
@@ -152,7 +263,7 @@ class Agent:
         return await handler(request)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.auth], client_max_size=64 * 1024**2)
+        app = web.Application(middlewares=[json_errors, self.auth], client_max_size=64 * 1024**2)
         app.add_routes(
             [
                 web.get("/status", self.get_status),
@@ -189,7 +300,7 @@ class Agent:
     async def get_notice(self, request: web.Request) -> web.Response:
         # shaped like EC2's spot/instance-action: 404 until the host is marked
         if self.notice is None:
-            raise web.HTTPNotFound(text='{"message": "no notice"}', content_type="application/json")
+            raise NotFound("no notice")
         return web.json_response(self.notice)
 
     async def post_reclaim(self, request: web.Request) -> web.Response:
@@ -197,11 +308,11 @@ class Agent:
         try:
             seconds = float(body.get("notice_seconds", 120))
         except (TypeError, ValueError):
-            raise web.HTTPBadRequest(text="notice_seconds must be a number") from None
+            raise RequestError("notice_seconds must be a number") from None
         if not math.isfinite(seconds):
-            raise web.HTTPBadRequest(text="notice_seconds must be a finite number")
+            raise RequestError("notice_seconds must be a finite number")
         if seconds < 0:
-            raise web.HTTPBadRequest(text="notice_seconds must not be negative")
+            raise RequestError("notice_seconds must not be negative")
         deadline = time.time() + seconds
         if self.notice and self.notice["deadline"] <= deadline:
             return web.json_response(self.notice)  # an earlier notice stands
@@ -271,9 +382,7 @@ class Agent:
     def _process(self, request: web.Request) -> ManagedProcess:
         name = request.match_info["name"]
         if name not in self.processes:
-            raise web.HTTPNotFound(
-                text=f'{{"message": "no process {name}"}}', content_type="application/json"
-            )
+            raise NotFound(f"no process {name}")
         return self.processes[name]
 
     async def get_process(self, request: web.Request) -> web.Response:
@@ -284,18 +393,25 @@ class Agent:
         body = await json_body(request)
         cmd = body.get("cmd")
         if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
-            raise web.HTTPBadRequest(text="cmd must be a non-empty list of strings")
+            raise RequestError("cmd must be a non-empty list of strings")
+        given_env = body.get("env") or {}
+        if not isinstance(given_env, dict) or not all(
+            isinstance(v, (str, int, float)) for v in given_env.values()
+        ):
+            raise RequestError("env must be an object of name -> string")
+        cwd = body.get("cwd") or str(self.disk)
+        if not isinstance(cwd, str) or not os.path.isabs(cwd):
+            raise RequestError("cwd must be an absolute path")
         # checked before anything else happens: a bad path is refused with 400
         files = check_files(self.disk, body.get("files"))
         if self.notice is not None:
-            raise web.HTTPConflict(text="this host is being reclaimed")
+            raise Conflict("this host is being reclaimed")
         old = self.processes.get(name)
         if old and old.proc.returncode is None:
-            raise web.HTTPConflict(text=f"process {name} is already running")
+            raise Conflict(f"process {name} is already running")
         write_files(files)  # before the start: a kernel reads its connection file at once
         env = {k: os.environ[k] for k in HOST_ENV_KEYS if k in os.environ}
-        env.update({str(k): str(v) for k, v in (body.get("env") or {}).items()})
-        cwd = body.get("cwd") or str(self.disk)
+        env.update({str(k): str(v) for k, v in given_env.items()})
         Path(cwd).mkdir(parents=True, exist_ok=True)
         log_dir = self.disk / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -312,14 +428,14 @@ class Agent:
                     start_new_session=True,  # its own group: a kill reaches its kernels
                 )
             except OSError as e:
-                raise web.HTTPBadRequest(text=f"cannot start {cmd[0]}: {e}") from None
+                raise RequestError(f"cannot start {cmd[0]}: {e}") from None
         self.processes[name] = ManagedProcess(name, proc, cmd, log_path)
         log.info("started %s (pid %d): %s", name, proc.pid, " ".join(cmd))
         return web.json_response(self.processes[name].status(), status=201)
 
     async def stop_process(self, request: web.Request) -> web.Response:
         managed = self._process(request)
-        grace = float(request.query.get("grace", "5"))
+        grace = query_number(request, "grace", 5.0)
         if managed.proc.returncode is None:
             if grace > 0:
                 kill_group(managed.proc.pid, signal.SIGTERM)
@@ -333,44 +449,73 @@ class Agent:
 
     async def get_log(self, request: web.Request) -> web.Response:
         managed = self._process(request)
-        tail = int(request.query.get("tail", "200"))
+        tail = query_number(request, "tail", 200, int)
         try:
-            lines = managed.log_path.read_text(errors="replace").splitlines()[-tail:]
+            lines = (
+                managed.log_path.read_text(errors="replace").splitlines()[-tail:] if tail else []
+            )
         except FileNotFoundError:
             lines = []
         return web.json_response({"name": managed.name, "lines": lines})
 
     # -- home files ----------------------------------------------------------
 
+    def _table(self, root: Path, checkpoint_id: str | None) -> dict[str, Any] | None:
+        """The file table this agent last wrote or read at root under that id, if kept."""
+        if checkpoint_id is None:
+            return None
+        return self.tables.get(root, {}).get(checkpoint_id)
+
+    def _keep_table(self, root: Path, checkpoint_id: str | None, files: dict[str, Any]) -> None:
+        if checkpoint_id is None:
+            return
+        kept = self.tables.setdefault(root, OrderedDict())
+        kept[checkpoint_id] = files
+        kept.move_to_end(checkpoint_id)
+        while len(kept) > TABLES_PER_ROOT:
+            kept.popitem(last=False)
+
     async def home_snapshot(self, request: web.Request) -> web.Response:
+        """Snapshot a home into the store. `parent_id`: the checkpoint the hub last
+        committed; if this agent kept its table, unchanged files are not read again (else
+        every file is). `checkpoint_id`: the id the hub will commit it as (kept by it)."""
         body = await json_body(request)
-        if not isinstance(body.get("root"), str) or "store" not in body:
-            raise web.HTTPBadRequest(text="root and store are required")
-        root = Path(body["root"])
-        store = store_from_config(body["store"])
+        root, store = home_request(body)
+        parent_id = optional_id(body, "parent_id")
+        checkpoint_id = optional_id(body, "checkpoint_id")
+        exclude = string_list(body, "exclude")
+        previous = self._table(root, parent_id)
+        if parent_id is None:
+            previous = given_table(body, "previous")
         try:
             files, stats = await asyncio.to_thread(
-                lambda: snapshot_tree(
-                    root, store, body.get("previous"), exclude=body.get("exclude") or []
-                )
+                lambda: snapshot_tree(root, store, previous, exclude=exclude)
             )
-        except (CheckpointError, OSError) as e:
-            raise web.HTTPUnprocessableEntity(text=str(e)) from None
+        except OSError as e:
+            raise CheckpointError(f"cannot snapshot {root}: {e}") from None
+        stats["parent"] = parent_id if previous is not None else None
+        self._keep_table(root, checkpoint_id, files)
         return web.json_response({"files": files, "stats": stats})
 
     async def home_restore(self, request: web.Request) -> web.Response:
+        """Restore a file table the hub verified. `current_id`: the checkpoint restored here
+        before (a pre-copy): files it wrote that are still as written are kept.
+        `checkpoint_id`: the id of `files`, kept as the parent of the next snapshot here."""
         body = await json_body(request)
-        if not isinstance(body.get("root"), str) or "store" not in body or "files" not in body:
-            raise web.HTTPBadRequest(text="root, files and store are required")
-        root = Path(body["root"])
-        root.mkdir(parents=True, exist_ok=True)
-        store = store_from_config(body["store"])
+        root, store = home_request(body)
+        files = body.get("files")
+        if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+            raise RequestError("files must be an object of path -> entry")
+        current_id = optional_id(body, "current_id")
+        current = self._table(root, current_id) if current_id else given_table(body, "current")
+        checkpoint_id = optional_id(body, "checkpoint_id")
         try:
-            stats = await asyncio.to_thread(
-                restore_tree, root, body["files"], store, body.get("current")
-            )
-        except (CheckpointError, OSError) as e:
-            raise web.HTTPUnprocessableEntity(text=str(e)) from None
+            await asyncio.to_thread(lambda: root.mkdir(parents=True, exist_ok=True))
+            stats = await asyncio.to_thread(restore_tree, root, files, store, current)
+        except (OSError, KeyError, TypeError) as e:  # KeyError/TypeError: a malformed entry
+            raise CheckpointError(f"cannot restore into {root}: {e!r}") from None
+        stats["current"] = current_id if current is not None else None
+        self._keep_table(root, checkpoint_id, files)
         return web.json_response({"stats": stats})
 
 

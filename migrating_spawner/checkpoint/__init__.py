@@ -10,6 +10,7 @@ from .manifest import (
     sign_manifest,
     verify_manifest,
 )
+from .signed import SignedCheckpoints
 from .store import (
     CheckpointStore,
     LocalCheckpointStore,
@@ -25,6 +26,7 @@ __all__ = [
     "CheckpointStore",
     "LocalCheckpointStore",
     "Manifest",
+    "SignedCheckpoints",
     "checkpoint_home",
     "get_blob",
     "hash_bytes",

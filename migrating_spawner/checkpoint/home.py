@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .chunks import CHUNK_SIZE, hash_bytes, is_chunk_hash
-from .manifest import CheckpointError, Manifest, sign_manifest
+from .manifest import CheckpointError, Manifest
+from .signed import SignedCheckpoints
 from .store import CheckpointStore
 
 FileTable = dict[str, dict[str, Any]]
@@ -192,7 +193,8 @@ def snapshot_tree(
             continue
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if _excluded(rel, entry.name, patterns):
+            # a restore's leftovers (its agent was killed mid-write) never travel
+            if entry.name.startswith(_TMP_PREFIX) or _excluded(rel, entry.name, patterns):
                 stats["excluded"] += 1
                 continue
             try:
@@ -236,7 +238,7 @@ def _check_path(rel: object) -> str:
     return rel
 
 
-def _check_table(files: FileTable) -> None:
+def check_table(files: FileTable) -> None:
     """Validate a file table before anything is written."""
     for rel, entry in files.items():
         _check_path(rel)
@@ -284,6 +286,7 @@ class _Restore:
         self.root = root
         self.store = store
         self.chown = chown
+        self.staged: dict[str, tuple[str, int, int]] = {}  # chunk -> (staged file, offset, size)
         self.stats: dict[str, Any] = {
             "files_written": 0,
             "bytes_written": 0,
@@ -336,24 +339,46 @@ class _Restore:
             self.ensure_dir(parent)
         return os.path.dirname(self.path(rel))
 
-    def write_file(self, rel: str, entry: dict[str, Any]) -> None:
-        parent = self._parent(rel)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=_TMP_PREFIX)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for h in entry["chunks"]:
-                    f.write(self.store.get_chunk(h))
-                os.fchmod(f.fileno(), entry["mode"] & _RESTORE_MODE_MASK)
-            os.utime(tmp, ns=(entry["mtime_ns"], entry["mtime_ns"]))
-            self.own(tmp)
-            target = self.path(rel)
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+    def stage_file(self, stage: str, rel: str, entry: dict[str, Any]) -> str:
+        """Write a file's chunks to a new file in `stage`, fetching and hashing each distinct
+        chunk once (a chunk seen before is copied from the staged file that holds it)."""
+        fd, tmp = tempfile.mkstemp(dir=stage, prefix=_TMP_PREFIX)
+        with os.fdopen(fd, "wb") as f:
+            size = 0
+            for h in entry["chunks"]:
+                where = self.staged.get(h)
+                if where is None:
+                    data = self.store.get_chunk(h)  # re-hashed by the store: the one check
+                    self.stats["chunks_verified"] += 1
+                    self.stats["bytes_verified"] += len(data)
+                    self.staged[h] = (tmp, size, len(data))
+                else:
+                    path, offset, length = where
+                    if path == tmp:
+                        f.flush()
+                    with open(path, "rb") as src:
+                        data = os.pread(src.fileno(), length, offset)
+                f.write(data)
+                size += len(data)
+                if size > entry["size"]:
+                    break
+            if size != entry["size"]:
+                raise CheckpointError(
+                    f"refusing to restore {rel!r}: chunks do not add up to its size"
+                )
+            f.flush()  # the next file may copy a chunk from this one
+            os.fchmod(f.fileno(), entry["mode"] & _RESTORE_MODE_MASK)
+        os.utime(tmp, ns=(entry["mtime_ns"], entry["mtime_ns"]))
+        self.own(tmp)
+        return tmp
+
+    def place_file(self, staged: str, rel: str, entry: dict[str, Any]) -> None:
+        """Rename a staged file into place (same file system: the stage is beside it)."""
+        self._parent(rel)
+        target = self.path(rel)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(staged, target)
         self.stats["files_written"] += 1
         self.stats["bytes_written"] += entry["size"]
 
@@ -408,10 +433,12 @@ def restore_tree(
 ) -> dict[str, Any]:
     """Write the file table `files` under `root` and return stats.
 
-    Phase 1 checks the table and fetches and re-hashes every chunk it needs, before root is
-    touched: a bad table or a missing or corrupt chunk raises CheckpointError and leaves
-    root as it was. Phase 2 writes each file to a temporary file beside it and renames it
-    into place, with its mode and mtime, so the next snapshot of root recognises it.
+    Phase 1 checks the table and stages every file it must write in a staging folder
+    beside root (inside root, hidden, when beside it is not writable or is another file
+    system), fetching and re-hashing each distinct chunk once: a bad table or a missing or
+    corrupt chunk raises CheckpointError, removes the stage and leaves root as it was.
+    Phase 2 renames the staged files into place, with their mode and mtime, so the next
+    snapshot of root recognises them.
 
     `current` is the file table already in root (an earlier restore of a pre-copy): files
     whose entry and on-disk size and mtime are unchanged are skipped, and paths in
@@ -422,38 +449,34 @@ def restore_tree(
     writer = _Restore(root_str, store, chown)
     stats = writer.stats
 
-    # phase 1: nothing under root is touched until every chunk is known to be good
-    _check_table(files)
+    # phase 1: nothing under root changes until every chunk is known to be good
+    check_table(files)
     for rel in current:
         _check_path(rel)
     todo = [rel for rel, e in files.items() if e["type"] == "file"]
     todo = [rel for rel in todo if not _unchanged_on_disk(writer, rel, files[rel], current)]
     skipped = {rel for rel, e in files.items() if e["type"] == "file"} - set(todo)
-    needed = {h for rel in todo for h in files[rel]["chunks"]}
-    sizes: dict[str, int] = {}
-    for h in sorted(needed):
-        sizes[h] = len(store.get_chunk(h))
-        stats["chunks_verified"] += 1
-        stats["bytes_verified"] += sizes[h]
-    for rel in todo:
-        entry = files[rel]
-        if sum(sizes[h] for h in entry["chunks"]) != entry["size"]:
-            raise CheckpointError(f"refusing to restore {rel!r}: chunks do not add up to its size")
+    stage = _make_stage(root_str) if todo else None
+    try:
+        staged = {rel: writer.stage_file(stage, rel, files[rel]) for rel in todo} if stage else {}
 
-    # phase 2: write
-    if not os.path.isdir(root_str):
-        os.makedirs(root_str, mode=0o700)
-        writer.own(root_str)
-    for rel in sorted(set(current) - set(files), key=lambda r: -r.count("/")):
-        writer.delete(rel)
-    for rel in sorted(files):  # parents sort before children
-        entry = files[rel]
-        if entry["type"] == "dir":
-            writer.ensure_dir(rel)
-        elif entry["type"] == "file" and rel not in skipped:
-            writer.write_file(rel, entry)
-        elif entry["type"] == "symlink":
-            writer.write_symlink(rel, entry["target"])
+        # phase 2: write
+        if not os.path.isdir(root_str):
+            os.makedirs(root_str, mode=0o700)
+            writer.own(root_str)
+        for rel in sorted(set(current) - set(files), key=lambda r: -r.count("/")):
+            writer.delete(rel)
+        for rel in sorted(files):  # parents sort before children
+            entry = files[rel]
+            if entry["type"] == "dir":
+                writer.ensure_dir(rel)
+            elif rel in staged:
+                writer.place_file(staged[rel], rel, entry)
+            elif entry["type"] == "symlink":
+                writer.write_symlink(rel, entry["target"])
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
     for rel in skipped:
         os.chmod(writer.path(rel), files[rel]["mode"] & _RESTORE_MODE_MASK)
     stats["files_unchanged"] = len(skipped)
@@ -462,6 +485,26 @@ def restore_tree(
         if files[rel]["type"] == "dir":
             os.chmod(writer.path(rel), files[rel]["mode"] & _RESTORE_MODE_MASK)
     return stats
+
+
+def _make_stage(root: str) -> str:
+    """A new, private staging folder on root's file system (so staged files rename into
+    place): beside root if possible, else hidden inside it."""
+    parent = os.path.dirname(root)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        stage = tempfile.mkdtemp(dir=parent, prefix=f"{_TMP_PREFIX}stage-")
+    except OSError:
+        stage = None
+    if stage is not None:
+        try:
+            same_fs = not os.path.isdir(root) or os.stat(root).st_dev == os.stat(stage).st_dev
+        except OSError:
+            same_fs = False
+        if same_fs:
+            return stage
+        os.rmdir(stage)
+    return tempfile.mkdtemp(dir=root, prefix=f"{_TMP_PREFIX}stage-")
 
 
 def _unchanged_on_disk(
@@ -499,11 +542,12 @@ def checkpoint_home(
 
     With `parent` (a checkpoint id of the same server), unchanged files are not re-read.
     """
-    previous = store.read_manifest(server, parent, secret).files if parent else None
+    checkpoints = SignedCheckpoints(store, secret)
+    previous = checkpoints.load(server, parent).files if parent else None
     files, stats = snapshot_tree(root, store, previous, exclude=exclude)
-    manifest = Manifest(server=server, parent=parent, files=files, blobs=blobs or {})
-    manifest.meta = dict(meta or {}, snapshot=stats)
-    store.put_manifest(server, manifest.id, sign_manifest(manifest, secret))
+    manifest = checkpoints.commit(
+        server, files, parent=parent, blobs=blobs, meta=dict(meta or {}, snapshot=stats)
+    )
     return manifest, stats
 
 
@@ -518,8 +562,5 @@ def restore_home(
     chown: tuple[int, int] | None = None,
 ) -> tuple[Manifest, dict[str, Any]]:
     """Verify a checkpoint of `server` (default: the latest) and restore its files to root."""
-    checkpoint_id = checkpoint_id or store.latest(server)
-    if checkpoint_id is None:
-        raise CheckpointError(f"no checkpoint of {server} to restore")
-    manifest = store.read_manifest(server, checkpoint_id, secret)
+    manifest = SignedCheckpoints(store, secret).load(server, checkpoint_id)
     return manifest, restore_tree(root, manifest.files, store, current, chown=chown)

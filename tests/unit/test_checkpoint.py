@@ -17,6 +17,7 @@ from migrating_spawner.checkpoint import (
     CheckpointError,
     LocalCheckpointStore,
     Manifest,
+    SignedCheckpoints,
     checkpoint_home,
     get_blob,
     hash_bytes,
@@ -539,3 +540,128 @@ def test_checkpoint_and_restore_home(store, tmp_path):
     assert (dst / "notes.md").read_text() == "x = 44\n"
     with pytest.raises(CheckpointError, match="no checkpoint of bob/"):
         restore_home(store, "bob/", dst, SECRET)
+
+
+# -- restore stages each chunk once; signed checkpoints in one place ----------------------
+
+
+class CountingStore(LocalCheckpointStore):
+    """A real folder store that counts the chunk reads a restore makes."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.reads: dict[str, int] = {}
+
+    def get_chunk(self, h: str) -> bytes:
+        self.reads[h] = self.reads.get(h, 0) + 1
+        return super().get_chunk(h)
+
+
+def test_restore_reads_and_hashes_each_chunk_once(tmp_path):
+    store = CountingStore(root_dir=str(tmp_path / "store"), fsync=False)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    make_tree(src)
+    block = os.urandom(SMALL)
+    (src / "repeats.bin").write_bytes(block * 3 + b"tail")  # one chunk three times
+    (src / "copy.bin").write_bytes(block)  # and again in another file
+    age(src / "repeats.bin", src / "copy.bin")
+    files, _ = snapshot_tree(src, store, chunk_size=SMALL)
+    store.reads.clear()
+    stats = restore_tree(dst, files, store)
+    assert tree_state(dst) == tree_state(src)
+    assert store.reads and set(store.reads.values()) == {1}, store.reads
+    assert stats["chunks_verified"] == len(store.reads)
+    assert stats["bytes_verified"] == sum(len(store.get_chunk(h)) for h in store.reads)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src", "store"]  # no stage left
+
+
+def test_a_failed_restore_leaves_no_stage_behind(store, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    make_tree(src)
+    files, _ = snapshot_tree(src, store, chunk_size=SMALL)
+    dst.mkdir()
+    (dst / "mine.txt").write_text("mine")
+    before = tree_state(dst)
+    last = files["big.bin"]["chunks"][-1]  # staged after others: the stage holds files then
+    Path(store.root_dir, "chunks", last[:2], last).write_bytes(b"rot")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        restore_tree(dst, files, store)
+    assert tree_state(dst) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src", "store"]
+
+
+def test_restore_stages_inside_the_home_when_beside_it_is_not_writable(store, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    files, _ = snapshot_tree(src, store, chunk_size=SMALL)
+    parent = tmp_path / "ro"
+    dst = parent / "home"
+    dst.mkdir(parents=True)
+    parent.chmod(0o555)
+    try:
+        restore_tree(dst, files, store)
+    finally:
+        parent.chmod(0o755)
+    assert tree_state(dst) == tree_state(src)  # and no hidden stage folder left inside
+
+
+def test_a_leftover_restore_temp_file_is_not_snapshotted(store, tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "a.txt").write_text("a")
+    (tmp_path / "home" / ".ckpt-tmp-stage-x").mkdir()
+    (tmp_path / "home" / ".ckpt-tmp-stage-x" / "half").write_text("half written")
+    files, _ = snapshot_tree(tmp_path / "home", store)
+    assert sorted(files) == ["a.txt"]
+
+
+class ManifestReadCounter(LocalCheckpointStore):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.manifest_reads = 0
+
+    def get_manifest(self, server: str, checkpoint_id: str) -> bytes:
+        self.manifest_reads += 1
+        return super().get_manifest(server, checkpoint_id)
+
+
+def test_signed_checkpoints_commit_then_load_from_memory(tmp_path):
+    store = ManifestReadCounter(root_dir=str(tmp_path / "store"), fsync=False)
+    checkpoints = SignedCheckpoints(store, lambda: SECRET)
+    files = {"a": {"type": "dir", "mode": 0o755}}
+    first = checkpoints.commit("alice/", files, meta={"reason": "pre-copy"})
+    second = checkpoints.commit("alice/", files, parent=first.id, checkpoint_id="ck-2")
+    assert second.id == "ck-2" and second.parent == first.id
+    assert store.list_checkpoints("alice/") == sorted([first.id, "ck-2"])
+    # what was just committed is handed back as is, not read back and verified again
+    assert checkpoints.load("alice/", "ck-2") is second
+    assert store.manifest_reads == 0
+    # an older one is read and verified
+    assert checkpoints.load("alice/", first.id) == first
+    assert store.manifest_reads == 1
+    # another hub process (same secret) reads them from the store
+    fresh = SignedCheckpoints(store, SECRET)
+    assert fresh.load("alice/", "ck-2") == second
+    with pytest.raises(CheckpointError, match="no checkpoint of bob/"):
+        fresh.load("bob/")
+
+
+def test_signed_checkpoints_refuse_a_tampered_manifest(tmp_path):
+    store = LocalCheckpointStore(root_dir=str(tmp_path / "store"), fsync=False)
+    h = store.put_chunk(b"mine")
+    entry = {"type": "file", "mode": 0o644, "size": 4, "mtime_ns": OLD_NS, "chunks": [h]}
+    committed = SignedCheckpoints(store, SECRET).commit("alice/", {"f": entry})
+    path = store._manifest_path("alice/", committed.id)
+    doc = json.loads(path.read_bytes())
+    evil = store.put_chunk(b"evil")
+    doc["manifest"]["files"]["f"]["chunks"] = [evil]
+    path.write_bytes(json.dumps(doc).encode())
+    with pytest.raises(CheckpointError, match="signature mismatch; refusing to restore"):
+        SignedCheckpoints(store, SECRET).load("alice/", committed.id)
+    with pytest.raises(CheckpointError, match="signature mismatch"):
+        restore_home(store, "alice/", tmp_path / "dst", SECRET, committed.id)
+    assert not (tmp_path / "dst").exists()

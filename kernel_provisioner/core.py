@@ -28,7 +28,7 @@ from typing import Any
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.session import new_id_bytes
 
-from migrating_spawner.agent.client import AgentClient, AgentError, AgentUnreachable
+from migrating_spawner.agent.client import AgentError, AgentUnreachable
 from migrating_spawner.hosts.base import Host, HostProvider
 
 from . import state
@@ -230,7 +230,7 @@ class MovableKernel:
         if self.host is None:
             return
         try:
-            await AgentClient(self.host).stop_process(self.process, grace=grace)
+            await self.provider.agent(self.host).stop_process(self.process, grace=grace)
         except AgentError as e:
             self.log.warning("kernel %s: could not stop its process: %s", self.kernel_id, e)
 
@@ -261,7 +261,7 @@ class MovableKernel:
         if self.host is None:
             return {"running": False, "exit_code": 0}
         try:
-            proc = await AgentClient(self.host, timeout=3, retries=0).process(self.process)
+            proc = await self.provider.agent(self.host).process(self.process, quick=True)
         except AgentUnreachable:
             return None
         return proc or {"running": False, "exit_code": -1}
@@ -577,7 +577,7 @@ class MovableKernel:
     async def _launch(self, host: Host) -> dict[str, Any]:
         """Start the kernel process on ``host`` with fresh ports and key; wait until it
         answers kernel_info. Returns its connection info."""
-        agent = AgentClient(host)
+        agent = self.provider.agent(host)
         ports: list[int] = []
         for _ in range(20):
             port = await agent.free_port()
@@ -669,7 +669,7 @@ class MovableKernel:
             if self.relay.shutdown_requested:
                 continue  # the kernel is on its way out (or restarting): nothing to move
             try:
-                notice = await AgentClient(self.host, timeout=3, retries=0).notice()
+                notice = await self.provider.agent(self.host).notice(quick=True)
                 failures = 0
             except AgentUnreachable as e:
                 failures += 1

@@ -1,10 +1,13 @@
-"""`jupyterhub-migrate` against a real hub: what it tells about reclaims and moves, the
-service's root answering the hub's health check, and a 0 s notice moving to a fresh address."""
+"""`jupyterhub-migrate` against a real hub and its real `migrate` service: tables and JSON,
+flags before or after the verb, the environment, what it tells about reclaims and moves, the
+errors the service answers, the service's root answering the hub's health check, and a 0 s
+notice moving to a fresh address. (Errors that need no hub are in tests/unit/test_cli.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 import pytest
@@ -17,10 +20,137 @@ from migrating_spawner.service import cli
 pytestmark = pytest.mark.integration
 
 
-async def run_cli(capsys, hub, *argv: str) -> tuple[int, str, str]:
-    code = await asyncio.to_thread(cli.main, ["--url", hub.url, "--token", hub.admin_token, *argv])
+async def run_cli(capsys, hub, *argv: str, token: str = "") -> tuple[int, str, str]:
+    return await run_bare(capsys, "--url", hub.url, "--token", token or hub.admin_token, *argv)
+
+
+async def run_bare(capsys, *argv: str) -> tuple[int, str, str]:
+    # the CLI blocks (requests): beside the loop of the test
+    code = await asyncio.to_thread(cli.main, list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def no_env(monkeypatch):
+    monkeypatch.delenv("JUPYTERHUB_URL", raising=False)
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+
+
+async def stop_server(hub, user: str) -> dict:
+    status, _ = await hub.api("DELETE", f"/users/{user}/server")
+    assert status in (202, 204)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        info = await hub.server_info(user)
+        if info["state"] in ("Stopped", "Suspended"):
+            return info
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{user} did not stop: {info}")
+
+
+async def test_tables_json_and_flags(hub_factory, capsys, monkeypatch):
+    hub = await hub_factory()
+    await hub.spawn("alice")
+    await hub.spawn("bob")
+    await stop_server(hub, "bob")
+    alice = await hub.server_info("alice")
+    [host] = hub.hosts()  # bob's went back at the stop
+
+    code, out, err = await run_cli(capsys, hub, "hosts")
+    assert (code, err) == (0, "")
+    header, row = out.splitlines()
+    assert header.split() == ["ID", "ADDRESS", "INSTANCE_TYPE", "MARKET", "SERVERS"]
+    assert row.split() == [host[k] for k in ("id", "address", "instance_type", "market")] + [
+        "alice/"
+    ]
+    assert row.index(host["address"]) == header.index("ADDRESS")  # columns line up
+
+    # --json prints the service's own answer
+    code, out, _ = await run_cli(capsys, hub, "--json", "list")
+    status, servers = await hub.migrate_api("GET", "/servers")
+    assert code == 0 and status == 200
+    assert json.loads(out) == servers
+    assert [(s["user"], s["state"]) for s in servers["servers"]] == [
+        ("alice", "Running"),
+        ("bob", "Stopped"),
+    ]
+    # a stopped server has no host: dashes
+    code, out, _ = await run_cli(capsys, hub, "list")
+    lines = out.splitlines()
+    assert lines[0].split() == ["USER", "SERVER", "STATE", "HOST_ID", "ADDRESS"]
+    assert lines[1].split() == ["alice", "Running", alice["host_id"], alice["address"]]
+    assert lines[2].split() == ["bob", "Stopped", "-", "-"]
+
+    code, out, _ = await run_cli(capsys, hub, "info", "alice")
+    assert code == 0
+    assert "state: Running" in out.splitlines()
+    printed = out.splitlines()
+    printed = printed[printed.index("events:") + 1 :]
+    # the service's events of the server, oldest first (more may have come since)
+    messages = [e["message"] for e in (await hub.server_info("alice"))["events"]]
+    assert printed and printed == [f"  {m}" for m in messages[: len(printed)]], out
+
+    # flags before or after the verb
+    for argv in (
+        ["--url", hub.url, "--token", hub.admin_token, "info", "alice", "--json"],
+        ["--json", "info", "alice", "--url", hub.url, "--token", hub.admin_token],
+        ["info", "--token", hub.admin_token, "alice", "--url", hub.url, "--json"],
+        ["--json", "--url", hub.url, "info", "--token", hub.admin_token, "alice"],
+    ):
+        code, out, err = await run_bare(capsys, *argv)
+        assert (code, err) == (0, ""), argv
+        assert json.loads(out)["host_id"] == alice["host_id"], argv
+
+    # URL and token from the environment; flags win over it
+    monkeypatch.setenv("JUPYTERHUB_URL", hub.url)
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", hub.admin_token)
+    code, out, _ = await run_bare(capsys, "--json", "hosts")
+    assert code == 0 and [h["id"] for h in json.loads(out)["hosts"]] == [host["id"]]
+    code, _, err = await run_bare(capsys, "--token", "wrong", "hosts")
+    assert code == 1
+    assert err.strip() == "jupyterhub-migrate: 403: invalid or expired token"
+
+
+async def test_errors_the_service_answers(hub_factory, capsys):
+    hub = await hub_factory()
+    alice = await hub.user_token("alice")
+    status, token = await hub.api(
+        "POST", "/users/alice/tokens", body={"scopes": ["read:users!user=alice"]}
+    )
+    assert status == 201
+    narrow = token["token"]
+
+    async def error(*argv: str, token: str = "") -> str:
+        code, out, err = await run_cli(capsys, hub, *argv, token=token)
+        assert (code, out) == (1, ""), (argv, out, err)
+        return err.strip().removeprefix("jupyterhub-migrate: ")
+
+    assert await error("info", "carol") == "404: no server carol/"
+    assert await error("--json", "reclaim", "gone") == "404: no host gone"
+    # the notice is sent as given: the service refuses one longer than an hour
+    assert await error("reclaim", "gone", "--notice", "3601") == (
+        "400: notice_seconds must be between 0 and 3600 seconds"
+    )
+    # a plain user's own token: their servers (one, never started), no hosts
+    code, out, _ = await run_cli(capsys, hub, "list", token=alice)
+    assert code == 0, out
+    assert [line.split() for line in out.splitlines()[1:]] == [["alice", "Stopped", "-", "-"]]
+    assert await error("hosts", token=alice) == "403: this needs the admin:servers scope"
+    # a token without access to the service
+    assert await error("list", token=narrow) == (
+        "403: user alice may not use this service: its token lacks the scope "
+        "access:services!service=migrate"
+    )
+
+    # the hub's URL with a wrong path: the hub answers, but not the service's JSON
+    url = hub.url + "/nope"
+    code, out, err = await run_bare(capsys, "--url", url, "--token", alice, "list")
+    assert (code, out) == (1, "")
+    assert err.strip().startswith(
+        f"jupyterhub-migrate: {url} is not a JupyterHub with the `migrate` service: "
+        f"GET {url}/services/migrate/api/servers answered 404 (text/html)"
+    ), err
 
 
 def host_record(hub, host_id: str) -> Host:
@@ -51,12 +181,14 @@ async def test_migrate_says_from_where_and_to_where(hub_factory, capsys):
     hub = await hub_factory()
     await hub.spawn("alice")
     first = await hub.server_info("alice")
-    code, out, err = await run_cli(capsys, hub, "migrate", "alice")
+    # a plain user moves their own server with their own token
+    alice = await hub.user_token("alice")
+    code, out, err = await run_cli(capsys, hub, "migrate", "alice", token=alice)
     assert (code, err) == (0, "")
     assert out.strip() == f"alice: moving from {first['host_id']} ({first['address']})"
     second = await wait_moved(hub, "alice", first["host_id"])
 
-    code, out, err = await run_cli(capsys, hub, "migrate", "alice", "--wait")
+    code, out, err = await run_cli(capsys, hub, "migrate", "alice", "--wait", token=alice)
     assert (code, err) == (0, "")
     third = await hub.server_info("alice")
     assert third["host_id"] != second["host_id"]

@@ -28,7 +28,7 @@ from typing import Any
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.session import new_id_bytes
 
-from migrating_spawner.agent.client import AgentError, AgentUnreachable
+from migrating_spawner.agent.client import AgentError
 from migrating_spawner.hosts.base import Host, HostProvider
 
 from . import state
@@ -129,7 +129,6 @@ class MovableKernel:
         start_timeout: float = 60.0,
         cell_timeout: float = 30.0,
         snapshot_interval: float = 30.0,
-        lost_after: int = 3,
         log: logging.Logger | None = None,
     ) -> None:
         self.provider = provider
@@ -148,8 +147,6 @@ class MovableKernel:
         # seconds between snapshots of an idle kernel that ran something since the last one,
         # which a host lost without notice comes back from (0: snapshots on notice only)
         self.snapshot_interval = snapshot_interval
-        # consecutive failed agent polls before the host counts as lost
-        self.lost_after = lost_after
         self.log = log or logging.getLogger(__name__)
         self.relay = KernelRelay(ip=relay_ip, key=relay_key, ports=relay_ports, log=self.log)
         self.host: Host | None = None
@@ -257,14 +254,16 @@ class MovableKernel:
                 os.rmdir(self.work_dir)
 
     async def status(self) -> dict[str, Any] | None:
-        """The agent's record of the kernel process; None if the agent is unreachable."""
+        """The agent's record of the kernel process; None if the agent is unreachable.
+
+        Read from the provider's host watcher, polled again only when its answer is older
+        than half a poll interval (the gateways ask often; the agent is asked once)."""
         if self.host is None:
             return {"running": False, "exit_code": 0}
-        try:
-            proc = await self.provider.agent(self.host).process(self.process, quick=True)
-        except AgentUnreachable:
+        state = await self.provider.watcher.refresh(self.host, self.notice_poll_interval / 2)
+        if state.failures or state.lost or state.status is None:
             return None
-        return proc or {"running": False, "exit_code": -1}
+        return state.process(self.process) or {"running": False, "exit_code": -1}
 
     async def is_alive(self) -> bool:
         """True while the kernel runs or moves (clients must not see it die meanwhile)."""
@@ -661,27 +660,20 @@ class MovableKernel:
             self._watch_task = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
-        failures = 0
+        # the provider's host watcher polls the agent (one poll per host for everyone) and
+        # keeps its notice and whether it is lost; this loop acts on what it cached
         while not self.stopping:
             await asyncio.sleep(self.notice_poll_interval)
             if self.moving or self.stopping or self.host is None:
                 continue
             if self.relay.shutdown_requested:
                 continue  # the kernel is on its way out (or restarting): nothing to move
-            try:
-                notice = await self.provider.agent(self.host).notice(quick=True)
-                failures = 0
-            except AgentUnreachable as e:
-                failures += 1
-                if failures < self.lost_after:
-                    continue
-                failures = 0
-                await self._run_move(self.recover(f"host {self.host.id} unreachable: {e}"))
-                continue
-            except AgentError as e:
-                self.log.warning("kernel %s: notice poll failed: %s", self.kernel_id, e)
-                continue
-            if notice is not None:
+            state = self.provider.watcher.watch(self.host)
+            if state.lost:
+                why = f"{state.failures} polls unanswered" if state.failures else "it is gone"
+                await self._run_move(self.recover(f"host {self.host.id} lost: {why}"))
+            elif state.notice is not None:
+                notice = state.notice
                 reason = f"host {self.host.id} reclaimed at {notice.get('time')}"
                 await self._run_move(self.move(reason, deadline=notice.get("deadline")))
             elif self._snapshot_due():

@@ -82,7 +82,9 @@ class KernelHostSettings(LoggingConfigurable):
         return os.path.join(root, "kernel-files")
 
     notice_poll_interval = Float(
-        1.0, help="Seconds between polls of the kernel's host agent for a reclaim notice."
+        1.0,
+        help="""Seconds between polls of the kernels' host agents for a reclaim notice (the
+        provider's host watcher interval: one poll per host, whoever asks).""",
     ).tag(config=True)
 
     start_timeout = Float(
@@ -104,7 +106,7 @@ class KernelHostSettings(LoggingConfigurable):
 
     @property
     def provider(self) -> HostProvider:
-        config = dict(self.host_provider_config)
+        config = {"watch_interval": self.notice_poll_interval, **self.host_provider_config}
         for name in ("root_dir", "first_address", "agent_port"):
             value = getattr(self, name)
             if value:

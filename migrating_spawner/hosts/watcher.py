@@ -86,8 +86,11 @@ class HostWatcher:
         state = self._states.get(host.id)
         if state is None:
             state = self._states[host.id] = HostState(host)
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run())
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            # (a provider may outlive an event loop: tests, asyncio.run per CLI call)
+            self._polls.clear()
+            self._task = loop.create_task(self._run())
         return state
 
     def forget(self, host_id: str) -> None:

@@ -70,6 +70,21 @@ class KernelConnection:
         if self._http is not None:
             await self._http.close()
 
+    async def pause(self) -> None:
+        """Close the socket and stay away (a tab put to sleep) until `resume()`."""
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._task is not None:
+            await self._task
+        self._task = None
+
+    async def resume(self, timeout: float = 60) -> None:
+        """Reconnect with the same session id, as the tab waking up."""
+        self._closing = False
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.connected.wait(), timeout)
+
     async def bounce(self) -> None:
         """Close the socket from this side and reconnect, as a tab that lost its network."""
         ws = self._ws

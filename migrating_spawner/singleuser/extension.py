@@ -30,8 +30,8 @@ from tornado import web
 
 from kernel_provisioner import state as kernel_state
 
-from .gate import Gate, gated
-from .status import telling_status
+from .connection import migrating_connection
+from .gate import Gate
 
 #: where the state lives, relative to the home
 STATE_SUBDIR = ".local/share/jupyter-migrating"
@@ -418,9 +418,10 @@ def _load_jupyter_server_extension(serverapp) -> None:
     state = ServerState(serverapp, state_dir(), snapshot_interval=interval)
     serverapp.web_app.settings["migrating_state"] = state
     settings = serverapp.web_app.settings
-    settings["kernel_websocket_connection_class"] = telling_status(
-        gated(settings["kernel_websocket_connection_class"], state.gate)
-    )
+    base_class = settings["kernel_websocket_connection_class"]
+    settings["kernel_websocket_connection_class"] = migrating_connection(base_class, state.gate)
+    if settings["kernel_websocket_connection_class"] is not base_class:
+        state.gate.take_buffering(serverapp.kernel_manager)
     base = url_path_join(serverapp.web_app.settings["base_url"], "api/migrating")
     serverapp.web_app.add_handlers(
         ".*$",

@@ -1,18 +1,21 @@
-"""Kernel messages across a move: none reaches a kernel that will not answer it.
+"""Kernel messages across a move: none reaches a kernel that will not answer it, and
+every reply reaches the tab that asked, once.
 
-Every kernel websocket of the user server goes through a `Gate` (the server's
-`kernel_websocket_connection_class` is wrapped by :func:`gated`). Normally it only notes
-which cells are running, so a cell a move interrupts can be told why, and a message for the
-user can be attached to the next cell they run.
+Every kernel websocket of the user server goes through a `Gate` (see `connection.py`).
+Normally it only notes which cells are running, so a cell a move interrupts can be told
+why, and a message for the user can be attached to the next cell they run. It also keeps,
+for every tab (session id) whose websocket closed, what the kernel sends it meanwhile
+(`buffers.py`; this replaces jupyter_server's one buffer per kernel), and replays it when
+that tab reconnects.
 
 From the freeze on (the final snapshot of a move, or of a stop), messages browsers send are
 held here instead of reaching the kernel, whose state is being saved. `seal()` closes the
 websockets with code 1012 (JupyterLab reconnects at once; 1000/1001 would stop it), waits
 for each close handshake (so every message sent before it has arrived) and writes what was
-held into the home, which moves. On the next server, `redeliver()` sends those messages to
-the restored kernels through channels that jupyter_server buffers under the browser's
-session id, and replays to that browser when it reconnects: each held cell is answered
-exactly once, in the same tab.
+held, and every tab's buffered replies, into the home, which moves. On the next server,
+`redeliver()` puts each tab's replies (signed again for the restored kernel) into that
+tab's buffer there and sends its held messages through the same channels, so when the tab
+reconnects it gets all of them, exactly once.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,8 @@ from jupyter_server.services.kernels.connection.base import (
     deserialize_msg_from_ws_v1,
     serialize_msg_to_ws_v1,
 )
-from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
+
+from .buffers import SessionBuffer, session_key
 
 V1 = "v1.kernel.websocket.jupyter.org"
 #: "Service Restart": JupyterLab retries at once (it gives up on 1000 and 1001)
@@ -64,6 +69,9 @@ class Gate:
         # kernel id -> text to show in the next cell the user runs there
         self.announcements: dict[str, str] = {}
         self.connections: set[Any] = set()
+        #: session key -> replies for a tab with no websocket (see take_buffering)
+        self.buffers: dict[str, SessionBuffer] = {}
+        self.buffering = False
 
     # -- what connections report -------------------------------------------------------
 
@@ -106,6 +114,96 @@ class Gate:
             self.running[conn.kernel_id].pop(parent.get("msg_id"), None)
         except Exception:
             pass
+
+    # -- replies for tabs without a websocket ------------------------------------------
+
+    def take_buffering(self, kernel_manager: Any) -> None:
+        """Buffer per tab here instead of jupyter_server's one tab per kernel, if the server
+        buffers at all (`buffer_offline_messages`)."""
+        self.buffering = bool(kernel_manager.buffer_offline_messages)
+        kernel_manager.buffer_offline_messages = False
+
+    def claim(self, conn: Any) -> None:
+        """A websocket connects: if its tab has a buffer, hand it to jupyter_server's own
+        reconnect path (it reuses the channels, and replays once the kernel answers)."""
+        if self._sealed_to is not None:
+            return  # what is buffered here is in the seal: the next server replays it
+        buf = self.buffers.get(conn.session_key)
+        if buf is None or not buf.channels:
+            return  # none, or still an older websocket's (`keep` forwards it to this one)
+        del self.buffers[conn.session_key]
+        for stream in buf.channels.values():
+            stream.flush()  # what already came goes into the buffer, not to the nudge
+        conn.multi_kernel_manager._kernel_buffers[conn.kernel_id] = {
+            "session_key": buf.key,
+            "buffer": buf.messages,
+            "channels": buf.channels,
+        }
+        if buf.messages:
+            self.log.info("replaying %d message(s) to %s", len(buf.messages), buf.key)
+
+    def closing_reply(self, conn: Any, channel: str, frames: list) -> None:
+        """A message for a websocket that is closing (it would be lost in the close)."""
+        owner = self._owner(conn)
+        if owner is not None:
+            if channel != "iopub":  # a newer websocket of the tab has its own iopub
+                owner.handle_outgoing_message(channel, frames)
+            return
+        self._buffer_for(conn.kernel_id, conn.session.session).add(channel, frames)
+
+    def keep(self, conn: Any) -> None:
+        """A websocket closes: keep its channels open and buffer what comes for its tab."""
+        if not self.buffering or not conn.channels:
+            return
+        buf = self.buffers.get(conn.session_key)
+        owner = self._owner(conn)
+        connected = getattr(conn, "gate_connected", None)
+        if (
+            owner is not None
+            or conn.kernel_id not in conn.multi_kernel_manager
+            # before the connect is done no message came from the browser (tornado
+            # delivers them after open()), and the nudge still owns the iopub channel
+            or connected is None
+            or not connected.done()
+        ):
+            if buf is not None and not buf.channels:
+                del self.buffers[conn.session_key]
+                for channel, frames in buf.messages:
+                    if owner is not None and channel != "iopub":
+                        owner.handle_outgoing_message(channel, frames)
+            return
+        buf = self._buffer_for(conn.kernel_id, conn.session.session)
+        buf.channels = conn.channels
+        for channel, stream in buf.channels.items():
+            stream.on_recv(partial(self._buffered, buf, channel))
+        conn.channels = {}  # jupyter_server must not close them
+        self._prune(conn.multi_kernel_manager)
+
+    def _owner(self, conn: Any) -> Any:
+        """The connection of a newer websocket of the same tab, if one replaced `conn`."""
+        handler = conn._open_sessions.get(conn.session_key)
+        if handler is None or handler is conn.websocket_handler:
+            return None
+        return getattr(handler, "connection", None)
+
+    def _buffer_for(self, kernel_id: str, session_id: str) -> SessionBuffer:
+        key = session_key(kernel_id, session_id)
+        if key not in self.buffers:
+            self.buffers[key] = SessionBuffer(kernel_id, session_id)
+        return self.buffers[key]
+
+    def _buffered(self, buf: SessionBuffer, channel: str, frames: list) -> None:
+        if not buf.add(channel, frames) and buf.dropped == 1:
+            self.log.warning("buffer of %s is full: dropping what comes", buf.key)
+        if self._sealed_to is not None:  # after the seal: straight into the file
+            self._write(self._sealed_to)
+
+    def _prune(self, kernel_manager: Any) -> None:
+        """Forget the buffers of kernels that are gone."""
+        for key, buf in list(self.buffers.items()):
+            if buf.kernel_id not in kernel_manager:
+                buf.close()
+                del self.buffers[key]
 
     # -- telling the user ----------------------------------------------------------------
 
@@ -156,58 +254,70 @@ class Gate:
             self.log.info("closed %d of %d kernel websocket(s)", len(done), len(closing))
         self._sealed_to = path
         self._write(path)
-        self.log.info("%d kernel message(s) held for the next server", len(self.held))
+        replies = sum(len(b.messages) for b in self.buffers.values())
+        self.log.info(
+            "%d kernel message(s) held, %d repl(ies) buffered, for the next server",
+            len(self.held),
+            replies,
+        )
         return len(self.held)
 
     def _write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"seal": self.seal_id, "messages": self.held}))
+        replies = [b.to_json() for b in self.buffers.values() if b.messages]
+        tmp.write_text(
+            json.dumps({"seal": self.seal_id, "messages": self.held, "replies": replies})
+        )
         tmp.replace(path)
 
     async def redeliver(
         self, kernel_manager: Any, path: Path, skip: Iterable[str] = (), timeout: float = 10
     ) -> tuple[str | None, int]:
-        """Send the messages held on the previous server to the kernels here; their replies
-        wait in jupyter_server's buffer for the browser that sent them.
+        """Give each tab of the previous server its buffered replies here, and send the
+        messages it held to the kernels here through that tab's channels, whose replies
+        join the buffer; all of it is replayed when the tab reconnects.
 
         Returns (the seal's id, messages sent). A seal in `skip` was delivered before: a
         home restored from an older checkpoint can bring its file back, and a cell must
-        not run twice."""
+        not run, nor its reply come, twice."""
         if not path.exists():
             return None, 0
         sealed = json.loads(path.read_text())
-        seal, held = sealed["seal"], sealed["messages"]
+        seal = sealed["seal"]
         if seal in set(skip):
             path.unlink()
             return seal, 0
-        by_session: dict[tuple[str, str], list[dict]] = defaultdict(list)
-        for item in held:
-            by_session[(item["kernel_id"], item["session_id"])].append(item)
-        delivered = 0
-        buffered: set[str] = set()
-        for (kernel_id, session_id), items in by_session.items():
-            if kernel_id not in kernel_manager:
-                self.log.warning(
-                    "%d message(s) for kernel %s, which is gone", len(items), kernel_id
-                )
-                continue
-            if kernel_id in buffered:
-                # jupyter_server buffers one browser session per kernel
-                self.log.warning(
-                    "messages of a second tab on kernel %s are not redelivered", kernel_id
-                )
-                continue
-            buffered.add(kernel_id)
-            channels = await self._buffering_channels(
-                kernel_manager, kernel_id, session_id, timeout
+        tabs: dict[tuple[str, str], dict[str, list]] = defaultdict(
+            lambda: {"held": [], "replies": []}
+        )
+        for item in sealed["messages"]:
+            tabs[(item["kernel_id"], item["session_id"])]["held"].append(item)
+        for buf in sealed.get("replies", []):
+            tabs[(buf["kernel_id"], buf["session_id"])]["replies"].extend(buf["messages"])
+        gone = [tab for tab in tabs if tab[0] not in kernel_manager]
+        for kernel_id, session_id in gone:
+            self.log.warning(
+                "messages of tab %s for kernel %s, which is gone", session_id, kernel_id
             )
-            session = kernel_manager.get_kernel(kernel_id).session
-            for item in items:
+            del tabs[(kernel_id, session_id)]
+        # subscribing the channels takes a kernel round trip: all tabs at once
+        buffers = await asyncio.gather(
+            *(
+                self._tab_buffer(kernel_manager, kernel_id, session_id, bool(tab["held"]), timeout)
+                for (kernel_id, session_id), tab in tabs.items()
+            )
+        )
+        delivered = 0
+        for buf, tab in zip(buffers, tabs.values(), strict=True):
+            session = kernel_manager.get_kernel(buf.kernel_id).session
+            for item in tab["replies"]:
+                buf.add(*SessionBuffer.signed(item, session))
+            for item in tab["held"]:
                 data = base64.b64decode(item["b64"]) if "b64" in item else item["text"]
                 if item["protocol"] == V1:
                     channel, parts = deserialize_msg_from_ws_v1(data)
-                    session.send_raw(channels[channel], parts)
+                    session.send_raw(buf.channels[channel], parts)
                 else:
                     msg = (
                         deserialize_binary_message(data)
@@ -215,14 +325,22 @@ class Gate:
                         else json.loads(data)
                     )
                     channel = msg.pop("channel", None) or "shell"
-                    session.send(channels[channel], msg)
+                    session.send(buf.channels[channel], msg)
                 delivered += 1
+            if tab["replies"] or tab["held"]:
+                self.log.info(
+                    "tab %s: %d repl(ies) carried, %d held message(s) sent",
+                    buf.key,
+                    len(tab["replies"]),
+                    len(tab["held"]),
+                )
         path.unlink()
         return seal, delivered
 
-    async def _buffering_channels(
-        self, kernel_manager: Any, kernel_id: str, session_id: str, timeout: float
-    ) -> dict[str, Any]:
+    async def _tab_buffer(
+        self, kernel_manager: Any, kernel_id: str, session_id: str, sends: bool, timeout: float
+    ) -> SessionBuffer:
+        """The buffer of one tab, with channels of its own identity that buffer into it."""
         kernel = kernel_manager.get_kernel(kernel_id)
         identity = session_id.encode()
         channels = {}
@@ -230,10 +348,20 @@ class Gate:
             stream = getattr(kernel, "connect_" + name)(identity=identity)
             stream.channel = name
             channels[name] = stream
-        # iopub must be subscribed before the first request, or that cell's output is lost
-        # (ZMQ's slow joiner): ask for kernel info on a shell of our own until iopub speaks
+        if sends:
+            await self._subscribed(kernel, channels["iopub"], timeout)
+        buf = self._buffer_for(kernel_id, session_id)
+        buf.close()  # a fresh server has none; a tab's buffer has one set of channels
+        buf.channels = channels
+        for name, stream in channels.items():
+            stream.on_recv(partial(self._buffered, buf, name))
+        return buf
+
+    async def _subscribed(self, kernel: Any, iopub: Any, timeout: float) -> None:
+        """iopub must be subscribed before the first request, or that cell's output is lost
+        (ZMQ's slow joiner): ask for kernel info on a shell of our own until iopub speaks."""
         seen = asyncio.Event()
-        channels["iopub"].on_recv(lambda _msg: seen.set())
+        iopub.on_recv(lambda _msg: seen.set())
         probe = kernel.connect_shell()
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout
@@ -246,34 +374,4 @@ class Gate:
                     pass
         finally:
             probe.close()
-        kernel_manager.start_buffering(kernel_id, f"{kernel_id}:{session_id}", channels)
-        return channels
-
-
-def gated(base: type, gate: Gate) -> type:
-    """`base` (a ZMQ websocket connection class) with every message passing `gate`."""
-    if not issubclass(base, ZMQChannelsWebsocketConnection):
-        return base  # e.g. a --gateway-url server: its kernels move on their own
-
-    class GatedConnection(base):  # type: ignore[misc, valid-type]
-        def connect(self):
-            # set once the websocket is closed: every message sent before has arrived
-            self.gate_closed = asyncio.Event()
-            gate.connections.add(self)
-            return super().connect()
-
-        def disconnect(self):
-            gate.connections.discard(self)
-            if hasattr(self, "gate_closed"):
-                self.gate_closed.set()
-            return super().disconnect()
-
-        def handle_incoming_message(self, incoming_msg):
-            if gate.admit(self, incoming_msg):
-                super().handle_incoming_message(incoming_msg)
-
-        def handle_outgoing_message(self, stream, outgoing_msg):
-            gate.replied(self, stream, outgoing_msg)
-            super().handle_outgoing_message(stream, outgoing_msg)
-
-    return GatedConnection
+            iopub.on_recv(None)

@@ -8,12 +8,11 @@ deadline first. It also serves the control API as a JupyterHub service (service/
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from traitlets import Float, Instance, Integer, Type, Unicode, default
 from traitlets.config import SingletonConfigurable
@@ -27,13 +26,11 @@ from .checkpoint import (
 )
 from .hosts.base import HostError, HostProvider
 from .hosts.local import LocalHostProvider
+from .move import Move
+from .moving import MovableServer, MoveError, MoveScheduler, RouteHold
+from .service.api import make_app
 
-if TYPE_CHECKING:
-    from .spawner import MigratingSpawner
-
-
-class MoveError(Exception):
-    """A move could not be completed."""
+__all__ = ["MigratingController", "MoveError"]
 
 
 class MigratingController(SingletonConfigurable):
@@ -109,17 +106,17 @@ class MigratingController(SingletonConfigurable):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.spawners: dict[str, MigratingSpawner] = {}
-        self._moves: dict[str, asyncio.Future] = {}
-        # host id -> {"deadline", "moving": [server keys]}: what on_notice answered
-        self._notices: dict[str, dict[str, Any]] = {}
-        # moves queue up from the start; workers take them once the hub has started
-        self._queue: asyncio.PriorityQueue = asyncio.PriorityQueue()
-        self._order = itertools.count()
         self._tasks: list[asyncio.Task] = []
         self._started: asyncio.Future | None = None
-        self._recovering: set[str] = set()
         self._secret: bytes | None = None
+        # the move engine; the proxy hands in its route hold (use_route_hold)
+        self.scheduler = MoveScheduler(
+            make_move=self._make_move,
+            workers=self.max_concurrent_moves,
+            log=self.log,
+            hub_started=lambda: self.hub_started,
+            wait_hub_started=self._wait_hub_started,
+        )
 
     # -- wiring -------------------------------------------------------------
 
@@ -147,12 +144,6 @@ class MigratingController(SingletonConfigurable):
         if future is not None:
             await asyncio.shield(future)
 
-    async def _wait_checked(self, spawner: MigratingSpawner, timeout: float = 120) -> None:
-        """Wait while the hub's startup check of this server runs (see _wait_hub_started)."""
-        deadline = time.monotonic() + timeout
-        while spawner._check_pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-
     @property
     def secret(self) -> bytes:
         if self._secret is None:
@@ -164,8 +155,17 @@ class MigratingController(SingletonConfigurable):
             self._secret = bytes.fromhex(path.read_text().strip())
         return self._secret
 
-    def register(self, spawner: MigratingSpawner) -> None:
-        self.spawners[spawner.key] = spawner
+    def register(self, server: MovableServer) -> None:
+        """A server the scheduler may move (every MigratingSpawner registers itself)."""
+        self.scheduler.register(server)
+
+    @property
+    def spawners(self) -> dict[str, MovableServer]:
+        return self.scheduler.servers
+
+    def use_route_hold(self, routes: RouteHold) -> None:
+        """The proxy that holds routes during cut-overs (MigratingProxy hands itself in)."""
+        self.scheduler.routes = routes
 
     async def ensure_started(self) -> None:
         """Start the API server, the notice poller and the move workers (once)."""
@@ -174,14 +174,10 @@ class MigratingController(SingletonConfigurable):
         await asyncio.shield(self._started)
 
     async def _start(self) -> None:
-        from .service.api import make_app
-
         if isinstance(self.provider, LocalHostProvider):
             self.provider.notify_url = self.api_url + self.base_url + "api/notices"
         http = make_app(self).listen(self.api_port, self.api_ip)
-        self._tasks = [
-            asyncio.create_task(self._move_worker()) for _ in range(self.max_concurrent_moves)
-        ]
+        self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._poll_notices()))
         self._tasks.append(asyncio.create_task(self._release_orphans(time.time())))
         if isinstance(self.provider, LocalHostProvider) and self.provider.spot_reclaim_rate > 0:
@@ -234,51 +230,21 @@ class MigratingController(SingletonConfigurable):
 
     # -- notices --------------------------------------------------------------------
 
-    def spawners_on(self, host_id: str) -> list[MigratingSpawner]:
-        return [s for s in self.spawners.values() if s.host and s.host.id == host_id]
+    def spawners_on(self, host_id: str) -> list[MovableServer]:
+        return self.scheduler.servers_on(host_id)
 
     def on_notice(self, host_id: str, deadline: float) -> list[str]:
-        """A host will be reclaimed at `deadline`: move every server on it.
-
-        The one intake for every notice: the agent's push, the poller and the API's reclaim
-        call all come here, in any order and as often as they like. Keyed by host, it is
-        idempotent: each caller gets the same answer, the servers moving off that host
-        (whoever scheduled their moves first).
-        """
-        self._forget_old_notices()
-        intake = self._notices.setdefault(host_id, {"deadline": deadline, "moving": []})
-        intake["deadline"] = min(intake["deadline"], deadline)
-        moving = intake["moving"]
-        for spawner in self.spawners_on(host_id):
-            if spawner.key not in self._moves:
-                if spawner.server is None:
-                    continue
-                # a first notice, or a move of it that failed: (re)try while the host lives
-                seconds = intake["deadline"] - time.time()
-                spawner.emit(
-                    f"Host {host_id} will be reclaimed in {seconds:.0f} s: moving",
-                    level="warning",
-                )
-                self.schedule_move(spawner, f"reclaim notice for {host_id}", intake["deadline"])
-            # moving now (also a `migrate`, or a notice taken a moment ago): every caller
-            # hears of it
-            if spawner.key not in moving:
-                moving.append(spawner.key)
-        return list(moving)
-
-    def _forget_old_notices(self, keep: float = 600) -> None:
-        # host ids are never reused: a notice long past its deadline has nothing to tell
-        now = time.time()
-        for host_id in [h for h, n in self._notices.items() if n["deadline"] < now - keep]:
-            del self._notices[host_id]
+        """A host will be reclaimed at `deadline`: move every server on it (idempotent;
+        every caller hears the same servers). See MoveScheduler.on_notice."""
+        return self.scheduler.on_notice(host_id, deadline)
 
     async def _poll_notices(self) -> None:
         await self._wait_hub_started()
         while True:
             await asyncio.sleep(self.notice_poll_interval)
-            for spawner in list(self.spawners.values()):
-                host = spawner.host
-                if host is None or spawner.server is None or spawner.key in self._moves:
+            for server in list(self.spawners.values()):
+                host = server.host
+                if host is None or not server.movable or self.scheduler.is_moving(server.key):
                     continue
                 try:
                     notice = await AgentClient(host, timeout=3, retries=0).notice()
@@ -290,84 +256,42 @@ class MigratingController(SingletonConfigurable):
     # -- moves ---------------------------------------------------------------------
 
     def schedule_move(
-        self, spawner: MigratingSpawner, reason: str, deadline: float | None = None
+        self, server: MovableServer, reason: str, deadline: float | None = None
     ) -> asyncio.Future:
         """Queue a move; the nearest deadline goes first. Returns a future of its result."""
-        if spawner.key in self._moves:
-            return self._moves[spawner.key]
-        future = asyncio.get_running_loop().create_future()
-        self._moves[spawner.key] = future
-        spawner.moving = True  # poll() says alive from now on
-        deadline = deadline or time.time() + 3600
-        self._queue.put_nowait((deadline, next(self._order), spawner, reason, future))
-        return future
+        return self.scheduler.schedule(server, reason, deadline)
 
-    async def wait_for_move(self, spawner: MigratingSpawner) -> None:
-        future = self._moves.get(spawner.key)
-        if future:
-            await asyncio.wait([future])
+    async def wait_for_move(self, server: MovableServer) -> None:
+        await self.scheduler.wait_for(server)
 
-    def is_moving(self, spawner: MigratingSpawner) -> bool:
-        return spawner.key in self._moves
+    def is_moving(self, server: MovableServer) -> bool:
+        return self.scheduler.is_moving(server.key)
 
-    async def _move_worker(self) -> None:
-        await self._wait_hub_started()
-        while True:
-            deadline, _, spawner, reason, future = await self._queue.get()
-            try:
-                await self._wait_checked(spawner)
-                result = await self._run_move(spawner, reason, deadline)
-            except Exception as e:
-                self.log.exception("move of %s failed", spawner._log_name)
-                spawner.emit(f"Move failed: {e}", level="error")
-                if not future.done():
-                    future.set_exception(MoveError(str(e)))
-                    future.exception()  # retrieved: callers may not await it
-            else:
-                if not future.done():
-                    future.set_result(result)
-            finally:
-                spawner.moving = False
-                self._moves.pop(spawner.key, None)
+    def _make_move(self, server: MovableServer, reason: str, deadline: float) -> Move:
+        return Move(
+            server,
+            self.scheduler.routes,
+            self.provider,
+            reason,
+            deadline,
+            margin=self.final_checkpoint_margin,
+            clock=self.scheduler.clock,
+        )
 
-    async def _run_move(self, spawner: MigratingSpawner, reason: str, deadline: float) -> dict:
-        from .move import Move
-
-        return await Move(self, spawner, reason, deadline).run()
-
-    def host_lost(self, spawner: MigratingSpawner) -> int | None:
-        """A host vanished without notice: bring the server back from its last checkpoint."""
-        if spawner.home_mode == "synced" and not spawner.checkpoint_id:
-            spawner.emit(f"Host {spawner.host.id} was lost and no checkpoint exists", level="error")
-            return 1
-        if not self.hub_started or spawner._check_pending:
-            # the hub is checking servers at start and would stop this one mid-move;
-            # let it: the checkpoint stays and the next start resumes from it
-            spawner.emit(f"Host {spawner.host.id} was lost while the hub was down", level="warning")
-            return 1
-        spawner.emit(f"Host {spawner.host.id} was lost without notice: restoring", level="warning")
+    def host_lost(self, server: MovableServer) -> int | None:
+        """A host vanished without notice: bring the server back from its last checkpoint
+        (what poll() answers; see MoveScheduler.host_lost)."""
         asyncio.ensure_future(self.ensure_started())
-        self.schedule_move(spawner, f"host {spawner.host.id} lost", time.time())
-        return None
+        return self.scheduler.host_lost(server)
 
-    def recover(self, spawner: MigratingSpawner) -> None:
+    async def settle_interrupted_move(self, server: MovableServer) -> int | None:
+        """A hub restart cut a move short (see MoveScheduler.settle); what poll() answers."""
+        return await self.scheduler.settle(server)
+
+    def recover(self, server: MovableServer) -> None:
         """After a hub restart in the middle of a move: settle it, once, after start."""
-        if spawner.key in self._recovering:
-            return
-        self._recovering.add(spawner.key)
-        task = asyncio.ensure_future(self._recover(spawner))
-        task.add_done_callback(lambda _: self._recovering.discard(spawner.key))
-
-    async def _recover(self, spawner: MigratingSpawner) -> None:
-        from .move import settle_interrupted_move
-
-        try:
-            await self.ensure_started()
-            await self._wait_hub_started()
-            await self._wait_checked(spawner)
-            await settle_interrupted_move(self, spawner)
-        except Exception:
-            self.log.exception("could not settle the interrupted move of %s", spawner._log_name)
+        asyncio.ensure_future(self.ensure_started())
+        self.scheduler.recover(server)
 
     # -- used by the API -------------------------------------------------------------
 
@@ -380,10 +304,9 @@ class MigratingController(SingletonConfigurable):
         if notice_seconds < self.final_checkpoint_margin:
             # the host dies at once: hold its servers' routes first, so no request (or
             # websocket reconnect) meets the dead server; the move releases them
-            for spawner in self.spawners_on(host_id):
-                proxy = spawner.user.settings.get("proxy") or self.app.proxy
-                if spawner.server is not None and hasattr(proxy, "hold"):
-                    await proxy.hold(spawner)
+            for server in self.spawners_on(host_id):
+                if server.movable:
+                    await self.scheduler.routes.hold(server)
         notice = await self.provider.reclaim(host, notice_seconds)
         # don't wait for the agent's push or the next poll
         return {"notice": notice, "moving": self.on_notice(host_id, notice["deadline"])}

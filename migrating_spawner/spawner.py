@@ -22,7 +22,9 @@ from kernel_provisioner.state import HOST_ROOT, lost_message
 from . import profiles as profiles_mod
 from .agent.client import AgentClient, AgentError, AgentUnreachable
 from .checkpoint import CheckpointError
+from .controller import MigratingController
 from .hosts.base import Host, HostError
+from .moving import MoveRecord
 from .singleuser import JUPYTER_CONFIG_DIR
 
 #: bump when the shape of get_state() changes; load_state() reads older versions
@@ -136,7 +138,6 @@ class MigratingSpawner(Spawner):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.events: list[dict[str, Any]] = []
-        self.moving = False
         self._failed_polls = 0
         self._precopy_task: asyncio.Task | None = None
         self.controller.register(self)
@@ -149,10 +150,21 @@ class MigratingSpawner(Spawner):
         asyncio.ensure_future(self.controller.ensure_started())
 
     @property
-    def controller(self):
-        from .controller import MigratingController
-
+    def controller(self) -> MigratingController:
         return MigratingController.instance(config=self.config)
+
+    @property
+    def moving(self) -> bool:
+        """A move of this server is queued or running (the scheduler is the one to know)."""
+        return self.controller.is_moving(self)
+
+    @property
+    def movable(self) -> bool:
+        return self.server is not None and not self._stop_pending
+
+    @property
+    def check_pending(self) -> bool:
+        return self._check_pending
 
     @property
     def agent(self) -> AgentClient:
@@ -334,14 +346,14 @@ class MigratingSpawner(Spawner):
                 await self.restore_kernels(host, port, final=not self.kernels_stale)
                 self.kernels_stale = False
         except CheckpointError as e:
-            await self._release_quietly(host)
+            await self.release_host(host)
             raise SpawnException(
                 f"Cannot resume from checkpoint {self.checkpoint_id}: {e}",
                 reason="checkpoint",
                 status_code=500,
             ) from e
         except BaseException:
-            await self._release_quietly(host)
+            await self.release_host(host)
             raise
         self.host, self.ip, self.port = host, host.address, port
         self.start_precopy()
@@ -406,6 +418,56 @@ class MigratingSpawner(Spawner):
         except aiohttp.ClientError as e:  # e.g. the host died under the call
             raise HostError(f"{method} {path} on {host.id}: {type(e).__name__}: {e}") from e
 
+    async def snapshot_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
+        """Freeze the kernels of the server at host:port and snapshot them into its home;
+        returns the extension's report (per kernel: failed, reason, interrupted)."""
+        return await self.server_api(
+            host,
+            port,
+            "POST",
+            "migrating/checkpoint",
+            {"timeout": timeout, "freeze": True},
+            timeout=timeout + 10,
+        )
+
+    async def kill_server(self, host: Host) -> None:
+        """SIGKILL the server on `host`, no grace (a move's freeze)."""
+        try:
+            await AgentClient(host, timeout=5, retries=0).stop_process(SERVER_PROCESS, grace=0)
+        except AgentError:
+            pass
+
+    # -- the move record and the route (see moving/protocol.py) -----------------------
+
+    def saved_move(self) -> MoveRecord | None:
+        return MoveRecord.from_dict(self.move_record) if self.move_record else None
+
+    def persist_move(self, record: MoveRecord | None) -> None:
+        self.move_record = record.to_dict() if record else None
+        self.save_state()
+
+    def checkpoint_time(self, checkpoint_id: str) -> float | None:
+        try:
+            return self.controller.load_checkpoint(self.key, checkpoint_id).created
+        except CheckpointError:
+            return None
+
+    @property
+    def _proxy(self):
+        return self.user.settings.get("proxy") or self.controller.app.proxy
+
+    async def switch_to(self, host: Host, port: int, record: MoveRecord) -> None:
+        """Point the hub's record and the proxy route at the server on host:port."""
+        self.host, self.ip, self.port = host, host.address, port
+        self.server.ip = host.address
+        self.server.port = port
+        self.move_record = record.to_dict()
+        self.save_state()  # one commit: the server row, the new host and the phase
+        await self._proxy.add_user(self.user, self.name)
+
+    async def rearm_route(self) -> None:
+        await self._proxy.add_user(self.user, self.name)
+
     async def restore_kernels(self, host: Host, port: int, final: bool = True) -> None:
         """Re-create the kernels (same ids) on the server at host:port from the snapshots in
         its home, and tell the user what did not come back. `final`: the snapshots were
@@ -444,16 +506,13 @@ class MigratingSpawner(Spawner):
         if self.moving:
             return None
         if self.move_record:
-            # a hub restart interrupted a move: if the old server still runs, keep it and
-            # settle the move once the hub is up; if not, report it stopped (its last
-            # checkpoint stays, and the next start resumes from it)
-            if await self._server_running():
+            # a hub restart cut a move short. One policy decides (the scheduler's settle);
+            # poll only picks when: a running server is settled after the hub's startup
+            # checks, a dead one now (so poll can answer)
+            if await self.server_alive(self.host, retries=1):
                 self.controller.recover(self)
                 return None
-            from .move import drop_interrupted_move
-
-            await drop_interrupted_move(self)
-            return 1
+            return await self.controller.settle_interrupted_move(self)
         if self.host is None:
             return 0
         try:
@@ -472,12 +531,13 @@ class MigratingSpawner(Spawner):
             return 0
         return None if status["running"] else (status["exit_code"] or 0)
 
-    async def _server_running(self) -> bool:
-        if self.host is None:
+    async def server_alive(self, host: Host | None, retries: int = 0) -> bool:
+        """Whether the server process runs on `host` (a short check: moves wait on it)."""
+        if host is None:
             return False
         try:
-            status = await AgentClient(self.host, timeout=3, retries=1).process(SERVER_PROCESS)
-        except AgentError:
+            status = await AgentClient(host, timeout=3, retries=retries).process(SERVER_PROCESS)
+        except (AgentError, HostError):
             return False
         return bool(status and status["running"])
 
@@ -492,14 +552,7 @@ class MigratingSpawner(Spawner):
         if self.checkpoint_on_stop and not now:
             try:
                 # kernels first: their snapshot lives in the home the next line copies
-                await self.server_api(
-                    host,
-                    self.port,
-                    "POST",
-                    "migrating/checkpoint",
-                    {"timeout": self.kernel_state_timeout, "freeze": True},
-                    timeout=self.kernel_state_timeout + 10,
-                )
+                await self.snapshot_kernels(host, self.port, self.kernel_state_timeout)
                 self.kernels_stale = False
             except (HostError, OSError, asyncio.TimeoutError) as e:
                 self.log.warning("no kernel snapshot of %s on stop: %s", self._log_name, e)
@@ -513,10 +566,10 @@ class MigratingSpawner(Spawner):
             await AgentClient(host).stop_process(SERVER_PROCESS, 0 if now else self.stop_grace)
         except AgentError as e:
             self.log.warning("stopping %s on %s: %s", self._log_name, host.id, e)
-        await self._release_quietly(host)
+        await self.release_host(host)
         self.host = None
 
-    async def _release_quietly(self, host: Host) -> None:
+    async def release_host(self, host: Host) -> None:
         try:
             await self.controller.provider.release(host)
         except Exception as e:  # a host we cannot release must not fail a stop

@@ -15,6 +15,8 @@ from typing import Any
 from jupyterhub.proxy import ConfigurableHTTPProxy
 from traitlets import Enum, Float, Integer, Unicode
 
+from migrating_spawner.controller import MigratingController
+
 from .hold import HoldServer
 
 
@@ -30,7 +32,8 @@ class _Hold:
 
 
 class MigratingProxy(ConfigurableHTTPProxy):
-    """ConfigurableHTTPProxy that can hold a server's route while the server moves.
+    """ConfigurableHTTPProxy that can hold a server's route while the server moves
+    (the `RouteHold` protocol of migrating_spawner/moving/protocol.py).
 
     ``await proxy.hold(spawner)`` before the cut-over, re-point the server as usual
     (``proxy.add_user``), then ``await proxy.release(spawner)``.
@@ -162,16 +165,17 @@ class MigratingProxy(ConfigurableHTTPProxy):
         await super().check_routes(user_dict, service_dict, routes)
 
     async def _start_controller(self) -> None:
-        """Bring up the migrating controller (and its control API) with the hub.
+        """Bring up the migrating controller (and its control API) with the hub, and hand
+        it this proxy as the route hold of its moves.
 
         The hub checks routes right after it starts, with or without an external CHP, so
         the API answers before the first server is spawned.
         """
         if getattr(self, "app", None) is None:
             return  # a proxy used on its own, outside a hub
-        from migrating_spawner.controller import MigratingController
-
-        await MigratingController.instance(config=self.config).ensure_started()
+        controller = MigratingController.instance(config=self.config)
+        controller.use_route_hold(self)
+        await controller.ensure_started()
 
     # hold and release
 

@@ -1,0 +1,113 @@
+"""What the move engine needs from a server and from the proxy, and nothing more.
+
+`MigratingSpawner` implements `MovableServer`; `MigratingProxy` implements `RouteHold`
+(`NoRouteHold` stands in when the hub runs a proxy that cannot hold). The engine depends on
+these protocols only, never on the classes, so the import graph has no circle.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from ..hosts.base import Host
+from .record import MoveRecord
+
+
+class MovableServer(Protocol):
+    """One server that the scheduler can move from its host to another."""
+
+    key: str  # "user/server": the name in the checkpoint store and the API
+    host: Host | None  # where it serves now
+    port: int
+    home_mode: str  # "shared" or "synced" (the home moves with checkpoints)
+    checkpoint_id: str | None  # the last good checkpoint of its home
+    kernel_state_timeout: float
+    log: logging.Logger | logging.LoggerAdapter
+
+    @property
+    def movable(self) -> bool:
+        """Running, and not stopping: a stop takes its own checkpoint and ends the server."""
+
+    @property
+    def check_pending(self) -> bool:
+        """The hub's startup check of this server runs (it must not move under it)."""
+
+    def emit(self, message: str, progress: int | None = None, level: str = "info") -> None:
+        """Tell the user (the server's event log) and the hub log."""
+
+    def saved_move(self) -> MoveRecord | None:
+        """The move record kept in the server's state (a hub restart finds it there)."""
+
+    def persist_move(self, record: MoveRecord | None) -> None:
+        """Keep (or clear) the move record in the server's state, written through now."""
+
+    def checkpoint_time(self, checkpoint_id: str) -> float | None:
+        """When a checkpoint was taken (None: unknown)."""
+
+    async def server_alive(self, host: Host | None, retries: int = 0) -> bool:
+        """Whether the server process runs on `host`."""
+
+    async def launch(self, host: Host) -> int:
+        """Start the server on `host`; returns its port."""
+
+    async def wait_ready(self, host: Host, port: int) -> None:
+        """Wait until the server on host:port answers (raises if it exits)."""
+
+    async def checkpoint_home(self, host: Host, reason: str) -> str:
+        """Snapshot the home on `host`; returns the checkpoint id."""
+
+    async def restore_home(self, host: Host, checkpoint_id: str, current: Any = None) -> Any:
+        """Restore a checkpoint into the home on `host` (`current`: what is there already)."""
+
+    async def snapshot_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
+        """Freeze and snapshot the kernels of the server on host:port into its home."""
+
+    async def restore_kernels(self, host: Host, port: int, final: bool = True) -> None:
+        """Bring the kernels back on the server at host:port (`final`: from a freeze)."""
+
+    async def kill_server(self, host: Host) -> None:
+        """Stop the server on `host` at once (no grace; never raises)."""
+
+    async def switch_to(self, host: Host, port: int, record: MoveRecord) -> None:
+        """Point the hub's record and the route at host:port, keeping `record` with it."""
+
+    async def rearm_route(self) -> None:
+        """Point the route at the server where it is now (a dead hub may have held it)."""
+
+    async def release_host(self, host: Host) -> None:
+        """Give `host` back to the provider (never raises)."""
+
+    def start_precopy(self) -> None:
+        """(Re)start the background checkpoints of the home."""
+
+    def stop_precopy(self) -> None:
+        """Stop the background checkpoints (one under way is cancelled, not committed)."""
+
+
+class MoveRun(Protocol):
+    """One move under way, as the scheduler sees it (move.Move)."""
+
+    deadline: float
+
+    async def run(self) -> dict[str, Any]: ...
+
+    def tighten(self, deadline: float) -> None: ...
+
+
+class RouteHold(Protocol):
+    """Requests for a server's route wait (instead of failing) between hold and release."""
+
+    async def hold(self, server: Any) -> None: ...
+
+    async def release(self, server: Any) -> None: ...
+
+
+class NoRouteHold:
+    """A proxy that cannot hold: requests during the cut-over get the proxy's error."""
+
+    async def hold(self, server: Any) -> None:
+        return None
+
+    async def release(self, server: Any) -> None:
+        return None

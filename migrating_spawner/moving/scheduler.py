@@ -1,0 +1,265 @@
+"""The hub-side move scheduler: notice intake, a queue, workers, recovery after a restart.
+
+One per hub. It is the one place that knows whether a server is moving. It sees servers
+only as `MovableServer`s and the proxy only as a `RouteHold`; the controller hands in the
+provider, the hold and the hub's start signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .clock import Clock
+from .protocol import MovableServer, MoveRun, NoRouteHold, RouteHold
+
+
+class MoveError(Exception):
+    """A move could not be completed."""
+
+
+async def _no_wait() -> None:
+    return None
+
+
+class MoveScheduler:
+    """Queue moves nearest deadline first and run `workers` of them at once."""
+
+    def __init__(
+        self,
+        *,
+        make_move: Callable[[MovableServer, str, float], MoveRun],
+        workers: int = 4,
+        clock: Clock | None = None,
+        log: logging.Logger | None = None,
+        hub_started: Callable[[], bool] = lambda: True,
+        wait_hub_started: Callable[[], Awaitable[None]] = _no_wait,
+    ):
+        self.routes: RouteHold = NoRouteHold()  # the proxy hands itself in (see controller)
+        self._make_move = make_move
+        self.workers = workers
+        self.clock = clock or Clock()
+        self.log = log or logging.getLogger(__name__)
+        self.hub_started = hub_started
+        self._wait_hub_started = wait_hub_started
+        self.servers: dict[str, MovableServer] = {}
+        self._moves: dict[str, asyncio.Future] = {}
+        self._deadlines: dict[str, float] = {}  # of queued and running moves
+        self._running: dict[str, MoveRun] = {}
+        # host id -> {"deadline", "moving": [server keys]}: what on_notice answered
+        self._notices: dict[str, dict[str, Any]] = {}
+        # moves queue up from the start; workers take them once the hub has started
+        self._queue: asyncio.PriorityQueue = asyncio.PriorityQueue()
+        self._order = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+        self._recovering: set[str] = set()
+        self._settling: dict[str, asyncio.Future] = {}
+
+    # -- servers ------------------------------------------------------------------
+
+    def register(self, server: MovableServer) -> None:
+        self.servers[server.key] = server
+
+    def servers_on(self, host_id: str) -> list[MovableServer]:
+        return [s for s in self.servers.values() if s.host and s.host.id == host_id]
+
+    def is_moving(self, key: str) -> bool:
+        """Whether a move of this server is queued or running, or a move a hub restart cut
+        short is being settled: the one answer (poll() says alive, notices wait)."""
+        return key in self._moves or key in self._settling
+
+    # -- workers ------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.ensure_future(self._worker()) for _ in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def wait_checked(self, server: MovableServer, timeout: float = 120) -> None:
+        """Wait while the hub's startup check of this server runs (it must not move then)."""
+        deadline = self.clock.monotonic() + timeout
+        while server.check_pending and self.clock.monotonic() < deadline:
+            await self.clock.sleep(0.2)
+
+    async def _worker(self) -> None:
+        await self._wait_hub_started()
+        while True:
+            deadline, _, server, reason, future = await self._queue.get()
+            try:
+                if not server.movable:
+                    # a stop began while the move waited: the stop ends the server, with
+                    # its own checkpoint; a move would race it for the host
+                    raise MoveError(f"{server.key} is stopping; not moved")
+                await self.wait_checked(server)
+                move = self._make_move(server, reason, self._deadlines.get(server.key, deadline))
+                self._running[server.key] = move
+                result = await move.run()
+            except Exception as e:
+                self.log.exception("move of %s failed", server.key)
+                server.emit(f"Move failed: {e}", level="error")
+                if not future.done():
+                    future.set_exception(e if isinstance(e, MoveError) else MoveError(str(e)))
+                    future.exception()  # retrieved: callers may not await it
+            else:
+                if not future.done():
+                    future.set_result(result)
+            finally:
+                self._running.pop(server.key, None)
+                self._deadlines.pop(server.key, None)
+                self._moves.pop(server.key, None)
+
+    # -- moves ---------------------------------------------------------------------
+
+    def schedule(
+        self, server: MovableServer, reason: str, deadline: float | None = None
+    ) -> asyncio.Future:
+        """Queue a move; the nearest deadline goes first. Returns a future of its result."""
+        if server.key in self._moves:
+            return self._moves[server.key]
+        future = asyncio.get_running_loop().create_future()
+        self._moves[server.key] = future  # is_moving (and so poll()) says so from now on
+        deadline = deadline or self.clock.time() + 3600
+        self._deadlines[server.key] = deadline
+        self._queue.put_nowait((deadline, next(self._order), server, reason, future))
+        return future
+
+    def _tighten(self, key: str, deadline: float) -> None:
+        """A notice for a server already moving: its move freezes by the nearer deadline."""
+        if deadline < self._deadlines.get(key, deadline + 1):
+            self._deadlines[key] = deadline
+            move = self._running.get(key)
+            if move is not None:
+                move.tighten(deadline)
+
+    async def wait_for(self, server: MovableServer) -> None:
+        settling = self._settling.get(server.key)
+        if settling:
+            await asyncio.wait([settling])
+        future = self._moves.get(server.key)
+        if future:
+            await asyncio.wait([future])
+
+    # -- notices ---------------------------------------------------------------------
+
+    def on_notice(self, host_id: str, deadline: float) -> list[str]:
+        """A host will be reclaimed at `deadline`: move every server on it.
+
+        The one intake for every notice: the agent's push, the poller and the API's reclaim
+        call all come here, in any order and as often as they like. Keyed by host, it is
+        idempotent: each caller gets the same answer, the servers moving off that host
+        (whoever scheduled their moves first).
+        """
+        self._forget_old_notices()
+        intake = self._notices.setdefault(host_id, {"deadline": deadline, "moving": []})
+        intake["deadline"] = min(intake["deadline"], deadline)
+        moving = intake["moving"]
+        for server in self.servers_on(host_id):
+            if self.is_moving(server.key):
+                # a settle under way: the next notice (the poller's) starts the move
+                self._tighten(server.key, intake["deadline"])
+            else:
+                if not server.movable:
+                    continue
+                # a first notice, or a move of it that failed: (re)try while the host lives
+                seconds = intake["deadline"] - self.clock.time()
+                server.emit(
+                    f"Host {host_id} will be reclaimed in {seconds:.0f} s: moving",
+                    level="warning",
+                )
+                self.schedule(server, f"reclaim notice for {host_id}", intake["deadline"])
+            # moving now (also a `migrate`, or a notice taken a moment ago): every caller
+            # hears of it
+            if server.key not in moving:
+                moving.append(server.key)
+        return list(moving)
+
+    def _forget_old_notices(self, keep: float = 600) -> None:
+        # host ids are never reused: a notice long past its deadline has nothing to tell
+        now = self.clock.time()
+        for host_id in [h for h, n in self._notices.items() if n["deadline"] < now - keep]:
+            del self._notices[host_id]
+
+    # -- a host lost, a move cut short by a hub restart ------------------------------
+
+    def host_lost(self, server: MovableServer) -> int | None:
+        """The server's host vanished without notice: move it from its last checkpoint.
+
+        Returns what poll() answers: None (a move is under way) or 1 (stopped; the next
+        start resumes from the checkpoint).
+        """
+        where = server.host.id if server.host else "?"
+        if server.home_mode == "synced" and not server.checkpoint_id:
+            server.emit(f"Host {where} was lost and no checkpoint exists", level="error")
+            return 1
+        if not self.hub_started() or server.check_pending:
+            # the hub is checking servers at start and would stop this one mid-move;
+            # let it: the checkpoint stays and the next start resumes from it
+            server.emit(f"Host {where} was lost while the hub was down", level="warning")
+            return 1
+        server.emit(f"Host {where} was lost without notice: restoring", level="warning")
+        self.schedule(server, f"host {where} lost", self.clock.time())
+        return None
+
+    async def settle(self, server: MovableServer) -> int | None:
+        """The one policy for a move a hub restart cut short; returns what poll() answers.
+
+        Whichever host does not serve is released and the record cleared. Then:
+        - the server runs where the record says it serves (the new host once the phase is
+          `switched`, the old one before): it stays there, its route re-armed (the dead
+          hub may have left it at its hold server); a notice still standing starts a fresh
+          move at the next poll;
+        - it does not run: its host is lost, and `host_lost` decides (a move from the last
+          checkpoint, or stopped while the hub still checks its servers at start).
+        Runs once per server at a time, whoever asks (poll() or `recover`).
+        """
+        task = self._settling.get(server.key)
+        if task is None:
+            task = asyncio.ensure_future(self._settle(server))
+            self._settling[server.key] = task
+            task.add_done_callback(lambda _: self._settling.pop(server.key, None))
+        return await asyncio.shield(task)
+
+    async def _settle(self, server: MovableServer) -> int | None:
+        record = server.saved_move()
+        if record is None:
+            return None  # settled already
+        self.log.warning("settling the interrupted move of %s: %s", server.key, record)
+        serving = server.host
+        spare = record.old_host if record.switched else record.new_host
+        if spare is not None and (serving is None or spare.id != serving.id):
+            await server.release_host(spare)
+        server.persist_move(None)
+        if await server.server_alive(serving, retries=1):
+            await server.rearm_route()
+            server.emit(
+                "Move finished after a hub restart"
+                if record.switched
+                else "A move was interrupted by a hub restart; the server stays where it was"
+            )
+            return None
+        server.emit("A move was interrupted by a hub restart and the server's host is gone")
+        return self.host_lost(server)
+
+    def recover(self, server: MovableServer) -> None:
+        """After a hub restart in the middle of a move: settle it, once, after start."""
+        if server.key in self._recovering:
+            return
+        self._recovering.add(server.key)
+        task = asyncio.ensure_future(self._recover(server))
+        task.add_done_callback(lambda _: self._recovering.discard(server.key))
+
+    async def _recover(self, server: MovableServer) -> None:
+        try:
+            await self._wait_hub_started()
+            await self.wait_checked(server)
+            await self.settle(server)
+        except Exception:
+            self.log.exception("could not settle the interrupted move of %s", server.key)

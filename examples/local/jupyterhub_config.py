@@ -42,6 +42,8 @@ c.MigratingController.checkpoint_secret_file = f"{var}/checkpoint_secret"
 
 # The control API (`jupyterhub-migrate`, /services/migrate/api/) runs inside the hub.
 c.JupyterHub.services = [{"name": "migrate", "url": "http://127.0.0.1:8095"}]
-c.JupyterHub.load_roles = [
-    {"name": "user", "scopes": ["self", "access:services!service=migrate"]},
-]
+# Its callers need the scope access:services!service=migrate (JupyterHub's own service
+# auth); every user gets it through the default `user` role, so a user's own token (from
+# /hub/token) lists and moves their own servers. Admins have it already (the `admin` role),
+# and only they (scope admin:servers) may list and reclaim hosts.
+c.JupyterHub.extra_user_scopes = {"access:services!service=migrate"}

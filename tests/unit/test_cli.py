@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import pytest
 from aiohttp import web
+from traitlets.config import PyFileConfigLoader
 
 from migrating_spawner.service import cli
 
@@ -127,3 +129,13 @@ def test_usage_error_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["frobnicate"])
     assert exit_.value.code == 2
+
+
+def test_demo_lets_a_plain_user_call_the_service():
+    # the service checks for this scope: without it a user's own token gets 403
+    root = Path(__file__).resolve().parents[2]
+    config = PyFileConfigLoader("jupyterhub_config.py", str(root / "examples" / "local"))
+    config = config.load_config()
+    [service] = [s for s in config.JupyterHub.services if "url" in s]
+    assert service["name"] == cli.SERVICE
+    assert f"access:services!service={cli.SERVICE}" in config.JupyterHub.extra_user_scopes

@@ -57,8 +57,9 @@ class MovableServer(Protocol):
     async def checkpoint_home(self, host: Host, reason: str) -> str:
         """Snapshot the home on `host`; returns the checkpoint id."""
 
-    async def restore_home(self, host: Host, checkpoint_id: str, current: Any = None) -> Any:
-        """Restore a checkpoint into the home on `host` (`current`: what is there already)."""
+    async def restore_home(self, host: Host, checkpoint: Any, /, current: Any = None) -> Any:
+        """Restore a checkpoint (its id) into the home on `host` (`current`: what is there
+        already, as the last restore returned it)."""
 
     async def snapshot_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
         """Freeze and snapshot the kernels of the server on host:port into its home."""
@@ -98,9 +99,10 @@ class MoveRun(Protocol):
 class RouteHold(Protocol):
     """Requests for a server's route wait (instead of failing) between hold and release."""
 
-    async def hold(self, server: Any) -> None: ...
+    # the server (or its route spec): MigratingProxy calls its parameter `spawner`
+    async def hold(self, server: Any, /) -> None: ...
 
-    async def release(self, server: Any) -> None: ...
+    async def release(self, server: Any, /) -> None: ...
 
 
 class NoRouteHold:

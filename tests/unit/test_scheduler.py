@@ -494,3 +494,44 @@ async def test_a_notice_while_settling_waits_for_the_settle(world, clock):
         assert "acquire" in world.log[settled_at:]  # after the settle, not during it
     finally:
         await hub.scheduler.stop()
+
+
+def _members(protocol: type) -> dict[str, Any]:
+    names = set(getattr(protocol, "__annotations__", {}))
+    names |= {n for n, v in vars(protocol).items() if callable(v) or isinstance(v, property)}
+    return {n: getattr(protocol, n, None) for n in names if not n.startswith("_")}
+
+
+@pytest.mark.parametrize(
+    "implementation, protocol",
+    [
+        ("migrating_spawner.spawner:MigratingSpawner", "MovableServer"),
+        ("proxy_plugin.proxy:MigratingProxy", "RouteHold"),
+        ("migrating_spawner.moving:NoRouteHold", "RouteHold"),
+        ("migrating_spawner.move:Move", "MoveRun"),
+    ],
+)
+def test_the_real_classes_implement_the_protocols(implementation, protocol):
+    import importlib
+    import inspect
+
+    from migrating_spawner.moving import protocol as protocols
+
+    module, name = implementation.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    proto = getattr(protocols, protocol)
+    for member, spec in _members(proto).items():
+        if member in getattr(proto, "__annotations__", {}) and not callable(spec):
+            continue  # a data attribute, set per instance
+        assert hasattr(cls, member), f"{name} lacks {member}"
+        if callable(spec) and not isinstance(spec, property):
+            want = list(inspect.signature(spec).parameters.values())
+            have = list(inspect.signature(getattr(cls, member)).parameters.values())
+            assert len(have) >= len(want), f"{name}.{member}{have} is not {want}"
+            for w, h in zip(want, have, strict=False):
+                # positional-only in the protocol: any name will do
+                if w.kind is not w.POSITIONAL_ONLY:
+                    assert h.name == w.name, f"{name}.{member}{have} is not {want}"
+            assert inspect.iscoroutinefunction(getattr(cls, member)) == (
+                inspect.iscoroutinefunction(spec)
+            ), f"{name}.{member}: async or not, as the protocol says"

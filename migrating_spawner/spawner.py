@@ -170,7 +170,7 @@ class MigratingSpawner(Spawner):
     def agent(self) -> AgentClient:
         if self.host is None:
             raise HostError(f"{self._log_name} has no host")
-        return AgentClient(self.host)
+        return self.controller.provider.agent(self.host)
 
     @property
     def key(self) -> str:
@@ -361,7 +361,7 @@ class MigratingSpawner(Spawner):
 
     async def launch(self, host: Host) -> int:
         """Start jupyterhub-singleuser on `host`; returns its port."""
-        agent = AgentClient(host)
+        agent = self.controller.provider.agent(host)
         port = await agent.free_port()
         home = self.home_on(host)
         previous = (self.host, self.ip, self.port)
@@ -380,7 +380,7 @@ class MigratingSpawner(Spawner):
 
         url = f"http://{host.address}:{port}" + url_path_join(self.server.base_url, "api")
         deadline = time.monotonic() + (timeout or self.http_timeout)
-        agent = AgentClient(host)
+        agent = self.controller.provider.agent(host)
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 try:
@@ -433,7 +433,9 @@ class MigratingSpawner(Spawner):
     async def kill_server(self, host: Host) -> None:
         """SIGKILL the server on `host`, no grace (a move's freeze)."""
         try:
-            await AgentClient(host, timeout=5, retries=0).stop_process(SERVER_PROCESS, grace=0)
+            await self.controller.provider.agent(host).stop_process(
+                SERVER_PROCESS, grace=0, quick=True
+            )
         except AgentError:
             pass
 
@@ -536,7 +538,8 @@ class MigratingSpawner(Spawner):
         if host is None:
             return False
         try:
-            status = await AgentClient(host, timeout=3, retries=retries).process(SERVER_PROCESS)
+            agent = self.controller.provider.agent(host)
+            status = await agent.process(SERVER_PROCESS, quick=not retries)
         except (AgentError, HostError):
             return False
         return bool(status and status["running"])
@@ -563,7 +566,9 @@ class MigratingSpawner(Spawner):
             except (HostError, CheckpointError) as e:
                 self.log.error("no checkpoint of %s on stop: %s", self._log_name, e)
         try:
-            await AgentClient(host).stop_process(SERVER_PROCESS, 0 if now else self.stop_grace)
+            await self.controller.provider.agent(host).stop_process(
+                SERVER_PROCESS, 0 if now else self.stop_grace
+            )
         except AgentError as e:
             self.log.warning("stopping %s on %s: %s", self._log_name, host.id, e)
         await self.release_host(host)
@@ -587,7 +592,7 @@ class MigratingSpawner(Spawner):
         """
         parent = parent or self.precopy
         store = self.controller.store
-        result = await AgentClient(host).snapshot_home(
+        result = await self.controller.provider.agent(host).snapshot_home(
             self.home_on(host),
             store.agent_config(),
             parent["files"] if parent else None,
@@ -619,7 +624,7 @@ class MigratingSpawner(Spawner):
     ) -> dict[str, Any]:
         """Restore a verified checkpoint into the home on `host`; returns its file table."""
         manifest = self.controller.load_checkpoint(self.key, checkpoint_id)
-        await AgentClient(host).restore_home(
+        await self.controller.provider.agent(host).restore_home(
             self.home_on(host),
             manifest.files,
             self.controller.store.agent_config(),

@@ -174,14 +174,12 @@ class MigratingController(SingletonConfigurable):
         await asyncio.shield(self._started)
 
     async def _start(self) -> None:
-        if isinstance(self.provider, LocalHostProvider):
-            self.provider.notify_url = self.api_url + self.base_url + "api/notices"
+        # agents push notices to the API; a simulated cloud may run its spot market
+        self._tasks += self.provider.start(self.api_url + self.base_url + "api/notices")
         http = make_app(self).listen(self.api_port, self.api_ip)
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._poll_notices()))
         self._tasks.append(asyncio.create_task(self._release_orphans(time.time())))
-        if isinstance(self.provider, LocalHostProvider) and self.provider.spot_reclaim_rate > 0:
-            self._tasks.append(asyncio.create_task(self.provider.simulate_spot_market()))
         self._http = http
         self.log.info("migrate API at http://%s:%d%s", self.api_ip, self.api_port, self.base_url)
 
@@ -298,6 +296,9 @@ class MigratingController(SingletonConfigurable):
     async def reclaim(self, host_id: str, notice_seconds: float) -> dict[str, Any]:
         """Reclaim a host with a notice (local hosts); returns the notice and the servers
         that move off it (the same answer the agent's own push gets)."""
+        cloud = self.provider.simulated_cloud
+        if cloud is None:
+            raise HostError(f"the {self.provider.name} provider cannot reclaim hosts on request")
         host = await self.provider.get(host_id)
         if host is None:
             raise HostError(f"no host {host_id}")
@@ -307,6 +308,6 @@ class MigratingController(SingletonConfigurable):
             for server in self.spawners_on(host_id):
                 if server.movable:
                     await self.scheduler.routes.hold(server)
-        notice = await self.provider.reclaim(host, notice_seconds)
+        notice = await cloud.reclaim(host, notice_seconds)
         # don't wait for the agent's push or the next poll
         return {"notice": notice, "moving": self.on_notice(host_id, notice["deadline"])}

@@ -25,6 +25,7 @@ from tornado import web
 from traitlets import Any as AnyTrait
 from traitlets import default
 
+from ..agent.client import AgentError
 from ..hosts.base import HostError
 
 
@@ -289,10 +290,12 @@ class ReclaimHandler(APIHandler):
             raise error(404, f"no host {host_id}")
         try:
             answer = await self.controller.reclaim(host_id, seconds)
-        except HostError as e:
+        except AgentError as e:
             # the host is there but its agent did not take the notice
-            message = f"the agent of {host_id} did not take the notice: {e}"
-            raise error(502, message) from None
+            raise error(502, f"the agent of {host_id} did not take the notice: {e}") from None
+        except HostError as e:
+            # e.g. a provider whose cloud takes no reclaim on request
+            raise error(400, f"cannot reclaim {host_id}: {e}") from None
         self.write_json({"host_id": host_id, **answer}, 202)
 
 
@@ -357,6 +360,8 @@ class NoticeHandler(JSONHandler):
             raise error(400, "deadline must be a finite number of epoch seconds")
         if deadline < time.time() - 600:
             raise error(400, "notice expired: its deadline passed long ago")
+        # the host watcher's cache hears of it too (it is news only once, however it came)
+        self.controller.provider.watcher.push_notice(host.id, {"deadline": deadline})
         moving = self.controller.on_notice(host.id, deadline)
         self.write_json({"moving": moving}, 202)
 

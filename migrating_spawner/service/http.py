@@ -27,6 +27,8 @@ def check_url(url: str, flag: str = "--url") -> str:
 def _short(error: requests.RequestException) -> str:
     if isinstance(error, requests.Timeout):
         return "no answer in time"
+    if isinstance(error, requests.exceptions.SSLError):
+        return "no TLS there: is it http://, not https://?"
     text = str(error)
     if "refused" in text.lower():
         return "connection refused: nothing listens there"
@@ -63,9 +65,13 @@ class JSONClient:
         if not isinstance(data, (dict, list)):
             # an HTML page, a proxy's error, another server: not the API at all
             kind = resp.headers.get("Content-Type", "").split(";")[0] or "no content type"
+            hint = ""
+            if urlsplit(self.url).path.rstrip("/").endswith("/hub"):
+                # the URL the browser shows: the API is under the hub's base URL, not /hub/
+                hint = f" (the hub's URL is without /hub: {self.url.rstrip('/')[: -len('/hub')]})"
             raise CLIError(
                 f"{self.url} is not {self.what}: {method} {target} answered "
-                f"{resp.status_code} ({kind}), not the API's JSON"
+                f"{resp.status_code} ({kind}), not the API's JSON{hint}"
             )
         if resp.status_code >= 400:
             message = data.get("message", data) if isinstance(data, dict) else data

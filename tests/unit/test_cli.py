@@ -139,3 +139,22 @@ def test_demo_lets_a_plain_user_call_the_service():
     [service] = [s for s in config.JupyterHub.services if "url" in s]
     assert service["name"] == cli.SERVICE
     assert f"access:services!service={cli.SERVICE}" in config.JupyterHub.extra_user_scopes
+
+
+async def test_https_to_a_plain_http_site_says_so(web_page, capsys):
+    url = web_page.replace("http://", "https://")
+    code, out, err = await run_cli(capsys, "--url", url, "--token", "t", "list")
+    assert code == 1 and out == ""
+    assert err.strip() == (
+        f"jupyterhub-migrate: cannot reach {url}/services/migrate/api/servers "
+        "(no TLS there: is it http://, not https://?): is --url right?"
+    )
+
+
+async def test_the_browsers_hub_url_gets_a_hint(web_page, capsys):
+    # the address bar shows http://host/hub/...: the API is not under /hub/
+    code, _, err = await run_cli(capsys, "--url", web_page + "/hub/", "--token", "t", "list")
+    assert code == 1
+    assert err.strip().endswith(
+        f"not the API's JSON (the hub's URL is without /hub: {web_page})"
+    ), err

@@ -17,7 +17,6 @@ from typing import Any
 from traitlets import Float, Instance, Integer, Type, Unicode, default
 from traitlets.config import SingletonConfigurable
 
-from .agent.client import AgentClient, AgentError
 from .checkpoint import (
     CheckpointStore,
     LocalCheckpointStore,
@@ -26,6 +25,7 @@ from .checkpoint import (
 )
 from .hosts.base import HostError, HostProvider
 from .hosts.local import LocalHostProvider
+from .hosts.watcher import NOTICE, HostEvent
 from .move import Move
 from .moving import MovableServer, MoveError, MoveScheduler, RouteHold
 from .service.api import make_app
@@ -81,7 +81,10 @@ class MigratingController(SingletonConfigurable):
     ).tag(config=True)
 
     notice_poll_interval = Float(
-        5, help="Seconds between polls of every host for notices (AWS suggests 5)."
+        5,
+        help="""Seconds between looks at the notices standing for served hosts (a move of
+        one that failed is tried again). The agents themselves are polled by the provider's
+        host watcher, every `HostProvider.watch_interval`.""",
     ).tag(config=True)
 
     api_ip = Unicode(
@@ -237,19 +240,25 @@ class MigratingController(SingletonConfigurable):
         return self.scheduler.on_notice(host_id, deadline)
 
     async def _poll_notices(self) -> None:
+        """Notices come from the provider's host watcher (its polls of every served host and
+        the agents' pushes): taken in at once, and again each interval while one stands, so
+        a move of it that failed is tried again. Whether a host is lost is poll()'s call."""
         await self._wait_hub_started()
+        watcher = self.provider.watcher
+        watcher.subscribe(self._on_host_event)
         while True:
-            await asyncio.sleep(self.notice_poll_interval)
             for server in list(self.spawners.values()):
                 host = server.host
                 if host is None or not server.movable or self.scheduler.is_moving(server.key):
                     continue
-                try:
-                    notice = await AgentClient(host, timeout=3, retries=0).notice()
-                except AgentError:
-                    continue  # poll() decides whether an unreachable host is lost
+                notice = watcher.watch(host).notice
                 if notice:
                     self.on_notice(host.id, notice["deadline"])
+            await asyncio.sleep(self.notice_poll_interval)
+
+    def _on_host_event(self, event: HostEvent) -> None:
+        if event.kind == NOTICE and event.notice:
+            self.on_notice(event.host.id, event.notice["deadline"])
 
     # -- moves ---------------------------------------------------------------------
 

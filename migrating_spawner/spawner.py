@@ -15,12 +15,12 @@ from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import url_path_join
-from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
+from traitlets import Bool, Enum, Float, List, Unicode, default
 
 from kernel_provisioner.state import HOST_ROOT, lost_message
 
 from . import profiles as profiles_mod
-from .agent.client import AgentClient, AgentError, AgentUnreachable
+from .agent.client import AgentClient, AgentError
 from .checkpoint import CheckpointError
 from .controller import MigratingController
 from .hosts.base import Host, HostError
@@ -93,10 +93,6 @@ class MigratingSpawner(Spawner):
         5, help="Seconds a stopping server gets after SIGTERM before it is killed."
     ).tag(config=True)
 
-    lost_host_polls = Integer(
-        3, help="Failed polls in a row before an unreachable host counts as lost."
-    ).tag(config=True)
-
     profiles = List(
         default_value=profiles_mod.DEFAULT_PROFILES,
         help="""Profiles offered on the spawn page: a list of dicts with `slug`,
@@ -138,7 +134,6 @@ class MigratingSpawner(Spawner):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.events: list[dict[str, Any]] = []
-        self._failed_polls = 0
         self._precopy_task: asyncio.Task | None = None
         self.controller.register(self)
         try:
@@ -517,18 +512,19 @@ class MigratingSpawner(Spawner):
             return await self.controller.settle_interrupted_move(self)
         if self.host is None:
             return 0
-        try:
-            status = await self.agent.process(SERVER_PROCESS)
-        except AgentUnreachable:
-            self._failed_polls += 1
-            gone = await self.controller.provider.get(self.host.id) is None
-            if gone or self._failed_polls >= self.lost_host_polls:
-                return self.controller.host_lost(self)
-            return None
-        except AgentError as e:
-            self.log.warning("poll of %s failed: %s", self._log_name, e)
-            return None
-        self._failed_polls = 0
+        # the provider's host watcher asks the agent (one poll per host for every caller,
+        # failed polls counted once); its answer is reused while younger than an interval
+        watcher = self.controller.provider.watcher
+        state = await watcher.refresh(self.host, max_age=watcher.interval)
+        status = state.process(SERVER_PROCESS)
+        if not (state.lost or state.failures) and not (status and status["running"]):
+            # bad news is checked fresh: the cached answer may predate the server's start
+            state = await watcher.refresh(self.host)
+            status = state.process(SERVER_PROCESS)
+        if state.lost:
+            return self.controller.host_lost(self)
+        if state.failures or state.status is None:
+            return None  # not answering, not lost (yet)
         if status is None:
             return 0
         return None if status["running"] else (status["exit_code"] or 0)

@@ -177,6 +177,7 @@ class Gate:
         for channel, stream in buf.channels.items():
             stream.on_recv(partial(self._buffered, buf, channel))
         conn.channels = {}  # jupyter_server must not close them
+        self.log.info("buffering for %s (%d so far)", buf.key, len(buf.messages))
         self._prune(conn.multi_kernel_manager)
 
     def _owner(self, conn: Any) -> Any:

@@ -269,3 +269,5 @@ class Move:
         if self.new is not None and server.host is not self.new:
             await server.release_host(self.new)
         server.persist_move(None)
+        if not self.frozen:
+            server.start_precopy()  # the old server goes on serving: keep its home saved

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from migrating_spawner.hosts.base import Host
+from migrating_spawner.hosts.base import Host, HostError
 from migrating_spawner.move import Move
 from migrating_spawner.moving import Clock, MoveError, MoveRecord, MoveScheduler
 
@@ -59,6 +59,7 @@ class World:
         self.running: set[str] = set()  # host ids with a server process
         self.state: dict[str, dict[str, Any]] = {}  # server key -> persisted state
         self.committed: list[tuple[str, str]] = []  # (reason, checkpoint id)
+        self.failing: set[str] = set()  # steps that raise HostError
         self._gates: dict[str, asyncio.Event] = {}
         self._reached: dict[str, asyncio.Event] = {}
         self._hosts = 0
@@ -87,6 +88,8 @@ class World:
     async def step(self, name: str) -> None:
         self.log.append(name)
         self._event(name).set()
+        if name in self.failing:
+            raise HostError(f"{name} failed")
         gate = self._gates.get(name)
         if gate is not None:
             await gate.wait()
@@ -292,6 +295,19 @@ async def test_a_move_holds_only_for_the_cut_over(hub, world, clock):
     assert world.before("release route", f"release {old.id}")
     assert old.id not in world.hosts and world.state[server.key]["move"] is None
     assert not hub.scheduler.is_moving(server.key) and not hub.routes.held
+
+
+async def test_a_failed_move_leaves_the_old_server_serving_and_saved(hub, world, clock):
+    server = hub.add(await FakeServer.running(world))
+    old = server.host
+    world.failing.add("launch")
+    with pytest.raises(MoveError, match="launch failed"):
+        await hub.scheduler.schedule(server, "test", clock.time() + 100)
+    assert server.host is old and world.running == {old.id}
+    assert "hold" not in world.log and world.state[server.key]["move"] is None
+    assert set(world.hosts) == {old.id}  # the new host went back
+    # the background pre-copy the move stopped runs again
+    assert world.log.index("start precopy") > world.log.index("stop precopy")
 
 
 async def test_deadline_before_the_new_server_is_ready(hub, world, clock):

@@ -123,7 +123,7 @@ class KernelHosts:
             known = ", ".join(h.id for h in self.hosts()) or "none"
             raise CLIError(f"no host {host_id} (the gateway's kernel hosts: {known})")
         try:
-            notice = asyncio.run(provider.reclaim(host, notice_seconds))
+            notice = asyncio.run(provider.simulated_cloud.reclaim(host, notice_seconds))
         except HostError as e:
             raise CLIError(f"the agent of {host_id} did not take the notice: {e}") from None
         owner = host.meta.get("owner")

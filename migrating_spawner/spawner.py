@@ -17,18 +17,20 @@ from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import url_path_join
 from traitlets import Bool, Enum, Float, List, Unicode, default
 
-from kernel_provisioner.state import HOST_ROOT, lost_message
+from kernel_provisioner.state import lost_message
 
 from . import profiles as profiles_mod
 from .agent.client import AgentClient, AgentError
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, Manifest, new_checkpoint_id
 from .controller import MigratingController
 from .hosts.base import Host, HostError
 from .moving import MoveRecord
+from .serverspec import ServerSettings, build_server_spec, home_folder
 from .singleuser import JUPYTER_CONFIG_DIR
 
 #: bump when the shape of get_state() changes; load_state() reads older versions
-STATE_VERSION = 1
+#: (2: the pre-copy parent is an id, "precopy_id", no longer a file table, "precopy")
+STATE_VERSION = 2
 
 #: the agent's name for the user server process
 SERVER_PROCESS = "server"
@@ -126,7 +128,9 @@ class MigratingSpawner(Spawner):
 
     host: Host | None = None
     checkpoint_id: str | None = None
-    precopy: dict[str, Any] | None = None  # last pre-copy checkpoint {"id", "files"}
+    # the last home checkpoint taken or restored: the agent that holds its file table
+    # snapshots only what changed since (the table itself never enters the hub's db)
+    precopy_id: str | None = None
     move_record: dict[str, Any] | None = None  # a move under way (survives a hub restart)
     delivered_seals: list[str] = []  # held cells already redelivered (see singleuser/gate.py)
     kernels_stale = False  # the last stop could not snapshot the kernels
@@ -187,7 +191,10 @@ class MigratingSpawner(Spawner):
             self.port = state["port"]
             self.ip = self.host.address
         self.checkpoint_id = state.get("checkpoint_id")
-        self.precopy = state.get("precopy")
+        self.precopy_id = state.get("precopy_id")
+        if version < 2 and isinstance(state.get("precopy"), dict):
+            # version 1 kept the whole file table; its id is all the agent needs
+            self.precopy_id = state["precopy"].get("id")
         self.move_record = state.get("move")
         self.delivered_seals = list(state.get("delivered_seals") or [])
         self.kernels_stale = bool(state.get("kernels_stale"))
@@ -205,8 +212,8 @@ class MigratingSpawner(Spawner):
                 state["api_token"] = self.api_token
         if self.checkpoint_id:
             state["checkpoint_id"] = self.checkpoint_id
-        if self.precopy:
-            state["precopy"] = self.precopy
+        if self.precopy_id:
+            state["precopy_id"] = self.precopy_id
         if self.move_record:
             state["move"] = self.move_record
         if self.delivered_seals:
@@ -219,8 +226,10 @@ class MigratingSpawner(Spawner):
         # the checkpoint stays: the next start resumes from it
         super().clear_state()
         self.host = None
-        self.precopy = None
+        self.precopy_id = None
         self.move_record = None
+        # what this run committed was handed over in memory; a resume reads and verifies
+        self.controller.checkpoints.forget(self.key)
         if not self.checkpoint_on_stop:
             self.checkpoint_id = None
 
@@ -269,10 +278,7 @@ class MigratingSpawner(Spawner):
     # -- where things live -------------------------------------------------------------
 
     def home_on(self, host: Host) -> str:
-        folder = self.user.name + (f"-{self.name}" if self.name else "")
-        if self.home_mode == "shared":
-            return os.path.join(self.shared_home_root, folder)
-        return os.path.join(host.disk, "home", folder)
+        return home_folder(self.home_mode, self.shared_home_root, self.user.name, self.name, host)
 
     def get_args(self) -> list[str]:
         args = list(super().get_args())  # the base class returns the trait's own list
@@ -294,17 +300,33 @@ class MigratingSpawner(Spawner):
         60, help="Seconds a move may spend snapshotting or restoring kernels."
     ).tag(config=True)
 
-    def get_env(self) -> dict[str, str]:
-        env = super().get_env()
-        if self.host:
-            env["HOME"] = self.home_on(self.host)
-            env["JUPYTERHUB_MIGRATING_HOST"] = self.host.id
-            # kernels map a working folder on this host's own disk to the next host's
-            env[HOST_ROOT] = self.host.disk
+    def server_settings(self) -> ServerSettings:
+        """The host-independent half of the server's spec (serverspec.build_server_spec)."""
         # enables the singleuser extension that snapshots and restores kernels
         config_path = [JUPYTER_CONFIG_DIR, os.environ.get("JUPYTER_CONFIG_PATH", "")]
-        env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(p for p in config_path if p)
-        env["JUPYTERHUB_MIGRATING_SNAPSHOT_INTERVAL"] = str(self.kernel_snapshot_interval)
+        return ServerSettings(
+            cmd=[*self.cmd, *self.get_args()],
+            env=super().get_env(),
+            user=self.user.name,
+            server_name=self.name,
+            base_url=self.server.base_url if self.server else "/",
+            home_mode=self.home_mode,
+            shared_home_root=self.shared_home_root,
+            config_path=os.pathsep.join(p for p in config_path if p),
+            snapshot_interval=self.kernel_snapshot_interval,
+            proto="https" if self.internal_ssl else "http",
+            keep_service_url="JUPYTERHUB_SERVICE_URL" in self.environment,
+        )
+
+    def get_env(self) -> dict[str, str]:
+        """The server's environment on its current host (a move builds the next one's
+        with build_server_spec, leaving host/ip/port alone)."""
+        settings = self.server_settings()
+        if self.host:
+            return build_server_spec(settings, self.host, self.port).env
+        env = dict(settings.env)
+        env["JUPYTER_CONFIG_PATH"] = settings.config_path
+        env["JUPYTERHUB_MIGRATING_SNAPSHOT_INTERVAL"] = str(settings.snapshot_interval)
         return env
 
     async def get_url(self) -> str:
@@ -358,15 +380,8 @@ class MigratingSpawner(Spawner):
         """Start jupyterhub-singleuser on `host`; returns its port."""
         agent = self.controller.provider.agent(host)
         port = await agent.free_port()
-        home = self.home_on(host)
-        previous = (self.host, self.ip, self.port)
-        self.host, self.ip, self.port = host, host.address, port
-        try:
-            env = self.get_env()
-            cmd = self.cmd + self.get_args()
-        finally:
-            self.host, self.ip, self.port = previous
-        await agent.start_process(SERVER_PROCESS, cmd, env, cwd=home)
+        spec = build_server_spec(self.server_settings(), host, port)
+        await agent.start_process(SERVER_PROCESS, spec.cmd, spec.env, cwd=spec.cwd)
         return port
 
     async def wait_ready(self, host: Host, port: int, timeout: float | None = None) -> None:
@@ -578,56 +593,70 @@ class MigratingSpawner(Spawner):
 
     # -- home files -----------------------------------------------------------------
 
-    async def checkpoint_home(
-        self, host: Host, reason: str, parent: dict[str, Any] | None = None
-    ) -> str:
+    async def checkpoint_home(self, host: Host, reason: str, parent: str | None = None) -> str:
         """Snapshot the home on `host` into the store; returns the new checkpoint id.
 
-        `parent` (a previous checkpoint's {"id", "files"}) lets the agent skip unchanged
-        files, so only changes are read and sent.
+        `parent` (default: the last checkpoint taken or restored) is sent as an id: the
+        host's agent keeps the file tables it made, so unchanged files are neither read
+        nor sent; an agent without that table (another host, restarted) reads them all.
         """
-        parent = parent or self.precopy
-        store = self.controller.store
+        parent = parent or self.precopy_id
+        checkpoint_id = new_checkpoint_id()  # named first: the agent keeps the table by it
         result = await self.controller.provider.agent(host).snapshot_home(
             self.home_on(host),
-            store.agent_config(),
-            parent["files"] if parent else None,
+            self.controller.store.agent_config(),
             list(self.home_exclude),
             timeout=self.checkpoint_timeout,
+            parent_id=parent,
+            checkpoint_id=checkpoint_id,
         )
-        checkpoint_id = self.controller.commit_checkpoint(
+        stats = result["stats"]
+        self.controller.checkpoints.commit(
             self.key,
             result["files"],
-            parent=parent["id"] if parent else None,
-            meta={"host": host.id, "reason": reason, "stats": result["stats"]},
+            parent=parent,
+            meta={"host": host.id, "reason": reason, "stats": stats},
+            checkpoint_id=checkpoint_id,
         )
-        self.precopy = {"id": checkpoint_id, "files": result["files"]}
-        self.checkpoint_id = checkpoint_id
-        stats = result["stats"]
+        self.precopy_id = self.checkpoint_id = checkpoint_id
         self.log.info(
-            "checkpoint %s of %s (%s): %d files, %d bytes read, %d bytes sent",
+            "checkpoint %s of %s (%s): %d files, %d bytes read, %d bytes sent%s",
             checkpoint_id,
             self._log_name,
             reason,
             stats.get("files", 0),
             stats.get("bytes_read", 0),
             stats.get("bytes_uploaded", 0),
+            f" (changes since {parent})" if stats.get("parent") else " (full)",
         )
         return checkpoint_id
 
     async def restore_home(
-        self, host: Host, checkpoint_id: str, current: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """Restore a verified checkpoint into the home on `host`; returns its file table."""
-        manifest = self.controller.load_checkpoint(self.key, checkpoint_id)
+        self, host: Host, checkpoint: str | Manifest, current: str | Manifest | None = None
+    ) -> str:
+        """Restore a checkpoint into the home on `host`; returns its id.
+
+        A checkpoint this hub just committed is handed over as committed; another is read
+        and verified first. `current` is the checkpoint restored there before (a move's
+        pre-copy): the agent keeps the files of it that are still as it wrote them.
+        """
+        manifest = (
+            checkpoint
+            if isinstance(checkpoint, Manifest)
+            else self.controller.checkpoints.load(self.key, checkpoint)
+        )
+        current_id = current.id if isinstance(current, Manifest) else current
         await self.controller.provider.agent(host).restore_home(
             self.home_on(host),
             manifest.files,
             self.controller.store.agent_config(),
-            current,
             timeout=self.checkpoint_timeout,
+            current_id=current_id if isinstance(current_id, str) else None,
+            checkpoint_id=manifest.id,
         )
-        return manifest.files
+        if self.precopy_id is None:  # a resume: the next pre-copy starts from this one
+            self.precopy_id = manifest.id
+        return manifest.id
 
     # -- background pre-copy ------------------------------------------------------------
 

@@ -246,11 +246,21 @@ class AgentClient:
         self,
         root: str,
         store: dict[str, Any],
-        previous: dict[str, Any] | None,
         exclude: list[str],
         timeout: float,
+        *,
+        parent_id: str | None = None,
+        checkpoint_id: str | None = None,
     ) -> dict[str, Any]:
-        body = {"root": root, "store": store, "previous": previous, "exclude": exclude}
+        """Snapshot `root`; only changes since `parent_id` if the agent kept its table.
+        The agent keeps this snapshot's table as `checkpoint_id`."""
+        body = {
+            "root": root,
+            "store": store,
+            "exclude": exclude,
+            "parent_id": parent_id,
+            "checkpoint_id": checkpoint_id,
+        }
         return await self.request("POST", "/home/snapshot", body, timeout=timeout)
 
     async def restore_home(
@@ -258,8 +268,17 @@ class AgentClient:
         root: str,
         files: dict[str, Any],
         store: dict[str, Any],
-        current: dict[str, Any] | None,
         timeout: float,
+        *,
+        current_id: str | None = None,
+        checkpoint_id: str | None = None,
     ) -> dict[str, Any]:
-        body = {"root": root, "files": files, "store": store, "current": current}
+        """Restore a verified file table; `current_id`: the checkpoint restored there before."""
+        body = {
+            "root": root,
+            "files": files,
+            "store": store,
+            "current_id": current_id,
+            "checkpoint_id": checkpoint_id,
+        }
         return await self.request("POST", "/home/restore", body, timeout=timeout)

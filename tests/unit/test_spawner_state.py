@@ -54,7 +54,7 @@ def test_state_roundtrip():
     spawner.host = HOST
     spawner.port = 45678
     spawner.checkpoint_id = "ck-2"
-    spawner.precopy = {"id": "ck-2", "files": {"a.txt": {"size": 1}}}
+    spawner.precopy_id = "ck-2"
     spawner.move_record = {
         "reason": "reclaim notice",
         "deadline": 1.5e9,
@@ -74,7 +74,7 @@ def test_state_roundtrip():
     assert loaded.port == 45678
     assert loaded.ip == "127.0.0.12"
     assert loaded.checkpoint_id == "ck-2"
-    assert loaded.precopy == spawner.precopy
+    assert loaded.precopy_id == "ck-2"
     assert loaded.move_record == spawner.move_record
     assert loaded.get_state() == state
 
@@ -91,7 +91,7 @@ def test_load_empty_state():
     spawner.load_state({})
     assert spawner.host is None
     assert spawner.checkpoint_id is None
-    assert spawner.precopy is None
+    assert spawner.precopy_id is None
     assert spawner.move_record is None
 
 
@@ -129,7 +129,7 @@ def _running(spawner: MigratingSpawner) -> MigratingSpawner:
     spawner.host = HOST
     spawner.port = 45678
     spawner.checkpoint_id = "ck-9"
-    spawner.precopy = {"id": "ck-9", "files": {}}
+    spawner.precopy_id = "ck-9"
     spawner.move_record = {"phase": "switched"}
     spawner.api_token = "tok"
     return spawner
@@ -139,7 +139,7 @@ def test_clear_state_keeps_the_checkpoint_when_checkpoint_on_stop():
     spawner = _running(new_spawner(checkpoint_on_stop=True))
     spawner.clear_state()
     assert spawner.checkpoint_id == "ck-9"
-    assert spawner.host is None and spawner.precopy is None and spawner.move_record is None
+    assert spawner.host is None and spawner.precopy_id is None and spawner.move_record is None
     assert spawner.api_token == ""
     assert spawner.get_state() == {"version": STATE_VERSION, "checkpoint_id": "ck-9"}
 
@@ -165,3 +165,57 @@ def test_get_args_has_no_allow_root_as_a_user(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     spawner = new_spawner(args=["--debug"])
     assert spawner.get_args() == ["--debug"]
+
+
+# -- lean state: ids, not file tables ---------------------------------------------------
+
+
+def file_table(n: int) -> dict:
+    chunk = "ab" * 32
+    entry = {"type": "file", "mode": 0o644, "size": 9, "mtime_ns": 1, "chunks": [chunk]}
+    return {f"notebooks/analysis-{i}.ipynb": dict(entry) for i in range(n)}
+
+
+def test_state_holds_ids_not_file_tables():
+    spawner = new_spawner()
+    spawner.host = HOST
+    spawner.port = 45678
+    spawner.api_token = "tok"
+    spawner.checkpoint_id = spawner.precopy_id = "20261201T120000.000000Z-9f2c41d0"
+    state = spawner.get_state()
+    assert state["precopy_id"] == spawner.checkpoint_id
+    assert "precopy" not in state
+    assert "files" not in json.dumps(state)
+    assert len(json.dumps(state)) < 1000  # a running server: ids, a host record and a token
+
+
+def test_state_of_the_previous_version_loads_and_migrates():
+    # what a hub of state version 1 wrote for a running synced server mid pre-copy
+    old = {
+        "version": 1,
+        "host": HOST.to_dict(),
+        "port": 45678,
+        "api_token": "tok",
+        "checkpoint_id": "ck-7",
+        "precopy": {"id": "ck-7", "files": file_table(500)},
+        "move": {"reason": "reclaim notice", "phase": "preparing", "new_host": NEW_HOST.to_dict()},
+        "delivered_seals": ["seal-1"],
+    }
+    spawner = new_spawner()
+    spawner.load_state(json.loads(json.dumps(old)))
+    assert spawner.host == HOST and (spawner.ip, spawner.port) == ("127.0.0.12", 45678)
+    assert spawner.checkpoint_id == "ck-7"
+    assert spawner.precopy_id == "ck-7"  # the agent that holds its table skips unchanged files
+    assert spawner.move_record == old["move"]
+    assert spawner.delivered_seals == ["seal-1"]
+    assert spawner.api_token == "tok"
+    migrated = spawner.get_state()
+    assert migrated["version"] == STATE_VERSION == 2
+    assert migrated["precopy_id"] == "ck-7" and "precopy" not in migrated
+    assert len(json.dumps(migrated)) < len(json.dumps(old)) / 20
+
+
+def test_state_of_the_previous_version_without_a_precopy():
+    spawner = new_spawner()
+    spawner.load_state({"version": 1, "checkpoint_id": "ck-1", "precopy": None})
+    assert spawner.precopy_id is None and spawner.checkpoint_id == "ck-1"

@@ -41,6 +41,8 @@ from typing import Any
 from enterprise_gateway.services.processproxies.processproxy import BaseProcessProxyABC
 from jupyter_server._tz import utcnow
 
+from migrating_spawner.agent.client import run
+
 from .core import PORT_NAMES, MovableKernel
 from .settings import KernelHostSettings
 
@@ -308,4 +310,4 @@ def _release_hosts_at_exit() -> None:
                 kernel.log.error("kernel %s: host not released: %r", kernel.kernel_id, result)
 
     held[0].log.info("releasing the hosts of %d kernels at exit", len(held))
-    asyncio.run(release())
+    run(release())  # closes the agent session of that loop too

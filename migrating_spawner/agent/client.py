@@ -13,7 +13,8 @@ import asyncio
 import dataclasses
 import random
 import weakref
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -25,6 +26,9 @@ try:
 except ImportError:  # Enterprise Gateway 3 runs kernels from a venv without JupyterHub
     JupyterHubHTTPClient = None
     exponential_backoff = None
+
+
+T = TypeVar("T")
 
 
 class AgentError(HostError):
@@ -78,6 +82,19 @@ async def close_shared_session() -> None:
         await session.close()
 
 
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(coro)` for command-line tools and exit hooks: the loop's agent session
+    is closed with it (aiohttp would report it unclosed)."""
+
+    async def main() -> T:
+        try:
+            return await coro
+        finally:
+            await close_shared_session()
+
+    return asyncio.run(main())
+
+
 def _in_hub() -> bool:
     return JupyterHubHTTPClient is not None and JupyterHubHTTPClient.initialized()
 
@@ -112,22 +129,9 @@ async def _retry(attempt, fail_message: str, timeout: float) -> Any:
 class AgentClient:
     """Talks to one host's agent. Every call has a timeout; reads retry with backoff."""
 
-    def __init__(
-        self,
-        host: Host,
-        timeouts: AgentTimeouts | None = None,
-        *,
-        timeout: float | None = None,
-        retries: int | None = None,
-    ):
+    def __init__(self, host: Host, timeouts: AgentTimeouts | None = None):
         self.host = host
-        timeouts = timeouts or AgentTimeouts()
-        # old form (being replaced by `HostProvider.agent(host)` and `quick=True`)
-        if timeout is not None:
-            timeouts = dataclasses.replace(timeouts, request=timeout, probe=timeout)
-        if retries == 0:
-            timeouts = dataclasses.replace(timeouts, retry=0)
-        self.timeouts = timeouts
+        self.timeouts = timeouts or AgentTimeouts()
 
     async def _once(self, method: str, url: str, body: Any, timeout: float) -> Any:
         headers = {"Authorization": f"token {self.host.agent_token}"}
@@ -152,13 +156,12 @@ class AgentClient:
         *,
         timeout: float | None = None,
         quick: bool = False,
-        retries: int | None = None,
     ) -> Any:
         """One call; `timeout` overrides the per-try timeout, `quick` makes it a probe."""
         url = self.host.agent_url.rstrip("/") + path
         per_try = self.timeouts.probe if quick else (timeout or self.timeouts.request)
         # only idempotent reads are retried: a POST that timed out may have happened
-        retry_for = 0 if quick or method != "GET" or retries == 0 else self.timeouts.retry
+        retry_for = 0 if quick or method != "GET" else self.timeouts.retry
         errors: list[BaseException] = []
 
         async def attempt() -> tuple[Any] | None:
@@ -181,8 +184,8 @@ class AgentClient:
             )
         return result[0]
 
-    async def status(self, quick: bool = False, **kw: Any) -> dict[str, Any]:
-        return await self.request("GET", "/status", quick=quick, **kw)
+    async def status(self, quick: bool = False) -> dict[str, Any]:
+        return await self.request("GET", "/status", quick=quick)
 
     async def free_port(self) -> int:
         return (await self.request("GET", "/free-port"))["port"]

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from traitlets import Float, Integer, Unicode, default, validate
 
@@ -280,14 +279,6 @@ class LocalHostProvider(HostProvider):
         self._registry_file(host.id).unlink(missing_ok=True)
         self._gone_file(host.id).unlink(missing_ok=True)
         (Path(self.root_dir) / "secrets" / f"{host.id}.token").unlink(missing_ok=True)
-
-    async def reclaim(self, host: Host, notice_seconds: float) -> dict[str, Any]:
-        """Old form of `simulated_cloud.reclaim` (kept until its callers are switched)."""
-        return await self.simulated_cloud.reclaim(host, notice_seconds)
-
-    async def simulate_spot_market(self, interval: float = 5) -> None:
-        """Old form of `simulated_cloud.spot_market` (kept until its caller is switched)."""
-        await self.simulated_cloud.spot_market(interval)
 
 
 def _alive(pid: int) -> bool:

@@ -54,7 +54,7 @@ async def test_shutdown_during_a_move_gives_both_hosts_back(settings, caplog):
         # a busy cell that ignores interrupts holds the move at its snapshot
         kc.execute("import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN)\n")
         kc.execute("time.sleep(60)")
-        await provider.reclaim(old, 60)
+        await provider.simulated_cloud.reclaim(old, 60)
         started = f"kernel {kernel.kernel_id} runs on"
 
         def new_kernel_up() -> bool:
@@ -82,7 +82,7 @@ async def test_a_kernel_asked_to_exit_is_not_moved(settings, caplog):
         # before the gateway has noticed the exit, the host gets a notice
         kc.shutdown()
         await until(lambda: kernel.relay.shutdown_requested, 5, "the relay saw no shutdown")
-        await provider.reclaim(host, 30)
+        await provider.simulated_cloud.reclaim(host, 30)
         # the watch polls every 0.2 s: seven polls see the notice, none moves a kernel that
         # is on its way out (a move would snapshot a dead kernel and start a new one)
         await asyncio.sleep(1.5)
@@ -129,7 +129,7 @@ async def test_a_move_without_a_snapshot_says_it_restored_an_older_one(settings,
             "import time\nt = time.time()\nwhile time.time() - t < 60:\n"
             "    try:\n        time.sleep(1)\n    except KeyboardInterrupt:\n        pass\n"
         )
-        await provider.reclaim(old, 6)
+        await provider.simulated_cloud.reclaim(old, 6)
         await until(lambda: kernel.moves, 30, "the kernel did not move")
         assert "snapshot failed: None" not in caplog.text
         assert "no snapshot for the move: the kernel did not answer" in caplog.text

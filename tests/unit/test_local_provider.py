@@ -110,7 +110,7 @@ async def test_reclaim_gives_a_notice_then_the_host_goes(provider: LocalHostProv
     client = AgentClient(host)
     assert await client.notice() is None
     before = time.time()
-    notice = await provider.reclaim(host, 1)
+    notice = await provider.simulated_cloud.reclaim(host, 1)
     assert notice["host_id"] == host.id and notice["action"] == "terminate"
     assert before + 1 <= notice["deadline"] <= time.time() + 1
     assert await client.notice() == notice
@@ -128,7 +128,7 @@ async def test_address_of_a_reclaimed_host_is_not_reused_before_its_release(
 ):
     # a 0 s notice: the host ends at once, before whoever holds it has released it
     old = await provider.acquire(owner="alice/")
-    await provider.reclaim(old, 0)
+    await provider.simulated_cloud.reclaim(old, 0)
     assert wait_for(lambda: pid_gone(old.meta["agent_pid"]), timeout=15)
     assert await provider.get(old.id) is None  # gone, as a reclaimed instance is
 

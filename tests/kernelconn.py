@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import time
 from collections import defaultdict
 from typing import Any
@@ -47,6 +48,7 @@ class KernelConnection:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._bouncing = False
+        self._ended = asyncio.Event()
         self._news = asyncio.Condition()
         self.connected = asyncio.Event()
 
@@ -86,10 +88,26 @@ class KernelConnection:
         await asyncio.wait_for(self.connected.wait(), timeout)
 
     async def bounce(self) -> None:
-        """Close the socket from this side and reconnect, as a tab that lost its network."""
+        """Close the socket from this side and reconnect, as a tab that lost its network.
+
+        What the server sent before it saw the close is still read and counted (RFC 6455
+        allows it; a browser drops it, and no server can know which of those it read);
+        what comes after is the server's to keep and replay when the tab reconnects."""
         ws = self._ws
-        if ws is not None and not ws.closed:
-            self._bouncing = True
+        if ws is None or ws.closed or self._bouncing:
+            return
+        self._bouncing = True
+        self.connected.clear()  # cells from now on wait for the next socket
+        ended = asyncio.Event()
+        self._ended = ended
+        try:
+            await ws.send_frame(struct.pack("!H", 1000), aiohttp.WSMsgType.CLOSE)
+        except (aiohttp.ClientError, ConnectionError):
+            pass
+        try:
+            # the reader stops at the server's close; a server that never answers is dropped
+            await asyncio.wait_for(ended.wait(), 5)
+        except asyncio.TimeoutError:
             await ws.close()
 
     # -- the connection ---------------------------------------------------------------
@@ -145,8 +163,11 @@ class KernelConnection:
             if not self._bouncing and not self._closing:
                 self.drops.append(time.time())
             self._bouncing = False
+            self._ended.set()
 
     async def _flush(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if self._bouncing:
+            return  # closing: the next socket sends them
         while self._queue:
             await ws.send_str(self._queue[0])
             self._queue.pop(0)

@@ -28,10 +28,10 @@ from typing import Any
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.session import new_id_bytes
 
+from migrating_spawner import kernelstate as state
 from migrating_spawner.agent.client import AgentError
 from migrating_spawner.hosts.base import Host, HostProvider
 
-from . import state
 from .relay import KernelRelay
 
 #: how often a move tries to snapshot a kernel, while its host's deadline allows

@@ -12,9 +12,8 @@ import os
 
 from jupyterhub.utils import fmt_ip_url
 
-from kernel_provisioner.state import HOST_ROOT
-
 from .hosts.base import Host
+from .kernelstate import HOST_ROOT
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

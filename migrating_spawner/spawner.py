@@ -17,13 +17,12 @@ from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import url_path_join
 from traitlets import Bool, Enum, Float, List, Unicode, default
 
-from kernel_provisioner.state import lost_message
-
 from . import profiles as profiles_mod
 from .agent.client import AgentClient, AgentError
 from .checkpoint import CheckpointError, Manifest, new_checkpoint_id
 from .controller import MigratingController
 from .hosts.base import Host, HostError
+from .kernelstate import lost_message
 from .moving import MoveRecord
 from .serverspec import ServerSettings, build_server_spec, home_folder
 from .singleuser import JUPYTER_CONFIG_DIR

@@ -6,7 +6,7 @@ It keeps the server's live state in files under the home, so that state moves wi
     ~/.local/share/jupyter-migrating/
         sessions.json            notebook path -> session id, kernel id and name
         terminals.json           terminal names and working directories
-        kernels/<kernel id>/     each kernel's namespace (kernel_provisioner.state)
+        kernels/<kernel id>/     each kernel's namespace (migrating_spawner.kernelstate)
 
 `POST api/migrating/checkpoint` writes it (the final snapshot of a move, or a suspend);
 `POST api/migrating/restore` re-creates sessions and kernels with the same ids and restores
@@ -28,8 +28,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from kernel_provisioner import state as kernel_state
-
+from .. import kernelstate as kernel_state
 from .connection import migrating_connection
 from .gate import Gate
 

@@ -73,7 +73,7 @@ def canon(v, depth: int = 0) -> str:
 
 
 def canon_all(ip) -> dict:
-    from kernel_provisioner.state.python import user_names
+    from migrating_spawner.kernelstate.python import user_names
 
     out = {}
     for name in sorted(user_names(ip)):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jupyter_client import KernelManager
 
-from kernel_provisioner.state import restore_code, snapshot_code
+from migrating_spawner.kernelstate import restore_code, snapshot_code
 
 
 class KernelError(AssertionError):

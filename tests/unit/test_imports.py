@@ -92,10 +92,10 @@ def test_no_module_imports_one_that_imports_it_back(graph):
     assert not cycles, f"import cycles: {chains}"
 
 
-def _package_edges(graph) -> dict[str, set[str]]:
-    edges: dict[str, set[str]] = {p: set() for p in PACKAGES}
-    for a in PACKAGES:
-        for b in PACKAGES:
+def _package_edges(graph, packages=PACKAGES) -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {p: set() for p in packages}
+    for a in packages:
+        for b in packages:
             if a != b and graph.chain_exists(a, b, as_packages=True):
                 edges[a].add(b)
     return edges
@@ -107,14 +107,42 @@ def test_proxy_plugin_and_migrating_spawner_do_not_import_each_other(graph):
     assert "proxy_plugin" not in edges["kernel_provisioner"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="still a package-level circle: migrating_spawner (spawner.py, singleuser/) "
-    "imports kernel_provisioner.state, and kernel_provisioner (core.py, settings.py) "
-    "imports migrating_spawner.agent and .hosts; the way out is a package both import",
-)
+def test_a_package_circle_without_a_module_circle_is_found(tmp_path, monkeypatch):
+    # the shape the three packages had: pa.x -> pb.y and pb.z -> pa.w, no module circle
+    for pkg, files in {
+        "circle_pa": {"x.py": "from circle_pb import y\n", "w.py": ""},
+        "circle_pb": {"z.py": "from circle_pa import w\n", "y.py": ""},
+    }.items():
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+        for name, text in files.items():
+            (tmp_path / pkg / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sample = grimp.build_graph("circle_pa", "circle_pb", cache_dir=None)
+    assert _cycles(_module_edges(sample)) == []
+    assert _cycles(_package_edges(sample, ("circle_pa", "circle_pb"))) == [
+        ["circle_pa", "circle_pb"]
+    ]
+
+
 def test_no_package_level_cycle(graph):
-    assert _cycles(_package_edges(graph)) == []
+    edges = _package_edges(graph)
+    chains = {
+        f"{a} -> {b}": sorted(graph.find_shortest_chains(a, b, as_packages=True))[:3]
+        for a, targets in edges.items()
+        for b in targets
+    }
+    assert _cycles(edges) == [], f"package imports: {chains}"
+
+
+def test_kernel_provisioner_builds_on_migrating_spawner_not_back(graph):
+    # the layering: kernel_provisioner uses migrating_spawner's hosts, agent and
+    # kernelstate; migrating_spawner (the hub and server side) never needs the provisioner
+    edges = _package_edges(graph)
+    assert "migrating_spawner" in edges["kernel_provisioner"]
+    assert "kernel_provisioner" not in edges["migrating_spawner"], sorted(
+        graph.find_shortest_chains("migrating_spawner", "kernel_provisioner", as_packages=True)
+    )
 
 
 def _project_module(node: ast.Import | ast.ImportFrom) -> str | None:

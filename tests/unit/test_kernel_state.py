@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from corpus.kernels import Kernel  # noqa: E402
 
-from kernel_provisioner.state import (  # noqa: E402
+from migrating_spawner.kernelstate import (  # noqa: E402
     lost_message,
     restore_code,
     snapshot_code,
@@ -221,7 +221,7 @@ def test_other_languages_are_not_supported():
     assert supported("python") and supported("R") and not supported("julia")
     with pytest.raises(ValueError):
         snapshot_code("julia", "/tmp/x")
-    assert "kernel_provisioner.state.python" in restore_code("python", "/tmp/x")
+    assert "migrating_spawner.kernelstate.python" in restore_code("python", "/tmp/x")
     assert lost_message({"ok": True, "lost": {}}) is None
 
 

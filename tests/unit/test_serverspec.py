@@ -9,9 +9,9 @@ import pytest
 from jupyterhub import orm
 from jupyterhub.objects import Hub, Server
 
-from kernel_provisioner.state import HOST_ROOT
 from migrating_spawner.controller import MigratingController
 from migrating_spawner.hosts.base import Host
+from migrating_spawner.kernelstate import HOST_ROOT
 from migrating_spawner.serverspec import ServerSettings, build_server_spec, home_folder
 from migrating_spawner.spawner import MigratingSpawner
 

@@ -37,11 +37,11 @@ _PY_TEMPLATE = """\
 def __kp_state_run():
     import sys
     try:
-        import kernel_provisioner.state.python as m
+        import migrating_spawner.kernelstate.python as m
     except ImportError:
         sys.path.insert(0, {root})
         try:
-            import kernel_provisioner.state.python as m
+            import migrating_spawner.kernelstate.python as m
         finally:
             sys.path.remove({root})
     m.{func}(get_ipython(), {state_dir})

@@ -169,9 +169,10 @@ class MoveScheduler:
                 if not server.movable:
                     continue
                 # a first notice, or a move of it that failed: (re)try while the host lives
-                seconds = intake["deadline"] - self.clock.time()
+                seconds = round(intake["deadline"] - self.clock.time())
+                when = f"in {seconds} s" if seconds > 0 else "now"
                 server.emit(
-                    f"Host {host_id} will be reclaimed in {seconds:.0f} s: moving",
+                    f"Host {host_id} will be reclaimed {when}: moving",
                     level="warning",
                 )
                 self.schedule(server, f"reclaim notice for {host_id}", intake["deadline"])

@@ -372,6 +372,14 @@ async def test_two_notices_for_one_host_make_one_move_by_the_nearer_deadline(hub
     assert hub.moves[0].deadline == clock.time() + MARGIN
 
 
+async def test_a_notice_at_its_deadline_says_now(hub, world, clock):
+    server = hub.add(await FakeServer.running(world))
+    old = server.host
+    assert hub.scheduler.on_notice(old.id, clock.time()) == [server.key]
+    assert server.events[0] == f"Host {old.id} will be reclaimed now: moving"
+    await hub.scheduler.wait_for(server)
+
+
 async def test_a_stopping_server_is_not_moved(hub, world, clock):
     server = hub.add(await FakeServer.running(world))
     server.stopping = True

@@ -174,6 +174,10 @@ class Move:
                 )
             except (HostError, CheckpointError, asyncio.TimeoutError) as e:
                 self._note_loss(f"the final checkpoint failed ({e})")
+        elif not old_alive and self.lost is None:
+            # it died after the move began (e.g. a 0 s notice, or during the pre-copy):
+            # the new host gets the last checkpoint, and the user must hear what that misses
+            self._note_loss("the old host was gone before its final checkpoint")
         if self.old is not None:
             # SIGKILL, no grace: a clean shutdown would close websockets with 1001,
             # which JupyterLab does not retry; a dropped connection it does

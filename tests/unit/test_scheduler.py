@@ -372,6 +372,27 @@ async def test_two_notices_for_one_host_make_one_move_by_the_nearer_deadline(hub
     assert hub.moves[0].deadline == clock.time() + MARGIN
 
 
+async def test_a_host_that_dies_during_the_move_is_told_as_a_loss(hub, world, clock):
+    # alive when the move began, gone by the freeze (a 0 s notice, or a crash during the
+    # pre-copy): no final checkpoint, so the user must be told what the last one misses
+    server = hub.add(await FakeServer.running(world))
+    old = server.host
+    world.gate("move pre-copy")
+    assert hub.scheduler.on_notice(old.id, clock.time() + 20) == [server.key]
+    await world.reached("move pre-copy")
+    world.running.discard(old.id)  # the host died
+    clock.advance(20 - MARGIN)
+    await world.reached(f"kill {old.id}")
+    world.open("move pre-copy")
+    await hub.scheduler.wait_for(server)
+
+    assert world.committed == []  # neither the pre-copy nor a final checkpoint
+    assert server.host.id != old.id
+    lost = [e for e in server.events if "were lost" in e]
+    assert lost and "gone before its final checkpoint" in lost[0], server.events
+    assert "restore kernels final=False" in world.log
+
+
 async def test_a_notice_at_its_deadline_says_now(hub, world, clock):
     server = hub.add(await FakeServer.running(world))
     old = server.host

@@ -144,6 +144,8 @@ class Gate:
 
     def closing_reply(self, conn: Any, channel: str, frames: list) -> None:
         """A message for a websocket that is closing (it would be lost in the close)."""
+        if not self.buffering:
+            return  # the server is configured not to keep a closed tab's messages
         owner = self._owner(conn)
         if owner is not None:
             if channel != "iopub":  # a newer websocket of the tab has its own iopub

@@ -395,8 +395,8 @@ class Agent:
         if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
             raise RequestError("cmd must be a non-empty list of strings")
         given_env = body.get("env") or {}
-        if not isinstance(given_env, dict) or not all(
-            isinstance(v, (str, int, float)) for v in given_env.values()
+        if not isinstance(given_env, dict) or any(
+            isinstance(v, (dict, list)) for v in given_env.values()
         ):
             raise RequestError("env must be an object of name -> string")
         cwd = body.get("cwd") or str(self.disk)

@@ -114,27 +114,30 @@ class LocalHostProvider(HostProvider):
         return self.registry / f"{host_id}.json"
 
     def _gone_file(self, host_id: str) -> Path:
-        # the agent renames the record to this at the host's end; release() removes it
+        # agents started by older versions renamed the record to this at the host's end
         return self.registry / f"{host_id}.gone"
 
-    def _read_gone(self) -> list[Host]:
-        """Hosts that ended (reclaimed) but were not released yet: their work is pending."""
+    def _read_records(self, pattern: str) -> list[Host]:
         hosts = []
-        for path in self.registry.glob("*.gone"):
+        for path in sorted(self.registry.glob(pattern)):
             try:
                 hosts.append(Host.from_dict(json.loads(path.read_text())))
-            except (OSError, ValueError, TypeError):
+            except FileNotFoundError:
                 pass  # being removed by release() right now
-        return hosts
-
-    def _read_registry(self) -> list[Host]:
-        hosts = []
-        for path in sorted(self.registry.glob("*.json")):
-            try:
-                hosts.append(Host.from_dict(json.loads(path.read_text())))
             except (OSError, ValueError, TypeError) as e:
                 self.log.warning("ignoring unreadable host record %s: %s", path, e)
         return hosts
+
+    def _read_gone(self) -> list[Host]:
+        """Hosts that ended (reclaimed: their agent is gone) but were not released yet: the
+        release still has work to do, and their addresses stay out of use until then."""
+        ended = [h for h in self._read_records("*.json") if _ended(h)]
+        return ended + self._read_records("*.gone")
+
+    def _read_registry(self) -> list[Host]:
+        """The hosts that live: a record whose agent still runs (the registry is the
+        provider's own; a host's end is its agent's end, as an instance's is the cloud's)."""
+        return [h for h in self._read_records("*.json") if not _ended(h)]
 
     def _pick_address(self, taken: set[str], pending: list[Host] = ()) -> str:
         """A free address. One whose host ended but was not released yet comes last: the
@@ -211,7 +214,6 @@ class LocalHostProvider(HostProvider):
             f"--port={self.agent_port}",
             f"--token-file={token_file}",
             f"--disk={host.disk}",
-            f"--registry-file={record}",
         ]
         if self.notify_url:
             cmd.append(f"--notify-url={self.notify_url}")
@@ -246,9 +248,10 @@ class LocalHostProvider(HostProvider):
 
     async def get(self, host_id: str) -> Host | None:
         try:
-            return Host.from_dict(json.loads(self._registry_file(host_id).read_text()))
+            host = Host.from_dict(json.loads(self._registry_file(host_id).read_text()))
         except FileNotFoundError:
             return None
+        return None if _ended(host) else host
 
     async def list_hosts(self) -> list[Host]:
         return self._read_registry()
@@ -263,7 +266,7 @@ class LocalHostProvider(HostProvider):
         pid = host.meta.get("agent_pid")
         if pid:
             for _ in range(50):
-                if not _alive(pid):
+                if _ended(host):
                     break
                 await asyncio.sleep(0.1)
             else:
@@ -273,12 +276,27 @@ class LocalHostProvider(HostProvider):
 
     async def _remove(self, host: Host) -> None:
         pid = host.meta.get("agent_pid")
-        if pid and _alive(pid):
+        if pid and not _ended(host):  # (not a process that got the pid since)
             _kill(pid)
         shutil.rmtree(host.disk, ignore_errors=True)
         self._registry_file(host.id).unlink(missing_ok=True)
         self._gone_file(host.id).unlink(missing_ok=True)
         (Path(self.root_dir) / "secrets" / f"{host.id}.token").unlink(missing_ok=True)
+
+
+def _ended(host: Host) -> bool:
+    """Whether the host's agent has gone (its process no longer runs, or the pid is now
+    another process's). A record written before its agent started has no pid yet."""
+    pid = host.meta.get("agent_pid")
+    if not pid:
+        return False
+    if not _alive(pid):
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return f"--host-id={host.id}".encode() not in cmdline
 
 
 def _alive(pid: int) -> bool:

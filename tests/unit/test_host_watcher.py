@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from agent_util import free_port
+from agent_util import free_port, pid_gone, wait_for
 
 from migrating_spawner.hosts.local import LocalHostProvider
 from migrating_spawner.hosts.watcher import LOST, NOTICE, HostEvent
@@ -119,7 +119,7 @@ async def test_an_answer_resets_the_failures(provider: LocalHostProvider):
     assert state.failures == 0 and not state.lost and state.status["host_id"] == host.id
 
 
-async def test_a_host_whose_record_is_gone_is_lost_at_the_first_failed_poll(
+async def test_a_host_that_ended_is_lost_at_the_first_failed_poll(
     provider: LocalHostProvider,
 ):
     host = await provider.acquire()
@@ -127,9 +127,10 @@ async def test_a_host_whose_record_is_gone_is_lost_at_the_first_failed_poll(
     provider.watcher.subscribe(seen.append, host.id)
     await provider.watcher.refresh(host)
     await provider.simulated_cloud.reclaim(host, 0)  # the host ends at once
-    while not provider.watcher.state(host.id).lost:
-        await provider.watcher.refresh(host)
-    assert provider.watcher.state(host.id).failures == 1
+    assert wait_for(lambda: pid_gone(host.meta["agent_pid"]), timeout=15)
+    assert await provider.get(host.id) is None
+    state = await provider.watcher.refresh(host)
+    assert state.lost and state.failures == 1
     # a poll may have seen the notice before the host ended; lost comes once, last
     assert [e.kind for e in seen] in ([LOST], [NOTICE, LOST])
 

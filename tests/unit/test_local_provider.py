@@ -120,7 +120,14 @@ async def test_reclaim_gives_a_notice_then_the_host_goes(provider: LocalHostProv
     assert wait_for(lambda: pid_gone(host.meta["agent_pid"]), timeout=15)
     assert await provider.get(host.id) is None
     assert await provider.list_hosts() == []
-    assert not (Path(provider.root_dir) / "secrets" / f"{host.id}.token").exists()
+    # the agent leaves the provider's registry alone: the record and the provider's copy
+    # of the secret go when the holder releases the host
+    record = Path(provider.root_dir) / "registry" / f"{host.id}.json"
+    token = Path(provider.root_dir) / "secrets" / f"{host.id}.token"
+    assert record.exists() and token.exists()
+    await provider.release(host)
+    assert not record.exists() and not token.exists()
+    assert list(Path(provider.root_dir, "registry").iterdir()) == []
 
 
 async def test_address_of_a_reclaimed_host_is_not_reused_before_its_release(

@@ -112,6 +112,7 @@ class MigratingController(SingletonConfigurable):
         self._tasks: list[asyncio.Task] = []
         self._started: asyncio.Future | None = None
         self._secret: bytes | None = None
+        self._events: dict[str, list[dict[str, Any]]] = {}
         # the move engine; the proxy hands in its route hold (use_route_hold)
         self.scheduler = MoveScheduler(
             make_move=self._make_move,
@@ -161,6 +162,15 @@ class MigratingController(SingletonConfigurable):
     def register(self, server: MovableServer) -> None:
         """A server the scheduler may move (every MigratingSpawner registers itself)."""
         self.scheduler.register(server)
+
+    def event_log(self, key: str) -> list[dict[str, Any]]:
+        """The recent events of server `key` (its spawner appends and trims them). Kept
+        here: JupyterHub drops a stopped server's Spawner, and `info` after a stop shows
+        what the stop kept."""
+        return self._events.setdefault(key, [])
+
+    def forget_events(self, key: str) -> None:
+        self._events.pop(key, None)
 
     @property
     def spawners(self) -> dict[str, MovableServer]:

@@ -15,6 +15,8 @@ from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import url_path_join
+from sqlalchemy.orm import object_session
+from tornado import web
 from traitlets import Bool, Enum, Float, List, Unicode, default
 
 from . import profiles as profiles_mod
@@ -117,6 +119,18 @@ class MigratingSpawner(Spawner):
     def _default_options_from_form(self):
         return self._checked_options_from_form
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # JupyterHub >= 5.3 warns of user_options no hook handled; the profile is applied
+        # in start(). A REST spawn with a bad profile gets a 400 before any host is asked for
+        return type(self)._check_user_options
+
+    def _check_user_options(self, user_options: dict[str, Any]) -> None:
+        try:
+            profiles_mod.choose_profile(self._profiles(), user_options.get("profile"))
+        except profiles_mod.ProfileError as e:
+            raise web.HTTPError(400, str(e)) from None
+
     def _checked_options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         options = profiles_mod.options_from_form(formdata)
         # raising here puts the message on the spawn page next to the form
@@ -136,7 +150,7 @@ class MigratingSpawner(Spawner):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.events: list[dict[str, Any]] = []
+        self._first_event = 0  # where this start's events begin (progress() sends those)
         self._precopy_task: asyncio.Task | None = None
         self.controller.register(self)
         try:
@@ -234,29 +248,42 @@ class MigratingSpawner(Spawner):
 
     def save_state(self) -> None:
         """Write state to the hub database now (mid-move, so a hub restart can recover)."""
-        if self.orm_spawner is not None and self.db is not None:
+        # the session the hub loaded this row with (Spawner.db is deprecated)
+        session = object_session(self.orm_spawner) if self.orm_spawner is not None else None
+        if session is not None:
             self.orm_spawner.state = self.get_state()
-            self.db.commit()
+            session.commit()
 
     def delete_forever(self) -> None:
         """The named server (or the user) is deleted: its checkpoints go too."""
         self.controller.store.delete_checkpoints(self.key)
+        self.controller.forget_events(self.key)
 
     # -- events shown to the user ---------------------------------------------------
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """This server's recent events (the controller keeps them: JupyterHub drops a
+        stopped server's Spawner, and the next one shows what the stop did)."""
+        return self.controller.event_log(self.key)
 
     def emit(self, message: str, progress: int | None = None, level: str = "info") -> None:
         event: dict[str, Any] = {"message": message, "time": time.time()}
         if progress is not None:
             event["progress"] = progress
-        self.events.append(event)
-        del self.events[:-200]
+        events = self.events
+        events.append(event)
+        excess = len(events) - 200
+        if excess > 0:
+            del events[:excess]
+            self._first_event = max(0, self._first_event - excess)
         getattr(self.log, level)("%s: %s", self._log_name, message)
 
     async def progress(self):
-        sent = 0
+        sent = 0  # counted from this start's first event
         while True:
-            while sent < len(self.events):
-                event = self.events[sent]
+            while self._first_event + sent < len(self.events):
+                event = self.events[self._first_event + sent]
                 sent += 1
                 yield {k: v for k, v in event.items() if k in ("message", "progress")}
             if self.ready or not self._spawn_pending:
@@ -336,7 +363,9 @@ class MigratingSpawner(Spawner):
     # -- start / poll / stop ---------------------------------------------------------
 
     async def start(self) -> str:
-        self.events = []
+        # the last run's recent events stay for `info`; the spawn page shows this start's
+        del self.events[:-20]
+        self._first_event = len(self.events)
         profile = self._profile()
         if profile.get("default_url"):
             self.default_url = profile["default_url"]
@@ -562,19 +591,43 @@ class MigratingSpawner(Spawner):
         host = self.host
         if host is None:
             return
-        if self.checkpoint_on_stop and not now:
+        keep = self.checkpoint_on_stop and not now
+        # what became of the kernels, for the stop's event
+        kernels: str | None = None
+        kernel_error = ""
+        if keep:
             try:
                 # kernels first: their snapshot lives in the home the next line copies
-                await self.snapshot_kernels(host, self.port, self.kernel_state_timeout)
+                report = await self.snapshot_kernels(host, self.port, self.kernel_state_timeout)
                 self.kernels_stale = False
+                results = report.get("kernels", {}).values()
+                saved = sum(1 for r in results if r.get("ok"))
+                kernels = f"{saved} kernel(s)"
+                if saved < len(results):
+                    kernels += f" ({len(results) - saved} could not be snapshotted)"
             except (HostError, OSError, asyncio.TimeoutError) as e:
                 self.log.warning("no kernel snapshot of %s on stop: %s", self._log_name, e)
                 self.kernels_stale = True  # the start says how old the kernels' state is
-        if self.home_mode == "synced" and self.checkpoint_on_stop and not now:
+                kernel_error = f"; no kernel snapshot ({e})"
+        level = "warning" if kernel_error else "info"
+        message = "Stopped: files kept on shared storage, kernels not kept"
+        if self.home_mode == "synced" and keep:
             try:
                 self.checkpoint_id = await self.checkpoint_home(host, reason="stop")
+                what = f"files and {kernels}" if kernels else "files"
+                message = f"Stopped: {what} kept in checkpoint {self.checkpoint_id}{kernel_error}"
             except (HostError, CheckpointError) as e:
                 self.log.error("no checkpoint of %s on stop: %s", self._log_name, e)
+                level = "warning"
+                resume = f"checkpoint {self.checkpoint_id}" if self.checkpoint_id else "nothing"
+                message = (
+                    f"Stopped with NO checkpoint of the files ({e}): a start resumes from {resume}"
+                )
+        elif keep:
+            kept = f", {kernels} kept in the home" if kernels else kernel_error
+            message = f"Stopped: files on shared storage{kept}"
+        elif self.home_mode == "synced":
+            level, message = "warning", "Stopped without a checkpoint: files and kernels not kept"
         try:
             await self.controller.provider.agent(host).stop_process(
                 SERVER_PROCESS, 0 if now else self.stop_grace
@@ -583,6 +636,7 @@ class MigratingSpawner(Spawner):
             self.log.warning("stopping %s on %s: %s", self._log_name, host.id, e)
         await self.release_host(host)
         self.host = None
+        self.emit(message, level=level)
 
     async def release_host(self, host: Host) -> None:
         try:

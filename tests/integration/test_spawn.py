@@ -69,3 +69,24 @@ async def test_users_see_and_act_on_their_own_servers_only(hub_factory):
     status, data = await hub.migrate_api("GET", "/hosts")
     assert status == 200
     assert sorted(s for h in data["hosts"] for s in h["servers"]) == ["alice/", "bob/"]
+
+
+async def test_profile_is_checked_before_a_host_and_the_hub_warns_of_nothing(hub_factory):
+    hub = await hub_factory()
+    await hub.spawn("alice", options={"profile": "lab-small"})
+    # the server writes its state mid-move too (the hub's session, not Spawner.db)
+    status, data = await hub.migrate_api("POST", "/servers/alice/migrate?wait=true", body={})
+    assert status == 200, data
+    log = hub.log_path.read_text(errors="replace")
+    assert "Received unhandled user_options" not in log
+    assert "Spawner.db is deprecated" not in log
+    hosts = [h["id"] for h in hub.hosts()]
+
+    # a REST spawn with a profile that is not offered: a clear 400, and no host asked for
+    await hub.api("POST", "/users/bob")
+    status, data = await hub.api("POST", "/users/bob/server", body={"profile": "nope"})
+    assert status == 400, (status, data)
+    assert "Unknown profile 'nope'. Choose one of: lab-small" in data["message"], data
+    _, bob = await hub.api("GET", "/users/bob")
+    assert bob["servers"] == {} and not bob["pending"]
+    assert [h["id"] for h in hub.hosts()] == hosts

@@ -13,6 +13,7 @@ import asyncio
 import os
 from typing import Any
 
+from ..agent.client import run
 from ..hosts.base import Host, HostError
 from ..hosts.local import LocalHostProvider
 from .http import CLIError, JSONClient
@@ -123,7 +124,8 @@ class KernelHosts:
             known = ", ".join(h.id for h in self.hosts()) or "none"
             raise CLIError(f"no host {host_id} (the gateway's kernel hosts: {known})")
         try:
-            notice = asyncio.run(provider.simulated_cloud.reclaim(host, notice_seconds))
+            # run: closes the loop's agent session too (aiohttp would report it unclosed)
+            notice = run(provider.simulated_cloud.reclaim(host, notice_seconds))
         except HostError as e:
             raise CLIError(f"the agent of {host_id} did not take the notice: {e}") from None
         owner = host.meta.get("owner")

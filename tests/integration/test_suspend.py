@@ -44,12 +44,19 @@ async def test_stop_then_start_resumes_files_on_a_new_host(hub_factory):
     assert suspended["state"] == "Suspended"
     assert suspended["checkpoint_id"]
     assert hub.hosts() == []  # the host went back, with its disk
+    # `info` after the stop still shows the server's events, the stop's own last
+    stopped = [e["message"] for e in suspended["events"]]
+    kept = f"Stopped: files and 1 kernel(s) kept in checkpoint {suspended['checkpoint_id']}"
+    assert stopped[-1] == kept, stopped
+    assert f"Host {first['host_id']} ready at" in " ".join(stopped)
 
     await hub.spawn("carol")
     resumed = await hub.server_info("carol")
     assert resumed["host_id"] != first["host_id"]
     assert resumed["state"] == "Running"
-    assert "Restored 1 kernel(s) under their ids" in [e["message"] for e in resumed["events"]]
+    events = [e["message"] for e in resumed["events"]]
+    assert "Restored 1 kernel(s) under their ids" in events
+    assert events.index(kept) < events.index("Restored 1 kernel(s) under their ids")
     assert await read_file(hub, "carol", token, "work/report.txt") == "suspend me"
     # the kernel is back under its id, with its variables, by the time the hub calls the
     # server ready: the very first cell sees them

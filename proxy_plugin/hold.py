@@ -5,7 +5,8 @@ here. A request waits until the route is released (or ``timeout`` passes) and th
 goes on to the new target ('proxy' mode) or is told to ask again with a 307 ('redirect'
 mode). A websocket handshake waits the same way, then is bridged to the new target in both
 modes: the hold server opens the websocket there, completes the client's handshake with
-what the target chose, and relays frames both ways until either end closes. CHP forwards
+what the target chose, and relays frames both ways until both ends have closed (a close
+is passed on as a frame, and frames still coming the other way arrive). CHP forwards
 the whole original path, so the path tells which held route a request belongs to.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 from urllib.parse import unquote
 
 import aiohttp
@@ -58,6 +60,10 @@ WS_HANDSHAKE = frozenset(
 # status is passed on as a normal one.
 UNSENDABLE_CLOSE = frozenset((1005, 1006, 1015))
 
+# How long a bridge waits for an end to answer the close passed on to it before it drops
+# both (aiohttp's own close timeout).
+CLOSE_TIMEOUT = 10.0
+
 
 def _end_to_end(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
     """Headers minus hop-by-hop ones (including those the Connection header names)."""
@@ -100,6 +106,7 @@ class HoldServer:
         timeout: float = 60.0,
         release_mode: str = "proxy",
         log: logging.Logger | None = None,
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         if release_mode not in ("proxy", "redirect"):
             raise ValueError(f"release_mode must be 'proxy' or 'redirect', not {release_mode!r}")
@@ -107,6 +114,7 @@ class HoldServer:
         self.port = port
         self.timeout = timeout
         self.release_mode = release_mode
+        self.close_timeout = close_timeout
         self.log = log or logging.getLogger(__name__)
         self._events: dict[str, asyncio.Event] = {}  # held spec -> set on release
         self._targets: dict[str, str] = {}  # spec -> last release target
@@ -319,7 +327,7 @@ class HoldServer:
         assert relay is not None
         self._bridges.add(relay)
         try:
-            await _relay_both(request, downstream, upstream)
+            await _relay_both(request, downstream, upstream, self.close_timeout)
         except asyncio.CancelledError:
             _drop(request, upstream)
             raise
@@ -335,27 +343,48 @@ async def _relay_both(
     request: web.Request,
     downstream: web.WebSocketResponse,
     upstream: aiohttp.ClientWebSocketResponse,
+    close_timeout: float = CLOSE_TIMEOUT,
 ) -> None:
-    """Relay until either end closes; its close code and reason go to the other end, and
-    an end that drops without a close frame makes the other one drop too."""
+    """Relay until both ends have closed; each close code and reason goes to the other
+    end, and an end that drops without a close frame makes the other one drop too.
+
+    The first close is passed on as a bare frame and the other direction keeps flowing
+    until that end answers with its own close: what it sent before it saw the close still
+    arrives (close() on the other end would read and discard it)."""
     pumps = {
-        asyncio.ensure_future(_pump(downstream, upstream)),
-        asyncio.ensure_future(_pump(upstream, downstream)),
+        downstream: asyncio.ensure_future(_pump(downstream, upstream)),
+        upstream: asyncio.ensure_future(_pump(upstream, downstream)),
     }
     try:
-        done, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(pumps.values(), return_when=asyncio.FIRST_COMPLETED)
         first = done.pop().result()
         if first is None:
             _drop(request, upstream)
-        else:
-            source, sink, code, message = first
-            # The other pump is in receive() on sink: close() breaks it out first.
-            await sink.close(code=code, message=message)
-            await source.close(code=code)
-        await asyncio.gather(*pending, return_exceptions=True)
+            return
+        source, sink, code, message = first
+        try:
+            await sink.send_frame(_close_payload(code, message), aiohttp.WSMsgType.CLOSE)
+            last = await asyncio.wait_for(pumps[sink], close_timeout)
+        except (ConnectionError, aiohttp.ClientError, asyncio.TimeoutError):
+            last = None
+        if last is None:  # sink dropped, or never answered the close
+            _drop(request, upstream)
+            return
+        _, _, code, message = last
+        # source still waits for the answer to its close: sink's close is it.
+        await source.close(code=code, message=message)
+        # sink's close answered the one passed on: end it without another close frame.
+        if sink is upstream:
+            upstream._response.close()
+        elif request.transport is not None:
+            request.transport.close()
     finally:
-        for pump in pumps:
+        for pump in pumps.values():
             pump.cancel()
+
+
+def _close_payload(code: int, message: bytes) -> bytes:
+    return struct.pack("!H", code) + message
 
 
 async def _pump(source: Socket, sink: Socket) -> tuple[Socket, Socket, int, bytes] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -164,10 +165,14 @@ PROTOCOL = "v1.kernel.websocket.jupyter.org"
 
 class WsTarget:
     """A websocket server standing in for the new host: says what it got, echoes frames,
-    and on command closes with a code ("close <code> <reason>") or drops ("drop")."""
+    and on command closes with a code ("close <code> <reason>"), sends its close and
+    listens on until the client's ("listen <code> <reason>"), or drops ("drop"). When the
+    client closes first, it says "bye" before its own close ("deaf": it never answers)."""
 
     def __init__(self) -> None:
         self.ends: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()  # how each client left
+        self.heard: asyncio.Queue[str] = asyncio.Queue()  # text after its "listen" close
+        self.wake = asyncio.Event()  # ends a "deaf" handler
 
     async def handler(self, request: web.Request) -> web.StreamResponse:
         if request.path.endswith("/refused"):
@@ -182,24 +187,45 @@ class WsTarget:
                 "cookie": request.headers.get("Cookie"),
             }
         )
+        deaf = False
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT and msg.data.startswith("close "):
                 _, code, reason = msg.data.split(" ", 2)
                 await ws.close(code=int(code), message=reason.encode())
                 return ws
+            if msg.type is aiohttp.WSMsgType.TEXT and msg.data.startswith("listen "):
+                _, code, reason = msg.data.split(" ", 2)
+                # A bare close frame: ws.close() would discard what the client still sends.
+                await ws.send_frame(_close_frame(int(code), reason), aiohttp.WSMsgType.CLOSE)
+                while (msg := await ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                    await self.heard.put(msg.data)
+                await self.ends.put(msg)
+                request.transport.close()  # both closes have passed
+                return ws
             if msg.type is aiohttp.WSMsgType.TEXT and msg.data == "drop":
                 request.transport.abort()
                 return ws
+            if msg.type is aiohttp.WSMsgType.TEXT and msg.data == "deaf":
+                deaf = True
+                continue
             if msg.type is aiohttp.WSMsgType.TEXT:
                 await ws.send_str("echo " + msg.data)
             elif msg.type is aiohttp.WSMsgType.BINARY:
                 await ws.send_bytes(b"echo " + msg.data)
             else:
                 await self.ends.put(msg)
-                if msg.type is aiohttp.WSMsgType.CLOSE:
+                if msg.type is aiohttp.WSMsgType.CLOSE and deaf:
+                    await self.wake.wait()  # until the test has seen the drop
+                elif msg.type is aiohttp.WSMsgType.CLOSE:
+                    # Written after the client's close, before its own: it must arrive.
+                    await ws.send_str("bye")
                     await ws.close(code=msg.data)
                 return ws
+
+
+def _close_frame(code: int, reason: str = "") -> bytes:
+    return struct.pack("!H", code) + reason.encode()
 
 
 @pytest.fixture
@@ -294,6 +320,68 @@ async def test_close_codes_pass_through_both_ways(hold, ws_target, client):
     assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4002, "server leaves")
     assert ws.close_code == 4002
     await ws.close()
+
+
+async def test_frames_sent_before_the_target_saw_the_client_close_arrive(hold, ws_target, client):
+    """The client closes after its requests and reads on until the target's close (RFC
+    6455 lets it): every reply arrives, as it would without the bridge, including what the
+    target wrote after the close reached it and before its own close."""
+    url, target = ws_target
+    hold.release(SPEC, url)
+    ws = await client.ws_connect(f"{hold.url}{KERNEL_WS}", autoclose=False)
+    await ws.receive_json(timeout=5)
+    for i in range(50):
+        await ws.send_str(str(i))
+    await ws.send_frame(_close_frame(4001, "client leaves"), aiohttp.WSMsgType.CLOSE)
+    replies = []
+    while (msg := await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT:
+        replies.append(msg.data)
+    assert replies == [f"echo {i}" for i in range(50)] + ["bye"]
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4001)  # the target's answer
+    end = await asyncio.wait_for(target.ends.get(), 5)
+    assert (end.type, end.data, end.extra) == (aiohttp.WSMsgType.CLOSE, 4001, "client leaves")
+    # the bridge ends the client's connection after the close handshake
+    assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSED
+
+
+async def test_frames_sent_before_the_client_saw_the_target_close_arrive(hold, ws_target, client):
+    """The target closes first and reads on until the client's close: what the client sent
+    before it saw the target's close reaches the target, and the client's close code too."""
+    url, target = ws_target
+    hold.release(SPEC, url)
+    ws = await client.ws_connect(f"{hold.url}{KERNEL_WS}", autoclose=False)
+    await ws.receive_json(timeout=5)
+    await ws.send_str("listen 4002 server leaves")
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4002, "server leaves")
+    for i in range(50):
+        await ws.send_str(f"late {i}")
+    await ws.send_frame(_close_frame(4003, "client agrees"), aiohttp.WSMsgType.CLOSE)
+    end = await asyncio.wait_for(target.ends.get(), 5)
+    assert (end.type, end.data, end.extra) == (aiohttp.WSMsgType.CLOSE, 4003, "client agrees")
+    heard = [target.heard.get_nowait() for _ in range(target.heard.qsize())]
+    assert heard == [f"late {i}" for i in range(50)]
+    assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSED
+
+
+async def test_an_end_that_never_answers_a_close_is_dropped(ws_target, client):
+    url, target = ws_target
+    server = await _hold_server(timeout=10, close_timeout=0.5)
+    try:
+        server.release(SPEC, url)
+        ws = await client.ws_connect(f"{server.url}{KERNEL_WS}", autoclose=False)
+        await ws.receive_json(timeout=5)
+        await ws.send_str("deaf")
+        await ws.send_frame(_close_frame(1000), aiohttp.WSMsgType.CLOSE)
+        end = await asyncio.wait_for(target.ends.get(), 5)
+        assert end.type is aiohttp.WSMsgType.CLOSE
+        # no answer from the target: both dropped, no close frame made up for it
+        msg = await ws.receive(timeout=5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), msg
+        assert not server._bridges
+    finally:
+        target.wake.set()
+        await server.stop()
 
 
 async def test_a_dropped_end_drops_the_other(hold, ws_target, client):

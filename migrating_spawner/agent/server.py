@@ -166,12 +166,45 @@ class ManagedProcess:
         }
 
 
-def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal a whole process group: the server and every kernel it started."""
+def descendants(pid: int) -> list[int]:
+    """Every process `pid` started, and theirs (from /proc; none where there is no /proc)."""
+    children: dict[int, list[int]] = {}
     try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return []
+    for name in entries:
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        # the command in parentheses may hold spaces: the fields follow the last ')'
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a process group and, with SIGKILL, the groups of everything it started:
+    jupyter_server starts each kernel in a session of its own, and not every kernel exits
+    when its server dies (IRkernel does not)."""
+    groups = {pid}
+    if sig == signal.SIGKILL:
+        for child in descendants(pid):
+            try:
+                groups.add(os.getpgid(child))
+            except ProcessLookupError:
+                pass
+    for group in groups:
+        try:
+            os.killpg(group, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -93,6 +93,23 @@ def test_process_lifecycle(agent):
     assert agent.get("/processes/p1").json()["exit_code"] == -15
 
 
+def test_stop_kills_what_the_process_started_in_sessions_of_their_own(agent, tmp_path: Path):
+    # as jupyter_server starts kernels: each in a new session, out of the server's group;
+    # a kernel that does not watch its parent (IRkernel) would outlive its server
+    child_pid_file = tmp_path / "kernel.pid"
+    resp = agent.post(
+        "/processes/p2",
+        {"cmd": ["sh", "-c", f"setsid sleep 60 & echo $! > {child_pid_file}; wait"]},
+    )
+    assert resp.status_code == 201, resp.text
+    assert wait_for(lambda: child_pid_file.exists() and child_pid_file.read_text().strip())
+    kernel = int(child_pid_file.read_text())
+    assert not pid_gone(kernel)
+
+    assert agent.delete("/processes/p2?grace=0").json()["running"] is False
+    assert wait_for(lambda: pid_gone(kernel)), "the process's own-session child outlived it"
+
+
 def test_process_env_is_not_the_agents(agent, monkeypatch):
     resp = agent.post(
         "/processes/envtest",

@@ -21,15 +21,6 @@ SEEDS = {"synced": 8, "shared": 80}
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 8, still open: (1) a reply that the hold server's websocket bridge gets "
-    "while the client's close is on its way is dropped (proxy_plugin/hold.py closes the "
-    "server side with aiohttp's close(), which discards frames until the server's close): "
-    "about one run in two, a cell on the no-session kernel's socket, which the test closes "
-    "and reopens, is never answered; (2) synced: a reclaim with 0 s notice loses files "
-    "without telling (no 'files changed after ... were lost' event since the engine change)",
-)
 @pytest.mark.parametrize("home_mode", ["synced", "shared"])
 async def test_long_session_loses_nothing_untold(hub_factory, home_mode):
     seed = int(os.environ.get("LONG_SESSION_SEED", SEEDS[home_mode]))

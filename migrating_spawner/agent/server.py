@@ -189,13 +189,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal a process group and, with SIGKILL, the groups of everything it started:
-    jupyter_server starts each kernel in a session of its own, and not every kernel exits
-    when its server dies (IRkernel does not)."""
+def kill_group(pid: int, sig: int = signal.SIGKILL, started: list[int] | None = None) -> None:
+    """Signal a process group and, with SIGKILL, the groups of everything it started
+    (`started`: as listed before a gentler signal let it exit): jupyter_server starts each
+    kernel in a session of its own, and not every kernel exits when its server dies
+    (IRkernel does not)."""
     groups = {pid}
     if sig == signal.SIGKILL:
-        for child in descendants(pid):
+        for child in {*descendants(pid), *(started or [])}:
             try:
                 groups.add(os.getpgid(child))
             except ProcessLookupError:
@@ -470,13 +471,14 @@ class Agent:
         managed = self._process(request)
         grace = query_number(request, "grace", 5.0)
         if managed.proc.returncode is None:
+            started = descendants(managed.proc.pid)  # once it exits, they are no longer its
             if grace > 0:
                 kill_group(managed.proc.pid, signal.SIGTERM)
                 try:
                     await asyncio.wait_for(managed.proc.wait(), grace)
                 except asyncio.TimeoutError:
                     pass
-            kill_group(managed.proc.pid, signal.SIGKILL)
+            kill_group(managed.proc.pid, signal.SIGKILL, started)
             await managed.proc.wait()
         return web.json_response(managed.status())
 

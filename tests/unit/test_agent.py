@@ -93,7 +93,10 @@ def test_process_lifecycle(agent):
     assert agent.get("/processes/p1").json()["exit_code"] == -15
 
 
-def test_stop_kills_what_the_process_started_in_sessions_of_their_own(agent, tmp_path: Path):
+@pytest.mark.parametrize("grace", [0, 5])
+def test_stop_kills_what_the_process_started_in_sessions_of_their_own(
+    agent, tmp_path: Path, grace: float
+):
     # as jupyter_server starts kernels: each in a new session, out of the server's group;
     # a kernel that does not watch its parent (IRkernel) would outlive its server
     child_pid_file = tmp_path / "kernel.pid"
@@ -106,7 +109,8 @@ def test_stop_kills_what_the_process_started_in_sessions_of_their_own(agent, tmp
     kernel = int(child_pid_file.read_text())
     assert not pid_gone(kernel)
 
-    assert agent.delete("/processes/p2?grace=0").json()["running"] is False
+    # with a grace the process exits at SIGTERM first, leaving its kernel to PID 1
+    assert agent.delete(f"/processes/p2?grace={grace}").json()["running"] is False
     assert wait_for(lambda: pid_gone(kernel)), "the process's own-session child outlived it"
 
 

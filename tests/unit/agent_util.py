@@ -12,6 +12,8 @@ from pathlib import Path
 import requests
 from realhub import free_port  # noqa: F401  (re-exported for the unit tests)
 
+from migrating_spawner.hosts.local import LocalHostProvider
+
 
 def pid_gone(pid: int) -> bool:
     """True when `pid` no longer runs (a zombie waiting to be reaped counts as gone)."""
@@ -111,3 +113,20 @@ class AgentProcess:
                 pass
             self.proc.wait(10)
         self._log.close()
+
+
+def two_host_provider(tmp: Path, first: str, **traits) -> LocalHostProvider:
+    """A LocalHostProvider of at most two hosts, `first` and the address after it."""
+    prefix, last = first.rsplit(".", 1)
+    return LocalHostProvider(
+        root_dir=str(tmp / "hosts"),
+        first_address=first,
+        max_hosts=2,
+        agent_port=free_port(first, f"{prefix}.{int(last) + 1}"),
+        **traits,
+    )
+
+
+async def release_all(provider: LocalHostProvider) -> None:
+    for host in await provider.list_hosts():
+        await provider.release(host)

@@ -9,30 +9,26 @@ import signal
 from pathlib import Path
 
 import pytest
-from agent_util import free_port
+from agent_util import release_all, two_host_provider
 from jupyterhub.httpclient import JupyterHubHTTPClient
 
 from migrating_spawner.agent import client as client_mod
 from migrating_spawner.agent.client import AgentTimeouts, AgentUnreachable
-from migrating_spawner.hosts.local import LocalHostProvider
 
 FIRST = "127.0.0.233"
 
 
 @pytest.fixture
 async def provider(tmp_path: Path):
-    p = LocalHostProvider(
-        root_dir=str(tmp_path / "hosts"),
-        first_address=FIRST,
-        max_hosts=2,
-        agent_port=free_port(FIRST, "127.0.0.234"),
+    p = two_host_provider(
+        tmp_path,
+        FIRST,
         agent_request_timeout=0.5,
         agent_retry_timeout=3,
         agent_probe_timeout=0.5,
     )
     yield p
-    for host in await p.list_hosts():
-        await p.release(host)
+    await release_all(p)
     await client_mod.close_shared_session()
 
 

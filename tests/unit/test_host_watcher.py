@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from agent_util import free_port, pid_gone, wait_for
+from agent_util import free_port, pid_gone, two_host_provider, wait_for
 
 from migrating_spawner.hosts.local import LocalHostProvider
 from migrating_spawner.hosts.watcher import LOST, NOTICE, HostEvent
@@ -18,11 +18,9 @@ FIRST = "127.0.0.236"
 
 @pytest.fixture
 async def provider(tmp_path: Path):
-    p = LocalHostProvider(
-        root_dir=str(tmp_path / "hosts"),
-        first_address=FIRST,
-        max_hosts=2,
-        agent_port=free_port(FIRST, "127.0.0.237"),
+    p = two_host_provider(
+        tmp_path,
+        FIRST,
         # the tests drive the polls themselves (refresh); the loop must not add its own
         watch_interval=3600,
         lost_after_polls=3,

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_util import free_port, pid_gone, wait_for
+from agent_util import pid_gone, release_all, two_host_provider, wait_for
 
 from migrating_spawner.agent.client import AgentClient
 from migrating_spawner.hosts.base import HostError
@@ -18,15 +18,9 @@ FIRST = "127.0.0.245"
 
 @pytest.fixture
 async def provider(tmp_path: Path):
-    p = LocalHostProvider(
-        root_dir=str(tmp_path / "hosts"),
-        first_address=FIRST,
-        max_hosts=2,
-        agent_port=free_port(FIRST, "127.0.0.246"),
-    )
+    p = two_host_provider(tmp_path, FIRST)
     yield p
-    for host in await p.list_hosts():
-        await p.release(host)
+    await release_all(p)
 
 
 def test_first_address_must_be_loopback():

@@ -37,8 +37,9 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-# Debian packages some tests need: chromium (browser tests), R with IRkernel (R kernel state)
-SYSTEM_DEPS := chromium r-base-core r-cran-irkernel
+# Debian packages some tests need: chromium (browser tests), R with IRkernel (R kernel state),
+# Shiny (a web app behind jupyter-server-proxy), HAProxy (the TCP port gateway)
+SYSTEM_DEPS := chromium r-base-core r-cran-irkernel r-cran-shiny r-cran-httpuv haproxy
 system-deps:
 	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -27,6 +27,7 @@ from .manifest import CheckpointError, Manifest, check_checkpoint_id, verify_man
 #: short names accepted by `store_from_config`; other kinds are dotted class paths
 STORE_KINDS = {
     "local": "migrating_spawner.checkpoint.store.LocalCheckpointStore",
+    "s3": "migrating_spawner.checkpoint.s3.S3CheckpointStore",
 }
 
 

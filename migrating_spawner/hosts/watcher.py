@@ -141,6 +141,15 @@ class HostWatcher:
         state = self._states.get(host_id)
         return state is not None and self._note_notice(state, notice)
 
+    def mark_lost(self, host_id: str) -> bool:
+        """The cloud says the host is gone (terminated without notice): lost now, without
+        waiting for polls to fail; True if it is news."""
+        state = self._states.get(host_id)
+        if state is None or state.lost:
+            return False
+        self._note_lost(state)
+        return True
+
     def _note_notice(self, state: HostState, notice: dict[str, Any] | None) -> bool:
         if not notice or state.lost:
             return False

@@ -275,6 +275,8 @@ class Agent:
         self.notify_url = notify_url
         self.processes: dict[str, ManagedProcess] = {}
         self.notice: dict[str, Any] | None = None
+        #: an EC2 rebalance recommendation seen in instance metadata (agent/register.py)
+        self.rebalance: dict[str, Any] | None = None
         self.terminated = asyncio.Event()
         self._reclaim_task: asyncio.Task | None = None
         # home folder -> {checkpoint id: file table}, newest last (see TABLES_PER_ROOT)
@@ -324,6 +326,7 @@ class Agent:
                 "address": self.address,
                 "disk": str(self.disk),
                 "notice": self.notice,
+                "rebalance": self.rebalance,
                 "processes": {n: p.status() for n, p in self.processes.items()},
             }
         )
@@ -350,18 +353,27 @@ class Agent:
         deadline = time.time() + seconds
         if self.notice and self.notice["deadline"] <= deadline:
             return web.json_response(self.notice)  # an earlier notice stands
+        self.take_notice(deadline, terminate=True)
+        return web.json_response(self.notice, status=202)
+
+    def take_notice(self, deadline: float, *, terminate: bool) -> None:
+        """The host will be reclaimed at `deadline`: say so in /notice and /status, push it
+        to the hub; with `terminate` (local hosts: the agent plays the cloud) end the host
+        at the deadline. On EC2 the cloud ends it (the notice comes from metadata)."""
+        if self.notice and self.notice["deadline"] <= deadline:
+            return
         self.notice = {
             "action": "terminate",
             "time": datetime.fromtimestamp(deadline, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "deadline": deadline,
             "host_id": self.host_id,
         }
-        log.warning("host %s will be reclaimed in %.1f s", self.host_id, seconds)
-        if self._reclaim_task:
-            self._reclaim_task.cancel()
-        self._reclaim_task = asyncio.create_task(self._terminate_at(deadline))
+        log.warning("host %s will be reclaimed in %.1f s", self.host_id, deadline - time.time())
+        if terminate:
+            if self._reclaim_task:
+                self._reclaim_task.cancel()
+            self._reclaim_task = asyncio.create_task(self._terminate_at(deadline))
         asyncio.create_task(self._notify_hub())
-        return web.json_response(self.notice, status=202)
 
     async def post_shutdown(self, request: web.Request) -> web.Response:
         asyncio.get_running_loop().call_later(0.05, lambda: asyncio.create_task(self.terminate()))

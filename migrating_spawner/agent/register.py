@@ -1,0 +1,139 @@
+"""The agent on an EC2 instance: learn who it is, call home, then serve.
+
+Started by the instance's user data (a systemd service, as root) with a JSON config the
+hub wrote into the user data: `register_url` (the hub's `.../api/hosts/register`),
+`host_id`, `bootstrap_token` (one-time, bound to the host id), `port`, `disk`,
+`secret_file`. It reads its instance id and private address from instance metadata
+(IMDSv2), registers (the hub checks the token and that it launched this instance and the
+instance is running) and gets the host's secret, which it keeps in `secret_file` (mode
+0600, root's; a restarted agent reuses it: the bootstrap token works once). Then it runs
+the usual agent on that address, and polls metadata for interruption notices and
+rebalance recommendations every 2 s (agent/imds.py), pushing notices to the hub.
+
+    python -m migrating_spawner.agent.register --config /etc/jupyterhub-migrating/agent.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .imds import IMDSClient, watch_notices
+from .server import Agent, serve
+
+log = logging.getLogger("migrating.agent.register")
+
+
+class RegistrationRefused(Exception):
+    """The hub said no (a 4xx): trying again would not help."""
+
+
+async def register(config: dict[str, Any], imds: IMDSClient, timeout: float) -> dict[str, Any]:
+    """POST the registration; retried (connection errors, 5xx) until `timeout`."""
+    body = {
+        "host_id": config["host_id"],
+        "bootstrap_token": config["bootstrap_token"],
+        "instance_id": await imds.get("instance-id"),
+        "address": await imds.get("local-ipv4"),
+        "port": config["port"],
+        "disk": config["disk"],
+    }
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(15)) as session:
+        while True:
+            try:
+                async with session.post(config["register_url"], json=body) as resp:
+                    text = await resp.text()
+                    if resp.status < 300:
+                        answer = json.loads(text)
+                        return {**answer, "address": body["address"]}
+                    if resp.status < 500:
+                        raise RegistrationRefused(f"{resp.status}: {text[:300]}")
+                    log.warning("registration: hub answered %s; trying again", resp.status)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                log.warning("registration: hub not reachable (%s); trying again", e)
+            if time.monotonic() > deadline:
+                raise TimeoutError("the hub did not take the registration in time")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+def write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+async def run(config_path: Path, register_timeout: float) -> None:
+    config = json.loads(config_path.read_text())
+    imds = IMDSClient()
+    secret_file = Path(config["secret_file"])
+    if secret_file.exists():
+        saved = json.loads(secret_file.read_text())
+    else:
+        saved = await register(config, imds, register_timeout)
+        write_private(secret_file, json.dumps(saved))
+        # the token is spent: keep it out of the config from now on
+        config.pop("bootstrap_token", None)
+        write_private(config_path, json.dumps(config))
+    disk = Path(config["disk"])
+    disk.mkdir(parents=True, exist_ok=True)
+    agent = Agent(
+        host_id=config["host_id"],
+        address=saved["address"],
+        token=saved["secret"],
+        disk=disk,
+        notify_url=saved.get("notify_url", ""),
+    )
+
+    async def on_notice(deadline: float, action: dict[str, Any]) -> None:
+        log.warning("metadata: interruption %s", action)
+        # the cloud ends this instance: the agent only tells
+        agent.take_notice(deadline, terminate=False)
+
+    async def on_rebalance(data: dict[str, Any]) -> None:
+        log.warning("metadata: rebalance recommendation %s", data)
+        agent.rebalance = data
+
+    watcher = asyncio.create_task(
+        watch_notices(imds, on_notice, on_rebalance, float(config.get("poll_interval", 2)))
+    )
+    try:
+        await serve(agent, int(config["port"]))
+    finally:
+        watcher.cancel()
+        await imds.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="jupyterhub-migrating agent on an EC2 instance")
+    parser.add_argument("--config", required=True, help="the JSON config the user data wrote")
+    parser.add_argument("--register-timeout", type=float, default=600)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="[%(levelname)1.1s %(asctime)s agent %(name)s] %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(run(Path(args.config), args.register_timeout))
+    except RegistrationRefused as e:
+        sys.exit(f"the hub refused this host's registration: {e}")
+
+
+if __name__ == "__main__":
+    main()

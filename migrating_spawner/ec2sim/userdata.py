@@ -1,0 +1,184 @@
+"""Run an instance's user data (a cloud-config) as the instance would, in a folder that
+stands for its `/`.
+
+Supported: `write_files` (path, content, permissions, `encoding: b64`), `runcmd` (strings
+or argument lists, run in order) and the `systemctl` verbs a cloud-config uses to start a
+service (`enable --now`, `start`: the unit's `ExecStart` runs as a detached process;
+`daemon-reload` and `enable` alone do nothing). Absolute paths under `/etc`, `/var`,
+`/opt`, `/root` and `/home` in files and commands are mapped into the instance's folder.
+What a simulated instance cannot do is skipped and logged: `packages` and install commands
+(pip, apt-get, dnf, yum) when `skip_install` (an AMI with the package baked in), and
+`iptables` (loopback instances share one network stack).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("migrating.ec2sim")
+
+MAPPED = re.compile(r"(?<![\w./-])/(etc|var|opt|root|home)(?=/|\b)")
+INSTALL = re.compile(r"^\s*(sudo\s+)?(pip3?|python3?\s+-m\s+pip|apt-get|apt|dnf|yum)\s")
+NEVER = re.compile(r"^\s*(sudo\s+)?(iptables|ip6tables)\s")
+
+
+class UserDataError(Exception):
+    """User data the simulator cannot run."""
+
+
+def parse_cloud_config(user_data: bytes) -> dict[str, Any]:
+    text = user_data.decode()
+    if not text.startswith("#cloud-config"):
+        raise UserDataError("user data is not a #cloud-config document")
+    config = yaml.safe_load(text) or {}
+    if not isinstance(config, dict):
+        raise UserDataError("the cloud-config is not a mapping")
+    return config
+
+
+def parse_unit(text: str) -> tuple[list[str], dict[str, str]]:
+    """ExecStart (as arguments) and Environment= of a systemd unit."""
+    cmd: list[str] = []
+    env: dict[str, str] = {}
+    for line in text.replace("\\\n", " ").splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "ExecStart":
+            cmd = shlex.split(value)
+        elif key == "Environment":
+            for item in shlex.split(value):
+                name, _, val = item.partition("=")
+                env[name] = val
+    if not cmd:
+        raise UserDataError("unit without ExecStart")
+    return cmd, env
+
+
+class Instance:
+    """One simulated instance's processes and its folder standing for `/`."""
+
+    def __init__(self, root: Path, env: dict[str, str], skip_install: bool = True):
+        self.root = root
+        self.env = env
+        self.skip_install = skip_install
+        self.processes: list[subprocess.Popen] = []
+        self.log_dir = root / "var" / "log" / "ec2sim"
+
+    def path(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def map(self, text: str) -> str:
+        return MAPPED.sub(lambda m: f"{self.root}/{m.group(1)}", text)
+
+    def boot(self, user_data: bytes) -> None:
+        """Run the cloud-config: files first, then the commands in order."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        config = parse_cloud_config(user_data)
+        if config.get("packages"):
+            log.info("%s: packages %s skipped", self.root.name, config["packages"])
+        for entry in config.get("write_files") or []:
+            self.write_file(entry)
+        for number, command in enumerate(config.get("runcmd") or []):
+            if isinstance(command, list):
+                command = shlex.join(str(c) for c in command)
+            self.run(str(command), number)
+
+    def write_file(self, entry: dict[str, Any]) -> None:
+        target = self.path(entry["path"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        content = entry.get("content", "")
+        data = (
+            base64.b64decode(content)
+            if entry.get("encoding") in {"b64", "base64"}
+            else self.map(str(content)).encode()
+        )
+        target.write_bytes(data)
+        target.chmod(int(str(entry.get("permissions", "0644")), 8))
+
+    def run(self, command: str, number: int = 0) -> None:
+        if NEVER.match(command) or (self.skip_install and INSTALL.match(command)):
+            log.info("%s: skipped %s", self.root.name, command)
+            return
+        words = shlex.split(command)
+        if words and words[0] == "systemctl":
+            self.systemctl(words[1:])
+            return
+        out = self.log_dir / f"runcmd-{number}.log"
+        with open(out, "ab") as f:
+            done = subprocess.run(
+                ["/bin/sh", "-c", self.map(command)],
+                env=self.env,
+                cwd=self.root,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=300,
+            )
+        if done.returncode:
+            log.warning("%s: %r exited %d (see %s)", self.root.name, command, done.returncode, out)
+
+    def systemctl(self, args: list[str]) -> None:
+        verbs = [a for a in args if not a.startswith("-")]
+        if not verbs or verbs[0] in {"daemon-reload"}:
+            return
+        if verbs[0] == "enable" and "--now" not in args:
+            return
+        if verbs[0] not in {"enable", "start", "restart"}:
+            log.info("%s: systemctl %s ignored", self.root.name, " ".join(args))
+            return
+        for unit in verbs[1:]:
+            name = unit if "." in unit else unit + ".service"
+            unit_file = self.path(f"/etc/systemd/system/{name}")
+            if not unit_file.exists():
+                raise UserDataError(f"no unit {name}")
+            cmd, env = parse_unit(unit_file.read_text())
+            self.start([self.map(c) for c in cmd], env, name)
+
+    def start(self, cmd: list[str], env: dict[str, str], name: str) -> None:
+        with open(self.log_dir / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                env={**self.env, **{k: self.map(v) for k, v in env.items()}},
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        log.info("%s: started %s (pid %d)", self.root.name, name, proc.pid)
+        self.processes.append(proc)
+
+    def pids(self) -> list[int]:
+        """Every process of this instance: what it started and all their descendants."""
+        pids: list[int] = []
+        for proc in self.processes:
+            if proc.poll() is None:
+                pids.append(proc.pid)
+                pids += descendants(proc.pid)
+        return pids
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -1,0 +1,125 @@
+"""EC2HostProvider's launch logic against moto's server (no hub, no instances booted):
+the fleet request, capacity errors falling back type by type and then to on-demand (the
+simulator's EC2 endpoint answers the errors, in this process), interrupted types avoided,
+the user data limit."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+from motoserver import moto_environ, moto_server  # noqa: F401  (fixture)
+
+from migrating_spawner.ec2sim.ec2proxy import CapacityErrors, EC2Proxy
+from migrating_spawner.hosts.base import HostError
+from migrating_spawner.hosts.ec2 import TAG, EC2HostProvider
+
+AMI = "ami-12c6146b"
+TYPES = ["m6i.large", "m5.large", "m5a.large"]
+
+
+@pytest.fixture
+async def region(moto_server, tmp_path):  # noqa: F811
+    """A provider whose EC2 endpoint is the simulator's proxy in front of moto."""
+    errors = CapacityErrors()
+    runner = web.AppRunner(EC2Proxy(moto_server.endpoint_url, errors).app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    ec2 = moto_server.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{n}.0/24", AvailabilityZone=zone)[
+            "Subnet"
+        ]["SubnetId"]
+        for n, zone in enumerate(["us-east-1a", "us-east-1b"])
+    ]
+    provider = EC2HostProvider(
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region="us-east-1",
+        image_id=AMI,
+        subnet_ids=subnets,
+        hub_name=f"hub-{tmp_path.name}",
+        secret_file=str(tmp_path / "secret"),
+        instance_types={"large": {"types": TYPES}},
+        aws_retries=1,
+    )
+    with moto_environ(moto_server):  # its credentials (moto takes any)
+        yield provider, errors, ec2
+    await runner.cleanup()
+
+
+async def launch(provider, market="spot"):
+    said: list[str] = []
+    tags = provider.tags("ec2-test", "large", "alice/")
+    template, data = await provider._template_data("#cloud-config\n", tags)
+    made = await provider.call(
+        "create_launch_template_version", LaunchTemplateName=template, LaunchTemplateData=data
+    )
+    version = str(made["LaunchTemplateVersion"]["VersionNumber"])
+    result = await provider.launch(
+        provider.candidate_types("large"), market, template, version, tags, said.append
+    )
+    return result, said, data
+
+
+async def test_spot_fleet_of_the_first_type_with_tags_and_imdsv2(region):
+    provider, errors, ec2 = region
+    (instance_id, ec2_type, lifecycle), said, data = await launch(provider)
+    assert (ec2_type, lifecycle, said) == ("m6i.large", "spot", [])
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert {s["ResourceType"] for s in data["TagSpecifications"]} == {"instance", "volume"}
+    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    assert instance["InstanceLifecycle"] == "spot"
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags[TAG + "hub"] == provider.hub_name
+    assert (tags[TAG + "host-id"], tags[TAG + "user"], tags[TAG + "server"]) == (
+        "ec2-test",
+        "alice",
+        "",
+    )
+    assert instance["SubnetId"] in provider.subnet_ids
+
+
+async def test_capacity_error_falls_back_to_the_next_type_then_on_demand(region):
+    provider, errors, ec2 = region
+    errors.set("m6i.large")
+    (_, ec2_type, lifecycle), said, _ = await launch(provider)
+    assert (ec2_type, lifecycle) == ("m5.large", "spot")
+    assert said == ["No spot capacity for m6i.large: got m5.large"]
+
+    for t in TYPES:
+        errors.set(t)
+    (_, ec2_type, lifecycle), said, _ = await launch(provider)
+    assert (ec2_type, lifecycle) == ("m6i.large", "on-demand")
+    assert said[-1] == (
+        "No spot capacity for any of m6i.large, m5.large, m5a.large "
+        "(InsufficientInstanceCapacity): starting an on-demand instance instead"
+    )
+
+    provider.on_demand_fallback = False
+    with pytest.raises(HostError, match="on_demand_fallback is off"):
+        await launch(provider)
+
+
+def test_interrupted_types_are_avoided_for_a_while(region):
+    provider, _, _ = region
+    provider.note_interrupted("m6i.large", "us-east-1a")
+    assert provider.candidate_types("large") == ["m5.large", "m5a.large"]
+    provider.interrupted_type_ttl = 0
+    assert provider.candidate_types("large") == TYPES
+    for t in TYPES:  # every type interrupted: take them all rather than none
+        provider.note_interrupted(t, "")
+    provider.interrupted_type_ttl = 600
+    assert provider.candidate_types("large") == TYPES
+
+
+def test_user_data_is_kept_under_16_kb(region):
+    provider, _, _ = region
+    provider.hub_api_url = "http://10.0.0.1:8081/services/migrate/api/"
+    text = provider.render_user_data("ec2-x", "tok")
+    assert text.startswith("#cloud-config") and '"bootstrap_token": "tok"' in text
+    assert "http://10.0.0.1:8081/services/migrate/api/hosts/register" in text
+    provider.user_data_template = "#cloud-config\n# " + "x" * 16384
+    with pytest.raises(HostError, match="under 16384"):
+        provider.render_user_data("ec2-x", "tok")

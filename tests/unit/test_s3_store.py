@@ -11,6 +11,8 @@ import pytest
 from agent_util import AgentProcess
 from motoserver import moto_environ, moto_server  # noqa: F401  (pytest fixture)
 
+from migrating_spawner.agent.client import AgentClient
+from migrating_spawner.agent.host import Host
 from migrating_spawner.checkpoint import (
     CheckpointError,
     SignedCheckpoints,
@@ -23,6 +25,7 @@ from migrating_spawner.checkpoint import (
 )
 from migrating_spawner.checkpoint.gc import GarbageCollector
 from migrating_spawner.checkpoint.s3 import MIN_PART_SIZE, S3CheckpointStore
+from migrating_spawner.kernelstate.transfer import KernelStateTransfer, key_of
 
 SECRET = b"s3-test-secret"
 OLD_NS = 1_600_000_000 * 10**9
@@ -206,32 +209,83 @@ def test_an_old_chunk_is_renewed_before_a_checkpoint_relies_on_it(moto_server, b
         assert store.get_chunk(h) == b"reused"
 
 
-def test_the_host_agent_reads_and_writes_s3_itself(moto_server, store, tmp_path):  # noqa: F811
-    """The hub sends the agent only the store's config; the agent's own credentials (here
-    the environment, on EC2 the instance role) move the bytes."""
+@pytest.fixture(scope="module")
+def agent(moto_server, tmp_path_factory):  # noqa: F811
+    """A real host agent whose own credentials (the environment here, an instance role on
+    EC2) reach the bucket; the hub sends it only the store's config."""
+    with moto_environ(moto_server):
+        proc = AgentProcess(tmp_path_factory.mktemp("agent"), "127.0.0.238")
+    yield proc
+    proc.stop()
+
+
+def test_the_host_agent_reads_and_writes_s3_itself(agent, store, tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_home(src)
-    (tmp_path / "agent").mkdir()
-    with moto_environ(moto_server):
-        agent = AgentProcess(tmp_path / "agent", "127.0.0.238")
-    try:
-        resp = agent.post("/home/snapshot", {"root": str(src), "store": store.agent_config()})
-        assert resp.status_code == 200, resp.text
-        files = resp.json()["files"]
-        chunks = files["sub/data.bin"]["chunks"]
-        assert all(store.has_chunk(h) for h in chunks)  # in the bucket, sent by the agent
-        resp = agent.post(
-            "/home/restore", {"root": str(dst), "files": files, "store": store.agent_config()}
-        )
-        assert resp.status_code == 200, resp.text
-        assert (dst / "notes.md").read_text() == "x = 42\n"
-        # a chunk changed in the bucket: the agent refuses it (422), nothing is written
-        store.client.put_object(Bucket=store.bucket, Key=store._chunk_key(chunks[0]), Body=b"?")
-        resp = agent.post(
-            "/home/restore",
-            {"root": str(tmp_path / "dst2"), "files": files, "store": store.agent_config()},
-        )
-        assert resp.status_code == 422 and "corrupt" in resp.json()["message"]
-        assert not (tmp_path / "dst2" / "notes.md").exists()
-    finally:
-        agent.stop()
+    resp = agent.post("/home/snapshot", {"root": str(src), "store": store.agent_config()})
+    assert resp.status_code == 200, resp.text
+    files = resp.json()["files"]
+    chunks = files["sub/data.bin"]["chunks"]
+    assert all(store.has_chunk(h) for h in chunks)  # in the bucket, sent by the agent
+    resp = agent.post(
+        "/home/restore", {"root": str(dst), "files": files, "store": store.agent_config()}
+    )
+    assert resp.status_code == 200, resp.text
+    assert (dst / "notes.md").read_text() == "x = 42\n"
+    # a chunk changed in the bucket: the agent refuses it (422), nothing is written
+    store.client.put_object(Bucket=store.bucket, Key=store._chunk_key(chunks[0]), Body=b"?")
+    resp = agent.post(
+        "/home/restore",
+        {"root": str(tmp_path / "dst2"), "files": files, "store": store.agent_config()},
+    )
+    assert resp.status_code == 422 and "corrupt" in resp.json()["message"]
+    assert not (tmp_path / "dst2" / "notes.md").exists()
+
+
+def kernel_snapshot(state_dir: Path, blobs: dict[str, bytes]) -> None:
+    """A snapshot folder as the kernel's code leaves it: blobs, then the index."""
+    (state_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    for old in (state_dir / "blobs").iterdir():
+        if old.stem not in blobs:
+            old.unlink()
+    for name, data in blobs.items():
+        path = state_dir / "blobs" / f"{name}.bin"
+        if not path.exists():
+            path.write_bytes(data)
+            os.utime(path, ns=(OLD_NS, OLD_NS))
+    (state_dir / "index.json").write_text(json.dumps({"entries": sorted(blobs)}))
+
+
+async def test_kernel_snapshots_move_between_hosts_through_the_store(agent, store, tmp_path):
+    """No folder both hosts reach: the old host's agent uploads the kernel's snapshot
+    folder, the new host's agent writes it from the verified manifest."""
+    host = Host(id="test-host", address=agent.address, agent_url=agent.url, agent_token=agent.token)
+    client = AgentClient(host)
+    old, new = tmp_path / "old-host" / "k1", tmp_path / "new-host" / "k1"
+    big = os.urandom(200_000)
+    kernel_snapshot(old, {"aa": big, "bb": b"x = 42"})
+    transfer = KernelStateTransfer(SignedCheckpoints(store, SECRET))
+    first = await transfer.save(client, "k1", str(old))
+    assert first.meta["stats"]["bytes_uploaded"] >= len(big)
+    await transfer.load(client, "k1", str(new))
+    assert (new / "blobs" / "aa.bin").read_bytes() == big
+    assert (new / "index.json").read_text() == (old / "index.json").read_text()
+
+    kernel_snapshot(old, {"aa": big, "cc": b"x = 43"})  # one variable changed
+    second = await transfer.save(client, "k1", str(old))
+    sent = second.meta["stats"]["bytes_uploaded"]
+    assert sent < len(big)  # the unchanged blob is not sent again
+    await transfer.load(client, "k1", str(new))
+    assert sorted(p.name for p in (new / "blobs").iterdir()) == ["aa.bin", "cc.bin"]
+    assert store.list_checkpoints(key_of("k1")) == [first.id, second.id]
+
+    # a tampered manifest: refused before the agent writes anything
+    doc = json.loads(store.get_manifest(key_of("k1"), second.id))
+    doc["manifest"]["files"]["index.json"]["size"] = 1
+    store.put_manifest(key_of("k1"), second.id, json.dumps(doc).encode())
+    fresh = KernelStateTransfer(SignedCheckpoints(store, SECRET))
+    with pytest.raises(CheckpointError, match="signature mismatch"):
+        await fresh.load(client, "k1", str(tmp_path / "third-host" / "k1"))
+    assert not (tmp_path / "third-host").exists()
+    await fresh.forget("k1")
+    assert store.list_checkpoints(key_of("k1")) == []

@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,11 @@ class ServerState:
         self.last_checkpoint: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
         self._snapshotted_activity: dict[str, Any] = {}
+        # other extensions' work saved with the server: `await hook(until) -> dict` runs
+        # during a freeze beside the kernel snapshots, `await hook(final) -> dict` after a
+        # restore; their dicts go into the report (batch jobs: migrating_spawner.batch)
+        self.freeze_hooks: list[Callable[[float], Awaitable[dict]]] = []
+        self.restore_hooks: list[Callable[[bool], Awaitable[dict]]] = []
 
     @property
     def kernels(self):
@@ -114,8 +120,14 @@ class ServerState:
             _write_json(self.root / "sessions.json", sessions)
             _write_json(self.root / "kernels.json", self._kernel_list())
             _write_json(self.root / "terminals.json", self._terminals())
+            hooks = [asyncio.ensure_future(h(until)) for h in self.freeze_hooks if freeze]
             for kernel_id in list(self.kernels.list_kernel_ids()):
                 report["kernels"][kernel_id] = await self._snapshot_kernel(kernel_id, until)
+            for result in await asyncio.gather(*hooks, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    self.log.error("a freeze hook failed: %r", result)
+                else:
+                    report.update(result)
             if freeze:
                 # a client that stops reading never answers the close: wait only while the
                 # deadline allows
@@ -213,6 +225,11 @@ class ServerState:
                 report = await self._restore(timeout, final, delivered or [])
             finally:
                 self.restoring = False
+            for hook in self.restore_hooks:
+                try:
+                    report.update(await hook(final))
+                except Exception:
+                    self.log.exception("a restore hook failed")
             self.last_restore = report
             return report
 

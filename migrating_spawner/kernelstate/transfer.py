@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from ..checkpoint import Manifest, SignedCheckpoints, new_checkpoint_id
+from ..checkpoint import Manifest, SignedCheckpoints, get_blob, new_checkpoint_id
 
 #: manifests of a kernel's snapshots are kept under this server key (not a user's server)
 KEY_PREFIX = "kernel:"
@@ -116,6 +116,14 @@ class KernelStateTransfer:
         # the next save from that folder sends only what changed since this
         self._last[(kernel_id, state_dir)] = manifest.id
         return manifest
+
+    async def read(self, manifest: Manifest, path: str) -> bytes | None:
+        """One file of a saved folder (e.g. its snapshot-report.json), from the store and
+        re-hashed: the caller need not reach the host's disk. None if it has no such file."""
+        entry = manifest.files.get(path)
+        if not entry or entry.get("type") != "file":
+            return None
+        return await asyncio.to_thread(get_blob, self.checkpoints.store, entry["chunks"])
 
     async def forget(self, kernel_id: str) -> None:
         """The kernel shut down: its snapshots go (their chunks at the next gc)."""

@@ -266,6 +266,9 @@ async def test_kernel_snapshots_move_between_hosts_through_the_store(agent, stor
     kernel_snapshot(old, {"aa": big, "bb": b"x = 42"})
     transfer = KernelStateTransfer(SignedCheckpoints(store, SECRET))
     first = await transfer.save(client, "k1", str(old))
+    # the caller reads the kernel's report from the store, not from the host's disk
+    assert await transfer.read(first, "index.json") == (old / "index.json").read_bytes()
+    assert await transfer.read(first, "no-such-report.json") is None
     assert first.meta["stats"]["bytes_uploaded"] >= len(big)
     await transfer.load(client, "k1", str(new))
     assert (new / "blobs" / "aa.bin").read_bytes() == big

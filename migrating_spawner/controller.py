@@ -23,11 +23,13 @@ from .checkpoint import (
     Manifest,
     SignedCheckpoints,
 )
+from .history import ServerHistory
 from .hosts.base import HostError, HostProvider
 from .hosts.local import LocalHostProvider
 from .hosts.watcher import NOTICE, HostEvent
 from .move import Move
 from .moving import MovableServer, MoveError, MoveScheduler, RouteHold
+from .observe import Observer
 from .service.api import make_app
 
 __all__ = ["MigratingController", "MoveError"]
@@ -121,6 +123,8 @@ class MigratingController(SingletonConfigurable):
             hub_started=lambda: self.hub_started,
             wait_hub_started=self._wait_hub_started,
         )
+        # each server's history and the metrics, fed by the engine and the spawners
+        self.observer = Observer(self, ServerHistory(parent=self, log=self.log))
 
     # -- wiring -------------------------------------------------------------
 

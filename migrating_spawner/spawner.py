@@ -23,6 +23,7 @@ from . import profiles as profiles_mod
 from .agent.client import AgentClient, AgentError
 from .checkpoint import CheckpointError, Manifest, new_checkpoint_id
 from .controller import MigratingController
+from .history import CANCEL, SUSPEND, checkpoint_summary, human_bytes, requester
 from .hosts.base import Host, HostError
 from .kernelstate import lost_message
 from .moving import MoveRecord
@@ -147,6 +148,10 @@ class MigratingSpawner(Spawner):
     move_record: dict[str, Any] | None = None  # a move under way (survives a hub restart)
     delivered_seals: list[str] = []  # held cells already redelivered (see singleuser/gate.py)
     kernels_stale = False  # the last stop could not snapshot the kernels
+    suspended: float | None = None  # when a stop kept the server's work (epoch seconds)
+    fresh_start = False  # a cancel discarded the work: the next start restores nothing
+    # why the next stop happens and who asked (the API's verbs say; else found out)
+    stop_request: dict[str, Any] | None = None
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -211,6 +216,8 @@ class MigratingSpawner(Spawner):
         self.move_record = state.get("move")
         self.delivered_seals = list(state.get("delivered_seals") or [])
         self.kernels_stale = bool(state.get("kernels_stale"))
+        self.suspended = state.get("suspended")
+        self.fresh_start = bool(state.get("fresh_start"))
         # the running server's token: a move after a hub restart starts its successor
         # with it and calls its API (the hub keeps only a hash of it)
         self.api_token = state.get("api_token") or self.api_token
@@ -233,6 +240,10 @@ class MigratingSpawner(Spawner):
             state["delivered_seals"] = self.delivered_seals
         if self.kernels_stale:
             state["kernels_stale"] = True
+        if self.suspended:
+            state["suspended"] = self.suspended
+        if self.fresh_start:
+            state["fresh_start"] = True
         return state
 
     def clear_state(self) -> None:
@@ -243,8 +254,10 @@ class MigratingSpawner(Spawner):
         self.move_record = None
         # what this run committed was handed over in memory; a resume reads and verifies
         self.controller.checkpoints.forget(self.key)
-        if not self.checkpoint_on_stop:
+        if not self.checkpoint_on_stop or self.fresh_start:
+            # a cancel: the checkpoint is discarded (the API deletes it from the store)
             self.checkpoint_id = None
+            self.suspended = None
 
     def save_state(self) -> None:
         """Write state to the hub database now (mid-move, so a hub restart can recover)."""
@@ -258,6 +271,7 @@ class MigratingSpawner(Spawner):
         """The named server (or the user) is deleted: its checkpoints go too."""
         self.controller.store.delete_checkpoints(self.key)
         self.controller.forget_events(self.key)
+        self.controller.observer.history.forget(self.key)
 
     # -- events shown to the user ---------------------------------------------------
 
@@ -372,6 +386,10 @@ class MigratingSpawner(Spawner):
         if profile.get("cmd"):
             self.cmd = profile["cmd"]
         await self.controller.ensure_started()
+        began = time.monotonic()
+        # a resume brings back what the last stop kept; after a cancel nothing is restored
+        resuming = bool(self.suspended or self.checkpoint_id) and not self.fresh_start
+        restore_kernels = self.checkpoint_on_stop and not self.fresh_start
         self.emit(f"Requesting a {profile.get('instance_type', 'default')} host", 10)
         try:
             host = await self.controller.provider.acquire(profile.get("instance_type", ""))
@@ -381,10 +399,15 @@ class MigratingSpawner(Spawner):
         try:
             if self.home_mode == "synced" and self.checkpoint_id:
                 self.emit(f"Resuming from checkpoint {self.checkpoint_id}", 40)
-                await self.restore_home(host, self.checkpoint_id)
+                manifest = self.controller.checkpoints.load(self.key, self.checkpoint_id)
+                await self.restore_home(host, manifest)
+                size = checkpoint_summary(manifest)
+                self.emit(
+                    f"Home restored: {human_bytes(size['bytes'])} in {size['files']} files", 50
+                )
             port = await self.launch(host)
             self.emit(f"Starting the server on {host.address}:{port}", 60)
-            if self.checkpoint_on_stop:
+            if restore_kernels:
                 # kernels come back before the hub calls the server ready, so the first
                 # cell a user runs after a resume already sees their variables
                 await self.wait_ready(host, port)
@@ -392,6 +415,14 @@ class MigratingSpawner(Spawner):
                 self.kernels_stale = False
         except CheckpointError as e:
             await self.release_host(host)
+            self.controller.observer.record(
+                self.key,
+                "resume",
+                "request",
+                outcome="failed",
+                error=str(e),
+                checkpoint_id=self.checkpoint_id,
+            )
             raise SpawnException(
                 f"Cannot resume from checkpoint {self.checkpoint_id}: {e}",
                 reason="checkpoint",
@@ -401,6 +432,17 @@ class MigratingSpawner(Spawner):
             await self.release_host(host)
             raise
         self.host, self.ip, self.port = host, host.address, port
+        if resuming:
+            self.controller.observer.record(
+                self.key,
+                "resume",
+                "request",
+                to_host=host.id,
+                duration_seconds=time.monotonic() - began,
+                checkpoint_id=self.checkpoint_id,
+            )
+        self.suspended = None
+        self.fresh_start = False
         self.start_precopy()
         return f"http://{host.address}:{port}"
 
@@ -459,7 +501,7 @@ class MigratingSpawner(Spawner):
     async def snapshot_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
         """Freeze the kernels of the server at host:port and snapshot them into its home;
         returns the extension's report (per kernel: failed, reason, interrupted)."""
-        return await self.server_api(
+        report = await self.server_api(
             host,
             port,
             "POST",
@@ -467,6 +509,8 @@ class MigratingSpawner(Spawner):
             {"timeout": timeout, "freeze": True},
             timeout=timeout + 10,
         )
+        self.controller.observer.history.note_snapshot(self.key, report)  # interrupted cells
+        return report
 
     async def kill_server(self, host: Host) -> None:
         """SIGKILL the server on `host`, no grace (a move's freeze)."""
@@ -528,6 +572,7 @@ class MigratingSpawner(Spawner):
         except (HostError, OSError, asyncio.TimeoutError) as e:
             self.emit(f"Kernels could not be restored: {e}", level="warning")
             return
+        self.controller.observer.history.note_restore(self.key, report)  # what did not come
         kernels = report.get("kernels", {})
         if kernels:
             self.emit(f"Restored {len(kernels)} kernel(s) under their ids", 80)
@@ -588,10 +633,13 @@ class MigratingSpawner(Spawner):
             self.emit("Stopping: waiting for the move under way to finish")
             await self.controller.wait_for_move(self)
         self.stop_precopy()
+        request = self.stop_request or self._who_stops()
+        self.stop_request = None
         host = self.host
         if host is None:
             return
-        keep = self.checkpoint_on_stop and not now
+        discard = bool(request.get("discard"))  # a cancel: nothing is kept
+        keep = self.checkpoint_on_stop and not now and not discard
         # what became of the kernels, for the stop's event
         kernels: str | None = None
         kernel_error = ""
@@ -637,6 +685,30 @@ class MigratingSpawner(Spawner):
         await self.release_host(host)
         self.host = None
         self.emit(message, level=level)
+        self.suspended = time.time() if keep else None
+        self.fresh_start = discard
+        self.controller.observer.record(
+            self.key,
+            SUSPEND if keep else CANCEL,
+            request["reason"],
+            by=request.get("by"),
+            detail=message,
+            from_host=host.id,
+            checkpoint_id=self.checkpoint_id if keep else None,
+            lost_files=None if keep else "files (synced home) and kernels not kept",
+            outcome="ok" if level == "info" or not keep else "failed",
+        )
+
+    def _who_stops(self) -> dict[str, Any]:
+        """Why this stop: a request of a user, or an idle cull (a culler service asked)."""
+        asker = requester()
+        if asker is None:
+            return {"reason": "stop", "by": None}
+        kind, name = asker
+        cullers = self.controller.observer.history.idle_cullers
+        if kind == "service" and name in cullers:
+            return {"reason": "idle cull", "by": name}
+        return {"reason": "request", "by": name}
 
     async def release_host(self, host: Host) -> None:
         try:
@@ -672,6 +744,7 @@ class MigratingSpawner(Spawner):
             checkpoint_id=checkpoint_id,
         )
         self.precopy_id = self.checkpoint_id = checkpoint_id
+        self.controller.observer.checkpoint(self.key, reason, stats)
         self.log.info(
             "checkpoint %s of %s (%s): %d files, %d bytes read, %d bytes sent%s",
             checkpoint_id,

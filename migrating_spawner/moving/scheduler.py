@@ -49,6 +49,8 @@ class MoveScheduler:
         self._moves: dict[str, asyncio.Future] = {}
         self._deadlines: dict[str, float] = {}  # of queued and running moves
         self._running: dict[str, MoveRun] = {}
+        # called with (server, move, result, error) as each move ends (history, metrics)
+        self.listeners: list[Callable[[MovableServer, MoveRun, Any, Any], None]] = []
         # host id -> {"deadline", "moving": [server keys]}: what on_notice answered
         self._notices: dict[str, dict[str, Any]] = {}
         # moves queue up from the start; workers take them once the hub has started
@@ -105,16 +107,28 @@ class MoveScheduler:
             except Exception as e:
                 self.log.exception("move of %s failed", server.key)
                 server.emit(f"Move failed: {e}", level="error")
+                self._tell(server, self._running.get(server.key), None, e)
                 if not future.done():
                     future.set_exception(e if isinstance(e, MoveError) else MoveError(str(e)))
                     future.exception()  # retrieved: callers may not await it
             else:
+                self._tell(server, self._running.get(server.key), result, None)
                 if not future.done():
                     future.set_result(result)
             finally:
                 self._running.pop(server.key, None)
                 self._deadlines.pop(server.key, None)
                 self._moves.pop(server.key, None)
+
+    def _tell(self, server: MovableServer, move: Any, result: Any, error: Any) -> None:
+        """A move ended: its listeners hear it (history, metrics) before its callers."""
+        if move is None:
+            return  # no move was made (e.g. the server began stopping)
+        for listener in self.listeners:
+            try:
+                listener(server, move, result, error)
+            except Exception:
+                self.log.exception("move listener %r failed for %s", listener, server.key)
 
     # -- moves ---------------------------------------------------------------------
 

@@ -16,16 +16,23 @@ import hmac
 import json
 import math
 import time
+from datetime import timezone
 from typing import Any, Protocol
+from urllib.parse import quote
 
+import aiohttp
 from jupyterhub import orm
 from jupyterhub.scopes import has_scope
 from jupyterhub.services.auth import HubAuth, HubAuthenticated, UserNotAllowed
+from jupyterhub.utils import url_path_join
 from tornado import web
+from tornado.log import app_log
 from traitlets import Any as AnyTrait
 from traitlets import default
 
 from ..agent.client import AgentError
+from ..checkpoint import CheckpointError
+from ..history import checkpoint_summary
 from ..hosts.base import HostError
 
 
@@ -52,6 +59,15 @@ class Controller(Protocol):
     def on_notice(self, host_id: str, deadline: float) -> list[str]: ...
 
     async def reclaim(self, host_id: str, notice_seconds: float) -> dict[str, Any]: ...
+
+    @property
+    def observer(self) -> Any: ...  # migrating_spawner.observe.Observer: history, metrics
+
+    @property
+    def checkpoints(self) -> Any: ...  # SignedCheckpoints
+
+    @property
+    def store(self) -> Any: ...
 
 
 class ServiceAuth(HubAuth):
@@ -104,22 +120,46 @@ def error(status: int, message: str) -> web.HTTPError:
     return web.HTTPError(status, "%s", message)
 
 
+#: the verbs that fit each state (the page enables its buttons from them)
+ACTIONS = {
+    "Running": ["migrate", "suspend", "cancel"],
+    "Suspended": ["resume", "cancel"],
+    "Stopped": ["resume"],
+    "Failed": ["resume", "cancel"],
+    "Starting": [],
+    "Floating": [],
+}
+
+
 def server_state(spawner: Any, moving: bool) -> str:
-    """What a user sees: Starting, Running, Floating, Suspended, Stopped or Failed."""
+    """What a user sees: Starting, Running, Floating, Suspended, Stopped or Failed (a
+    server being stopped still reads Running, with `pending: "stop"`)."""
     if moving:
         return "Floating"
     if spawner.pending == "spawn":
         return "Starting"
-    if spawner.pending == "stop":
-        return "Stopping"
-    if spawner.ready:
+    if spawner.ready or spawner.pending == "stop":
         return "Running"
     future = spawner._spawn_future
     if future is not None and future.done() and future.exception() is not None:
         return "Failed"
-    if spawner.checkpoint_id and spawner.checkpoint_on_stop and spawner.home_mode == "synced":
-        return "Suspended"
+    if spawner.checkpoint_on_stop and not spawner.fresh_start:
+        if spawner.suspended or (spawner.checkpoint_id and spawner.home_mode == "synced"):
+            return "Suspended"
     return "Stopped"
+
+
+def epoch(when: Any) -> float | None:
+    """A JupyterHub orm datetime (naive UTC) as epoch seconds."""
+    if when is None:
+        return None
+    return (
+        when.replace(tzinfo=timezone.utc).timestamp() if when.tzinfo is None else when.timestamp()
+    )
+
+
+#: checkpoints are immutable: what a GET shows of one is read (and verified) once
+_summaries: dict[tuple[str, str], dict[str, Any] | None] = {}
 
 
 def number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -245,20 +285,64 @@ class APIHandler(HubAuthenticated, JSONHandler):
 
     def describe(self, spawner: Any, events: bool = False) -> dict[str, Any]:
         moving = self.controller.is_moving(spawner)
+        state = server_state(spawner, moving)
+        host = spawner.host
+        started = epoch(spawner.orm_spawner.started) if spawner.orm_spawner else None
         info: dict[str, Any] = {
             "user": spawner.user.name,
             "server": spawner.name,
-            "state": server_state(spawner, moving),
-            "host_id": spawner.host.id if spawner.host else None,
-            "address": f"{spawner.host.address}:{spawner.port}" if spawner.host else None,
+            "state": state,
+            "pending": spawner.pending,
+            "deadline": None,
+            "move": None,
+            "host_id": host.id if host else None,
+            "address": f"{host.address}:{spawner.port}" if host else None,
             "url": spawner.server.base_url if spawner.server else None,
+            "provider": self.controller.provider.name,
+            "instance_type": host.instance_type if host else None,
+            "market": host.market if host else None,
+            "hourly_price": host.meta.get("hourly_price") if host else None,
+            "started": started if host else None,
+            "uptime": time.time() - started if host and started else None,
             "home_mode": spawner.home_mode,
             "checkpoint_id": spawner.checkpoint_id,
-            "instance_type": spawner.host.instance_type if spawner.host else None,
+            "last_checkpoint": self.last_checkpoint(spawner),
+            "suspended": spawner.suspended,
+            "actions": ACTIONS.get(state, []),
         }
+        if moving:
+            record = spawner.move_record or {}
+            deadline = record.get("deadline")
+            # a requested move has no deadline of its own (the engine gives it an hour)
+            if deadline and deadline - time.time() < 3000:
+                info["deadline"] = deadline
+            info["move"] = {
+                "reason": record.get("reason"),
+                "deadline": info["deadline"],
+                "from": (record.get("old_host") or {}).get("id"),
+                "to": (record.get("new_host") or {}).get("id"),
+                "phase": record.get("phase"),
+            }
         if events:
             info["events"] = spawner.events[-50:]
         return info
+
+    def last_checkpoint(self, spawner: Any) -> dict[str, Any] | None:
+        """Time and size of the server's last checkpoint (None: none, or unreadable)."""
+        checkpoint_id = spawner.checkpoint_id
+        if not checkpoint_id:
+            return None
+        cache_key = (spawner.key, checkpoint_id)
+        if cache_key not in _summaries:
+            try:
+                manifest = self.controller.checkpoints.load(spawner.key, checkpoint_id)
+                _summaries[cache_key] = checkpoint_summary(manifest)
+            except CheckpointError as e:
+                app_log.warning("checkpoint %s of %s: %s", checkpoint_id, spawner.key, e)
+                return None
+            if len(_summaries) > 10000:
+                _summaries.pop(next(iter(_summaries)))
+        return _summaries[cache_key]
 
 
 class RootHandler(JSONHandler):
@@ -336,6 +420,180 @@ class MigrateHandler(APIHandler):
             self.write_json(self.describe(spawner), 202)
 
 
+class VerbHandler(APIHandler):
+    """Suspend, resume and cancel: the hub itself stops or starts the server.
+
+    The hub's own REST API does it, so its checks, pending flags, proxy routes and the
+    spawn page's progress are the hub's; the call carries a token of the server's owner
+    made for that one call (the scope `servers` on that server only, 5 minutes), after
+    this API checked that the caller may act on the server.
+    """
+
+    verb = ""
+    fits: tuple[str, ...] = ()
+
+    async def post(self, username: str, server_name: str | None = None) -> None:
+        self.body(set())
+        spawner = self.spawner(username, server_name or "")
+        state = server_state(spawner, self.controller.is_moving(spawner))
+        if state not in self.fits:
+            raise error(409, f"{spawner.key} is {state}: {self.refusal(state)}")
+        await self.act(spawner, state)
+
+    def refusal(self, state: str) -> str:
+        return f"cannot {self.verb} it now (it can be {self.verb}ed when {' or '.join(self.fits)})"
+
+    @property
+    def who(self) -> str:
+        return self.current_user["name"]
+
+    async def hub_call(self, spawner: Any, method: str, body: Any = None) -> int:
+        user, name = spawner.user, spawner.name
+        token = user.orm_user.new_api_token(
+            scopes=[f"servers!server={user.name}/{name}"],
+            expires_in=300,
+            note=f"jupyterhub-migrate {self.verb} for {self.who}",
+        )
+        path = f"users/{user.escaped_name}/" + (f"servers/{quote(name)}" if name else "server")
+        url = url_path_join(self.controller.app.hub.api_url, path)
+        headers = {"Authorization": f"token {token}"}
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.request(
+                    method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(60)
+                ) as resp:
+                    status, text = resp.status, await resp.text()
+        finally:
+            orm_token = orm.APIToken.find(self.db, token)
+            if orm_token is not None:
+                self.db.delete(orm_token)
+                self.db.commit()
+        if status >= 400:
+            try:
+                text = json.loads(text).get("message", text)
+            except (ValueError, AttributeError):
+                pass
+            raise error(409 if status in (400, 409) else 502, f"the hub refused: {text}")
+        return status
+
+    async def until(self, spawner: Any, done: Any, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+
+    async def stop(self, spawner: Any, request: dict[str, Any]) -> None:
+        spawner.stop_request = request  # the stop's history entry says why and who
+        try:
+            await self.hub_call(spawner, "DELETE")
+        except BaseException:
+            spawner.stop_request = None
+            raise
+        # the hub answers 202 for a slow stop (a final checkpoint): wait for it to end
+        await self.until(spawner, lambda: spawner.server is None and not spawner.pending)
+
+    async def act(self, spawner: Any, state: str) -> None:
+        raise NotImplementedError
+
+
+class SuspendHandler(VerbHandler):
+    """Final checkpoint of the home and the kernels, stop, host released."""
+
+    verb = "suspend"
+    fits = ("Running",)
+
+    def refusal(self, state: str) -> str:
+        if state in ("Suspended", "Stopped"):
+            return "nothing to suspend"
+        return "wait until it is Running"
+
+    async def act(self, spawner: Any, state: str) -> None:
+        await self.stop(spawner, {"reason": "request", "by": self.who})
+        self.write_json(self.describe(spawner))
+
+
+class ResumeHandler(VerbHandler):
+    """Start on a new host and restore what the last stop kept (kernels under their ids)."""
+
+    verb = "resume"
+    fits = ("Suspended", "Stopped", "Failed")
+
+    def refusal(self, state: str) -> str:
+        if state == "Running":
+            return "it is running already"
+        return "wait until it has started"
+
+    async def act(self, spawner: Any, state: str) -> None:
+        wait = self.flag("wait")
+        options = spawner.orm_spawner.user_options if spawner.orm_spawner else None
+        # the same options as its last start (its profile, so its instance type)
+        await self.hub_call(spawner, "POST", {"user_options": options or None})
+        if wait:
+            await self.until(spawner, lambda: spawner.ready or not spawner.pending)
+            if not spawner.ready:
+                raise error(500, f"{spawner.key} did not start: see its events")
+        self.write_json(self.describe(spawner), 200 if spawner.ready else 202)
+
+
+class CancelHandler(VerbHandler):
+    """Stop and discard the checkpoint: the next start is fresh. The answer says what went."""
+
+    verb = "cancel"
+    fits = ("Running", "Suspended", "Failed")
+
+    def refusal(self, state: str) -> str:
+        if state == "Stopped":
+            return "nothing to cancel (no work is kept)"
+        return "wait until it is Running or Suspended"
+
+    def lost(self, spawner: Any, state: str) -> str:
+        kept = self.last_checkpoint(spawner)
+        what = []
+        if state == "Running":
+            what.append("the running kernels and their variables")
+        else:
+            what.append("the kernels' saved variables")
+        if spawner.home_mode == "synced":
+            if kept:
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(kept["time"]))
+                what.append(
+                    f"the files of the home (checkpoint {kept['id']} of {when}, "
+                    f"{kept['bytes']} bytes in {kept['files']} files)"
+                )
+            if state == "Running":
+                what.append("every file changed since in the home")
+        text = "Discarded: " + "; ".join(what) + ". The next start is fresh"
+        if spawner.home_mode == "shared":
+            text += " (files on shared storage stay)"
+        return text
+
+    async def act(self, spawner: Any, state: str) -> None:
+        lost = self.lost(spawner, state)
+        if state == "Running":
+            await self.stop(spawner, {"reason": "request", "by": self.who, "discard": True})
+        else:
+            spawner.fresh_start = True
+            spawner.checkpoint_id = None
+            spawner.suspended = None
+            spawner.save_state()
+            self.controller.observer.record(
+                spawner.key, "cancel", "request", by=self.who, detail=lost, lost_files=lost
+            )
+        # the checkpoints go from the store (their chunks at the next garbage collection)
+        self.controller.checkpoints.forget(spawner.key)
+        await asyncio.to_thread(self.controller.store.delete_checkpoints, spawner.key)
+        self.write_json({**self.describe(spawner), "lost": lost})
+
+
+class HistoryHandler(APIHandler):
+    async def get(self, username: str, server_name: str | None = None) -> None:
+        spawner = self.spawner(username, server_name or "")
+        limit = self.get_argument("limit", "")
+        if limit and not (limit.isdigit() and int(limit) > 0):
+            raise error(400, f"limit must be a positive integer, not {limit!r}")
+        entries = self.controller.observer.history.entries(spawner.key, int(limit or 0) or None)
+        self.write_json({"user": spawner.user.name, "server": spawner.name, "history": entries})
+
+
 class NoticeHandler(JSONHandler):
     """Agents push reclaim notices here, signed with their host's own secret."""
 
@@ -361,7 +619,8 @@ class NoticeHandler(JSONHandler):
         if deadline < time.time() - 600:
             raise error(400, "notice expired: its deadline passed long ago")
         # the host watcher's cache hears of it too (it is news only once, however it came)
-        self.controller.provider.watcher.push_notice(host.id, {"deadline": deadline})
+        with self.controller.observer.pushing():
+            self.controller.provider.watcher.push_notice(host.id, {"deadline": deadline})
         moving = self.controller.on_notice(host.id, deadline)
         self.write_json({"moving": moving}, 202)
 
@@ -371,6 +630,8 @@ def make_app(controller: Controller) -> web.Application:
     server = r"(?P<username>[^/]+)(?:/(?P<server_name>[^/]*))?"
     plain = {"controller": controller}
     args = {**plain, "hub_auth": service_auth(controller)}
+    # notices from the watcher's polls and the agents' pushes count in the metrics
+    controller.observer.follow_notices(controller.provider.watcher)
     return web.Application(
         [
             (controller.base_url, RootHandler, plain),
@@ -378,6 +639,10 @@ def make_app(controller: Controller) -> web.Application:
             (prefix + r"hosts/(?P<host_id>[^/]+)/reclaim", ReclaimHandler, args),
             (prefix + "servers", ServersHandler, args),
             (prefix + "servers/" + server + "/migrate", MigrateHandler, args),
+            (prefix + "servers/" + server + "/suspend", SuspendHandler, args),
+            (prefix + "servers/" + server + "/resume", ResumeHandler, args),
+            (prefix + "servers/" + server + "/cancel", CancelHandler, args),
+            (prefix + "servers/" + server + "/history", HistoryHandler, args),
             (prefix + "servers/" + server, ServerHandler, args),
             (prefix + "notices", NoticeHandler, plain),
         ],

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any
 
 from .http import CLIError, JSONClient
@@ -53,6 +54,67 @@ def reclaimed(data: dict[str, Any], what: str) -> str:
     return f"{data['host_id']} will be reclaimed at {data['notice']['time']}; moving {moving}"
 
 
+def when(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return "-"
+
+
+def suspended_text(target: str, data: dict[str, Any]) -> str:
+    kept = data.get("last_checkpoint")
+    if kept:
+        what = f"checkpoint {kept['id']} ({size(kept['bytes'])}, {when(kept['time'])})"
+    else:
+        what = "its kernels' state in the home (files on shared storage)"
+    return f"{target}: {data['state']}, host released; kept {what}"
+
+
+def lost_text(lost: dict[str, Any]) -> str:
+    """What an entry says was lost, in one cell."""
+    parts = []
+    if lost.get("files"):
+        parts.append(lost["files"])
+    for kernel_id, names in (lost.get("variables") or {}).items():
+        parts.append(f"kernel {kernel_id[:8]}: {', '.join(names)}")
+    for cell in lost.get("interrupted_cells") or []:
+        first = (cell.get("cell") or "").strip().splitlines()[:1]
+        parts.append(
+            f"kernel {cell['kernel_id'][:8]} cell interrupted {first[0]!r}"
+            if first
+            else f"kernel {cell['kernel_id'][:8]} cell interrupted"
+        )
+    for kernel_id in lost.get("kernels_fresh") or []:
+        parts.append(f"kernel {kernel_id[:8]} fresh")
+    return "; ".join(parts) or "-"
+
+
+def history_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for e in entries:
+        hold = e.get("hold_seconds")
+        rows.append(
+            {
+                "time": when(e["time"]),
+                "kind": e["kind"] + ("" if e.get("outcome", "ok") == "ok" else " (failed)"),
+                "reason": e["reason"] + (f" ({e['by']})" if e.get("by") else ""),
+                "from": e.get("from_host"),
+                "to": e.get("to_host"),
+                "hold": f"{hold:.2f} s" if hold is not None else None,
+                "bytes": size(e.get("bytes_moved")) if e.get("bytes_moved") else None,
+                "lost": lost_text(e.get("lost") or {}),
+            }
+        )
+    return rows
+
+
 def run(args: argparse.Namespace) -> tuple[Any, str]:
     if args.gateway_url:
         return run_gateway(args)
@@ -83,6 +145,26 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
     if args.verb == "reclaim":
         data = client.call("POST", f"hosts/{args.host}/reclaim", {"notice_seconds": args.notice})
         return data, reclaimed(data, "server")
+    if args.verb == "suspend":
+        user, server = split_server(args.target)
+        data = client.call("POST", f"servers/{user}/{server}/suspend", {}, timeout=600)
+        return data, suspended_text(args.target, data)
+    if args.verb == "resume":
+        user, server = split_server(args.target)
+        path = f"servers/{user}/{server}/resume" + ("?wait=true" if args.wait else "")
+        data = client.call("POST", path, {}, timeout=600)
+        if data["state"] == "Running":
+            return data, f"{args.target}: resumed on {data['host_id']} ({data['address']})"
+        return data, f"{args.target}: {data['state']} (resuming on a new host)"
+    if args.verb == "cancel":
+        user, server = split_server(args.target)
+        data = client.call("POST", f"servers/{user}/{server}/cancel", {}, timeout=600)
+        return data, f"{args.target}: cancelled. {data['lost']}"
+    if args.verb == "history":
+        user, server = split_server(args.target)
+        data = client.call("GET", f"servers/{user}/{server}/history")
+        columns = ["time", "kind", "reason", "from", "to", "hold", "bytes", "lost"]
+        return data, table(history_rows(data["history"]), columns)
     raise CLIError(f"unknown verb {args.verb}")
 
 
@@ -174,6 +256,27 @@ def parser() -> argparse.ArgumentParser:
     )
     reclaim.add_argument("host")
     reclaim.add_argument("--notice", type=seconds, default=120, help="seconds of notice")
+    suspend = verbs.add_parser(
+        "suspend",
+        parents=flags,
+        help="final checkpoint of files and kernels, stop, release the host",
+    )
+    suspend.add_argument("target", metavar="USER[/SERVER]")
+    resume = verbs.add_parser(
+        "resume", parents=flags, help="start a suspended server on a new host and restore it"
+    )
+    resume.add_argument("target", metavar="USER[/SERVER]")
+    resume.add_argument("--wait", action="store_true", help="wait until it runs")
+    cancel = verbs.add_parser(
+        "cancel",
+        parents=flags,
+        help="stop and discard the checkpoint: the next start is fresh (says what is lost)",
+    )
+    cancel.add_argument("target", metavar="USER[/SERVER]")
+    history = verbs.add_parser(
+        "history", parents=flags, help="moves, suspends, resumes and losses of a server"
+    )
+    history.add_argument("target", metavar="USER[/SERVER]")
     return p
 
 

@@ -1,0 +1,247 @@
+"""Suspend, resume and cancel, each server's history and the Prometheus metrics, on one real
+hub (real CHP, real servers, synced homes) shared by the module: a move shows in the
+history (reason, hold time) and in the metrics; suspend holds no host and resume brings
+`x` and the files back; cancel discards the checkpoint; another user sees none of it; the
+history survives a hub restart; jupyterhub-idle-culler as a real hub service suspends an
+idle server and the next start resumes it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import pytest
+import pytest_asyncio
+from kernelws import KernelSocket
+from prometheus_client.parser import text_string_to_metric_families
+from realhub import RealHub
+from test_move import read_file, write_file
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+CONFIG = """
+c.MigratingSpawner.home_mode = "synced"
+c.JupyterHub.authenticate_prometheus = True
+"""
+
+# the culler as a hub-managed service: a server idle for 4 s is stopped
+CULLER = f"""
+c.JupyterHub.services += [{{
+    "name": "idle-culler",
+    "command": ["{sys.executable}", "-m", "jupyterhub_idle_culler",
+                "--timeout=4", "--cull-every=2", "--remove-named-servers=false"],
+}}]
+c.JupyterHub.load_roles += [{{
+    "name": "idle-culler",
+    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    "services": ["idle-culler"],
+}}]
+"""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def hub(tmp_path_factory):
+    hub = RealHub(tmp_path_factory.mktemp("verbs"), CONFIG)
+    hub.start()
+    await hub.wait_up()
+    yield hub
+    hub.stop()
+    hub.kill_proxy()
+    hub.release_all_hosts()
+
+
+@pytest.fixture(autouse=True)
+def hub_log_on_failure(request, hub):
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(f"\n===== hub log =====\n{hub.tail(150)}")
+
+
+async def until(predicate, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def scrape(hub) -> dict[tuple[str, tuple], float]:
+    """/hub/metrics as {(sample name, sorted labels): value}."""
+    status, text = await hub.request("GET", "/hub/metrics", hub.admin_token)
+    assert status == 200, text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def metric(samples, name, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def history(hub, user, token=None):
+    status, data = await hub.migrate_api("GET", f"/servers/{user}/history", token)
+    assert status == 200, data
+    return data["history"]
+
+
+async def test_move_suspend_resume_history_and_metrics(hub):
+    await hub.spawn("alice")
+    token = await hub.user_token("alice")
+    await write_file(hub, "alice", token, "notes.txt", "keep me")
+    session = await hub.new_session("alice", token, "n.ipynb")
+    kernel_id = session["kernel"]["id"]
+    async with KernelSocket(hub.url + "/user/alice", kernel_id, token) as kernel:
+        await kernel.run("x = 42")
+    running = await hub.server_info("alice")
+    assert running["state"] == "Running" and running["actions"] == [
+        "migrate",
+        "suspend",
+        "cancel",
+    ]
+    assert running["market"] == "spot" and running["provider"] == "local"
+    [host] = hub.hosts()
+    assert running["address"] == f"{host['address']}:{running['address'].split(':')[1]}"
+    assert running["uptime"] > 0 and running["started"] <= time.time()
+
+    # a move, seen by the history and the metrics
+    before = await scrape(hub)
+    status, moved = await hub.migrate_api(
+        "POST", "/servers/alice/migrate?wait=true", token, timeout=120
+    )
+    assert status == 200, moved
+    after = await scrape(hub)
+    [move] = await history(hub, "alice", token)
+    assert (move["kind"], move["reason"], move["by"], move["outcome"]) == (
+        "move",
+        "request",
+        "alice",
+        "ok",
+    )
+    assert (move["from_host"], move["to_host"]) == (running["host_id"], moved["host_id"])
+    assert move["hold_seconds"] > 0 and move["duration_seconds"] >= move["hold_seconds"]
+    assert move["bytes_moved"] > 0  # the pre-copy sent the home's files
+    ok = {"reason": "request", "outcome": "ok"}
+    moves = "jupyterhub_migrating_moves_total"
+    assert metric(after, moves, **ok) == metric(before, moves, **ok) + 1
+    for hist in ("move_hold_seconds", "move_duration_seconds"):
+        name = f"jupyterhub_migrating_{hist}_count"
+        assert metric(after, name) == metric(before, name) + 1, hist
+        total = f"jupyterhub_migrating_{hist}_sum"
+        assert metric(after, total) > metric(before, total), hist
+    sent = "jupyterhub_migrating_checkpoint_bytes_total"
+    assert metric(after, sent) > metric(before, sent)
+    hosts = "jupyterhub_migrating_hosts"
+    labels = {"provider": "local", "market": "spot", "instance_type": running["instance_type"]}
+    assert metric(after, hosts, **labels) == 1
+
+    # suspend: a final checkpoint, no host held
+    status, suspended = await hub.migrate_api("POST", "/servers/alice/suspend", token)
+    assert status == 200, suspended
+    assert suspended["state"] == "Suspended" and suspended["host_id"] is None
+    assert suspended["actions"] == ["resume", "cancel"]
+    kept = suspended["last_checkpoint"]
+    assert kept["id"] == suspended["checkpoint_id"] and kept["bytes"] >= len("keep me")
+    assert hub.hosts() == []
+    assert metric(await scrape(hub), "jupyterhub_migrating_suspended_servers") == 1
+    # a verb that does not fit the state: 409 with a JSON reason
+    status, data = await hub.migrate_api("POST", "/servers/alice/suspend", token)
+    assert (status, data["status"]) == (409, 409) and "nothing to suspend" in data["message"]
+
+    # resume: a new host, the kernel under its id with x, the files
+    status, resumed = await hub.migrate_api("POST", "/servers/alice/resume?wait=true", token)
+    assert status == 200 and resumed["state"] == "Running", resumed
+    assert resumed["host_id"] not in (running["host_id"], moved["host_id"])
+    assert await read_file(hub, "alice", token, "notes.txt") == "keep me"
+    async with KernelSocket(hub.url + "/user/alice", kernel_id, token) as kernel:
+        out, _ = await kernel.run("print(x)")
+        assert out.strip() == "42", out
+    status, data = await hub.migrate_api("POST", "/servers/alice/resume", token)
+    assert status == 409 and "running already" in data["message"], data
+    # the spawn page's progress told the resume's phases
+    events = [e["message"] for e in (await hub.server_info("alice"))["events"]]
+    assert any(m.startswith("Home restored: ") for m in events), events
+    assert "Restored 1 kernel(s) under their ids" in events
+
+    entries = await history(hub, "alice", token)
+    assert [e["kind"] for e in entries] == ["move", "suspend", "resume"]
+    suspend, resume = entries[1:]
+    assert (suspend["reason"], suspend["by"], suspend["from_host"]) == (
+        "request",
+        "alice",
+        moved["host_id"],
+    )
+    assert suspend["checkpoint_id"] == kept["id"]
+    assert (resume["to_host"], resume["checkpoint_id"]) == (resumed["host_id"], kept["id"])
+
+
+async def test_cancel_discards_the_checkpoint_and_says_what_is_lost(hub):
+    token = await hub.user_token("alice")
+    info = await hub.server_info("alice")
+    assert info["state"] == "Running"
+    status, cancelled = await hub.migrate_api("POST", "/servers/alice/cancel", token)
+    assert status == 200, cancelled
+    assert cancelled["state"] == "Stopped" and cancelled["checkpoint_id"] is None
+    assert "running kernels and their variables" in cancelled["lost"]
+    assert "The next start is fresh" in cancelled["lost"]
+    manifests = hub.workdir / "checkpoints" / "manifests"
+    assert not list(manifests.glob("*/*.json")), list(manifests.glob("*/*"))
+    assert hub.hosts() == []
+    status, data = await hub.migrate_api("POST", "/servers/alice/cancel", token)
+    assert status == 409 and "nothing to cancel" in data["message"], data
+    [*_, entry] = await history(hub, "alice", token)
+    assert (entry["kind"], entry["by"]) == ("cancel", "alice")
+
+    # the next start is fresh: no file, no kernel
+    await hub.spawn("alice")
+    status, _ = await hub.request("GET", "/user/alice/api/contents/notes.txt", token)
+    assert status == 404
+    status, kernels = await hub.request("GET", "/user/alice/api/kernels", token)
+    assert (status, kernels) == (200, [])
+
+
+async def test_others_see_neither_servers_nor_history(hub):
+    bob = await hub.user_token("bob")
+    for method, path in (
+        ("GET", "/servers/alice/"),
+        ("GET", "/servers/alice/history"),
+        ("POST", "/servers/alice/suspend"),
+        ("POST", "/servers/alice/resume"),
+        ("POST", "/servers/alice/cancel"),
+        ("GET", "/servers/nobody/history"),
+    ):
+        status, data = await hub.migrate_api(method, path, bob)
+        assert status == 404 and data["status"] == 404, (method, path, data)
+    status, data = await hub.migrate_api("GET", "/servers", bob)
+    assert status == 200 and [s["user"] for s in data["servers"]] == ["bob"], data
+    assert (await hub.server_info("alice"))["state"] == "Running"  # nothing happened
+
+
+async def test_history_survives_a_restart_and_the_idle_culler_suspends(hub):
+    token = await hub.user_token("alice")
+    before = await history(hub, "alice", token)
+    assert [e["kind"] for e in before] == ["move", "suspend", "resume", "cancel"]
+    # the hub comes back with jupyterhub-idle-culler as a service of its own
+    hub.extra_config += CULLER
+    (hub.workdir / "jupyterhub_config.py").write_text(hub._config())
+    await hub.restart()
+    assert await history(hub, "alice", token) == before
+
+    async def culled():
+        info = await hub.server_info("alice")
+        return info if info["state"] == "Suspended" else None
+
+    suspended = await until(culled, 60, "the culler to suspend alice")
+    assert suspended["host_id"] is None and suspended["last_checkpoint"]
+    [*_, entry] = await history(hub, "alice", token)
+    assert (entry["kind"], entry["reason"], entry["by"]) == ("suspend", "idle cull", "idle-culler")
+    assert hub.hosts() == []
+    # the next start resumes it
+    await hub.spawn("alice")
+    [*_, entry] = await history(hub, "alice", token)
+    assert entry["kind"] == "resume" and entry["checkpoint_id"] == suspended["checkpoint_id"]

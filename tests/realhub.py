@@ -17,6 +17,8 @@ from typing import Any
 
 import aiohttp
 
+from migrating_spawner.service.page import template_path
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE_BIN = ROOT / "node_modules" / ".bin"
 VENV_BIN = Path(sys.executable).parent
@@ -100,6 +102,8 @@ c.JupyterHub.load_roles = [
 ]
 # users may use the control API with their own tokens, as in the demo's config
 c.JupyterHub.extra_user_scopes = {{"access:services!service=migrate"}}
+# the hub home page links the migrate service's page next to each server
+c.JupyterHub.template_paths = ["{template_path()}"]
 {self.extra_config}
 """
 

@@ -8,6 +8,8 @@ server move. Ctrl-C stops it; `make clean` resets it (its state is in `var/`).
 
 import os
 
+from migrating_spawner.service.page import template_path
+
 c = get_config()  # noqa: F821
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -47,3 +49,7 @@ c.JupyterHub.services = [{"name": "migrate", "url": "http://127.0.0.1:8095"}]
 # /hub/token) lists and moves their own servers. Admins have it already (the `admin` role),
 # and only they (scope admin:servers) may list and reclaim hosts.
 c.JupyterHub.extra_user_scopes = {"access:services!service=migrate"}
+# The service's page for browsers: http://127.0.0.1:8000/services/migrate/ (in the hub's
+# Services menu). This line adds a "Moves" link next to each server on the hub home page
+# (a home.html that extends the hub's own; the page itself needs no configuration).
+c.JupyterHub.template_paths = [template_path()]

@@ -26,7 +26,6 @@ from .checkpoint import (
 from .history import ServerHistory
 from .hosts.base import HostError, HostProvider
 from .hosts.local import LocalHostProvider
-from .hosts.watcher import NOTICE, HostEvent
 from .move import Move
 from .moving import MovableServer, MoveError, MoveScheduler, RouteHold
 from .observe import Observer
@@ -80,13 +79,6 @@ class MigratingController(SingletonConfigurable):
         route held, its final checkpoint taken and the server stopped, whether or not the
         new server is ready yet. Larger homes with many changes need more.
         """,
-    ).tag(config=True)
-
-    notice_poll_interval = Float(
-        5,
-        help="""Seconds between looks at the notices standing for served hosts (a move of
-        one that failed is tried again). The agents themselves are polled by the provider's
-        host watcher, every `HostProvider.watch_interval`.""",
     ).tag(config=True)
 
     api_ip = Unicode(
@@ -195,7 +187,9 @@ class MigratingController(SingletonConfigurable):
         self._tasks += self.provider.start(self.api_url + self.base_url + "api/notices")
         http = make_app(self).listen(self.api_port, self.api_ip)
         self.scheduler.start()
-        self._tasks.append(asyncio.create_task(self._poll_notices()))
+        # notices from the host watcher's polls and the agents' pushes; a standing one is
+        # taken in again each watch interval (whether a host is lost is poll()'s call)
+        self._tasks.append(asyncio.create_task(self.scheduler.follow(self.provider.watcher)))
         self._tasks.append(asyncio.create_task(self._release_orphans(time.time())))
         self._http = http
         self.log.info("migrate API at http://%s:%d%s", self.api_ip, self.api_port, self.base_url)
@@ -253,27 +247,6 @@ class MigratingController(SingletonConfigurable):
         every caller hears the same servers). See MoveScheduler.on_notice."""
         return self.scheduler.on_notice(host_id, deadline)
 
-    async def _poll_notices(self) -> None:
-        """Notices come from the provider's host watcher (its polls of every served host and
-        the agents' pushes): taken in at once, and again each interval while one stands, so
-        a move of it that failed is tried again. Whether a host is lost is poll()'s call."""
-        await self._wait_hub_started()
-        watcher = self.provider.watcher
-        watcher.subscribe(self._on_host_event)
-        while True:
-            for server in list(self.spawners.values()):
-                host = server.host
-                if host is None or not server.movable or self.scheduler.is_moving(server.key):
-                    continue
-                notice = watcher.watch(host).notice
-                if notice:
-                    self.on_notice(host.id, notice["deadline"])
-            await asyncio.sleep(self.notice_poll_interval)
-
-    def _on_host_event(self, event: HostEvent) -> None:
-        if event.kind == NOTICE and event.notice:
-            self.on_notice(event.host.id, event.notice["deadline"])
-
     # -- moves ---------------------------------------------------------------------
 
     def schedule_move(
@@ -289,14 +262,8 @@ class MigratingController(SingletonConfigurable):
         return self.scheduler.is_moving(server.key)
 
     def _make_move(self, server: MovableServer, reason: str, deadline: float) -> Move:
-        return Move(
-            server,
-            self.scheduler.routes,
-            self.provider,
-            reason,
-            deadline,
-            margin=self.final_checkpoint_margin,
-            clock=self.scheduler.clock,
+        return Move.scheduled(
+            self.scheduler, self.provider, self.final_checkpoint_margin, server, reason, deadline
         )
 
     def host_lost(self, server: MovableServer) -> int | None:

@@ -21,6 +21,7 @@ from .hosts.base import Host, HostError, HostProvider
 from .moving.clock import Clock
 from .moving.protocol import MovableServer, RouteHold
 from .moving.record import SWITCHED, MoveRecord
+from .moving.scheduler import MoveScheduler
 
 
 def _clock(ts: float) -> str:
@@ -61,6 +62,19 @@ class Move:
         #: the steps this move took, in order (what tests and the log read)
         self.steps: list[str] = []
         self._sooner = asyncio.Event()  # a notice brought the deadline forward
+
+    @classmethod
+    def scheduled(
+        cls,
+        scheduler: MoveScheduler,
+        provider: HostProvider,
+        margin: float,
+        server: MovableServer,
+        reason: str,
+        deadline: float,
+    ) -> Move:
+        """A move for `scheduler` to run (its `make_move`): with its route hold and clock."""
+        return cls(server, scheduler.routes, provider, reason, deadline, margin, scheduler.clock)
 
     def tighten(self, deadline: float) -> None:
         """A notice came in during the move (e.g. a `migrate` whose host is now being
@@ -129,7 +143,7 @@ class Move:
             # of getting the proxy's 503 (the freeze re-checks and saves what it still can)
             await self._hold()
         instance_type = self.old.instance_type if self.old else ""
-        self.new = await self.provider.acquire(instance_type)
+        self.new = await self.provider.acquire(instance_type, owner=server.key)
         self.record = MoveRecord(self.reason, self.deadline, self.old, self.new)
         server.persist_move(self.record)
         self.steps.append("acquired")

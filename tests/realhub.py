@@ -92,7 +92,6 @@ c.LocalHostProvider.agent_port = {self.agent_port}
 c.LocalCheckpointStore.root_dir = "{self.workdir / "checkpoints"}"
 c.MigratingSpawner.shared_home_root = "{self.workdir / "homes"}"
 c.MigratingController.api_port = {self.service_port}
-c.MigratingController.notice_poll_interval = 1
 c.JupyterHub.services = [
     {{"name": "migrate", "url": "http://127.0.0.1:{self.service_port}"}},
     {{"name": "test-admin", "api_token": "{self.admin_token}"}},

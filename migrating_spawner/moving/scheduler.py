@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..hosts.watcher import LOST, NOTICE, HostEvent, HostWatcher
 from .clock import Clock
 from .protocol import MovableServer, MoveRun, NoRouteHold, RouteHold
 
@@ -51,6 +52,7 @@ class MoveScheduler:
         self._running: dict[str, MoveRun] = {}
         # called with (server, move, result, error) as each move ends (history, metrics)
         self.listeners: list[Callable[[MovableServer, MoveRun, Any, Any], None]] = []
+        self._runs: dict[str, asyncio.Future] = {}  # the task of each running move
         # host id -> {"deadline", "moving": [server keys]}: what on_notice answered
         self._notices: dict[str, dict[str, Any]] = {}
         # moves queue up from the start; workers take them once the hub has started
@@ -64,6 +66,10 @@ class MoveScheduler:
 
     def register(self, server: MovableServer) -> None:
         self.servers[server.key] = server
+
+    def forget(self, key: str) -> None:
+        """The server is gone for good (a kernel shut down): no notice moves it any more."""
+        self.servers.pop(key, None)
 
     def servers_on(self, host_id: str) -> list[MovableServer]:
         return [s for s in self.servers.values() if s.host and s.host.id == host_id]
@@ -95,6 +101,8 @@ class MoveScheduler:
         await self._wait_hub_started()
         while True:
             deadline, _, server, reason, future = await self._queue.get()
+            if self._moves.get(server.key) is not future:
+                continue  # cancelled while it waited
             try:
                 if not server.movable:
                     # a stop began while the move waited: the stop ends the server, with
@@ -103,7 +111,13 @@ class MoveScheduler:
                 await self.wait_checked(server)
                 move = self._make_move(server, reason, self._deadlines.get(server.key, deadline))
                 self._running[server.key] = move
-                result = await move.run()
+                run = self._runs[server.key] = asyncio.ensure_future(move.run())
+                try:
+                    result = await run
+                except asyncio.CancelledError:
+                    if not run.cancelled() or asyncio.current_task().cancelling():
+                        raise  # the scheduler stops (its own cancel reaches the move too)
+                    raise MoveError(f"the move of {server.key} was cancelled") from None
             except Exception as e:
                 self.log.exception("move of %s failed", server.key)
                 server.emit(f"Move failed: {e}", level="error")
@@ -116,6 +130,7 @@ class MoveScheduler:
                 if not future.done():
                     future.set_result(result)
             finally:
+                self._runs.pop(server.key, None)
                 self._running.pop(server.key, None)
                 self._deadlines.pop(server.key, None)
                 self._moves.pop(server.key, None)
@@ -152,6 +167,24 @@ class MoveScheduler:
             move = self._running.get(key)
             if move is not None:
                 move.tighten(deadline)
+
+    async def cancel(self, key: str) -> bool:
+        """Cancel a queued or running move of `key` and wait until it has ended (a running
+        one aborts: the new host goes back); whether there was one."""
+        future = self._moves.get(key)
+        if future is None:
+            return False
+        run = self._runs.get(key)
+        if run is None:  # still queued: the worker that takes it skips it
+            self._moves.pop(key, None)
+            self._deadlines.pop(key, None)
+            if not future.done():
+                future.set_exception(MoveError(f"the move of {key} was cancelled"))
+                future.exception()
+            return True
+        run.cancel()
+        await asyncio.wait([future])
+        return True
 
     async def wait_for(self, server: MovableServer) -> None:
         settling = self._settling.get(server.key)
@@ -195,6 +228,41 @@ class MoveScheduler:
             if server.key not in moving:
                 moving.append(server.key)
         return list(moving)
+
+    async def follow(
+        self,
+        watcher: HostWatcher,
+        on_lost: Callable[[MovableServer], Any] | None = None,
+    ) -> None:
+        """Take notices from a host watcher (its polls and the agents' pushes): at once, from
+        its events, and again each of its intervals while one stands, so a move of it that
+        failed is tried again. With `on_lost`, a server whose host the watcher calls lost
+        goes there (the hub leaves that to poll()). Runs until cancelled."""
+        await self._wait_hub_started()
+
+        def on_event(event: HostEvent) -> None:
+            if event.kind == NOTICE and event.notice:
+                self.on_notice(event.host.id, event.notice["deadline"])
+            elif event.kind == LOST and on_lost is not None:
+                for server in self.servers_on(event.host.id):
+                    if server.movable and not self.is_moving(server.key):
+                        on_lost(server)
+
+        unsubscribe = watcher.subscribe(on_event)
+        try:
+            while True:
+                for server in list(self.servers.values()):
+                    host = server.host
+                    if host is None or not server.movable or self.is_moving(server.key):
+                        continue
+                    state = watcher.watch(host)
+                    if state.notice:
+                        self.on_notice(host.id, state.notice["deadline"])
+                    elif state.lost and on_lost is not None:
+                        on_lost(server)
+                await self.clock.sleep(watcher.interval)
+        finally:
+            unsubscribe()
 
     def _forget_old_notices(self, keep: float = 600) -> None:
         # host ids are never reused: a notice long past its deadline has nothing to tell

@@ -580,3 +580,23 @@ def test_the_real_classes_implement_the_protocols(implementation, protocol):
             assert inspect.iscoroutinefunction(getattr(cls, member)) == (
                 inspect.iscoroutinefunction(spec)
             ), f"{name}.{member}: async or not, as the protocol says"
+
+
+async def test_cancel_drops_a_queued_move_and_aborts_a_running_one(hub, world, clock):
+    first, second, third = [hub.add(await FakeServer.running(world, f"u{i}/")) for i in range(3)]
+    world.gate("acquire")
+    moves = [hub.scheduler.schedule(s, "migrate") for s in (first, second, third)]
+    await world.reached("acquire")  # two workers: the third move waits in the queue
+    assert await hub.scheduler.cancel(third.key)
+    assert not hub.scheduler.is_moving(third.key)
+    with pytest.raises(MoveError, match="cancelled"):
+        await moves[2]
+    assert await hub.scheduler.cancel(first.key)  # running: it aborts
+    with pytest.raises(MoveError, match="cancelled"):
+        await moves[0]
+    assert not hub.scheduler.is_moving(first.key) and first.saved_move() is None
+    world.open("acquire")
+    await moves[1]
+    # only the move that was not cancelled ran
+    assert len(hub.moves) == 2 and third.host.id in world.running
+    assert not await hub.scheduler.cancel(third.key)  # nothing to cancel any more

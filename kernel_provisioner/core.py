@@ -7,9 +7,10 @@ their lifecycle calls onto ``start``/``move``/``stop_kernel``/``shutdown``.
 
 Clients only ever see ``relay.connection_info``. The kernel behind it (the "target") runs on a
 host under the host's agent with ports and an HMAC key of its own, written into a connection
-file through the agent. A watch task polls the host's agent for a reclaim notice and moves the
-kernel: pause the relay, start the new kernel (in parallel), snapshot the old one, restore
-into the new one, resume the relay, release the old host.
+file through the agent. It moves on the same engine as a user server (``moving.py``: the
+process's ``MoveScheduler`` takes the host watcher's notices and runs a ``Move``): start the
+new kernel while the old one serves, pause the relay, snapshot the old kernel, restore into
+the new one, re-point the relay, release the old host.
 """
 
 from __future__ import annotations
@@ -32,12 +33,11 @@ from migrating_spawner import kernelstate as state
 from migrating_spawner.agent.client import AgentError
 from migrating_spawner.hosts.base import Host, HostProvider
 
+from .moving import MOVE_RETRY_SECONDS, KernelMover, KernelServer, mover_for
 from .relay import KernelRelay
 
 #: how often a move tries to snapshot a kernel, while its host's deadline allows
 MOVE_SNAPSHOT_ATTEMPTS = 5
-#: without a deadline, seconds a move retries a snapshot after the cell timeout
-MOVE_RETRY_SECONDS = 10.0
 #: version stamp of ``MovableKernel.to_info()``: old records load after an upgrade
 INFO_VERSION = 1
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -154,17 +154,17 @@ class MovableKernel:
         self.argv: list[str] = []
         self.env: dict[str, str] = {}
         self.cwd = ""
-        self.moving = False
         self.stopping = False
         self.moves: list[dict[str, Any]] = []  # one record per move, for logs and benchmarks
         self._relay_started = False
         self._last_snapshot = time.monotonic()
         self._snapshot_executes = 0  # relay.executes at the last good snapshot
         # the last good snapshot's report and when it was taken (epoch), in state_dir
-        self._good: tuple[dict[str, Any], float] | None = None
-        self._watch_task: asyncio.Task | None = None
-        self._move_task: asyncio.Task | None = None
+        self.good_snapshot: tuple[dict[str, Any], float] | None = None
         self._background: set[asyncio.Task] = set()
+        # moves: this kernel as the move engine sees it, and the engine of this process
+        self.server = KernelServer(self)
+        self._mover: KernelMover | None = None
 
     @property
     def process(self) -> str:
@@ -194,21 +194,21 @@ class MovableKernel:
         self.argv, self.env, self.cwd = list(argv), dict(env or {}), cwd
         self.stopping = False
         # a fresh namespace (a restart too): an older snapshot is not this kernel's state
-        self._good = None
+        self.good_snapshot = None
         self.snapshot_report.unlink(missing_ok=True)
         await self.start_relay()
         fresh_host = self.host is None
         if fresh_host:
             self.host = await self.provider.acquire(owner=self.kernel_id)
         try:
-            self.target = await self._launch(self.host)
+            self.target = await self.launch_on(self.host)
         except BaseException:
             if fresh_host:
                 host, self.host = self.host, None
                 await self._release(host)
             raise
         await self._retarget(self.target)
-        self._ensure_watch()
+        self._join_mover()
         return self.relay.connection_info
 
     async def reattach(self, host_id: str, target: dict[str, Any]) -> None:
@@ -220,7 +220,15 @@ class MovableKernel:
         self.target = dict(target)
         await self.start_relay()
         await self._retarget(self.target)
-        self._ensure_watch()
+        self._join_mover()
+
+    def _join_mover(self) -> None:
+        """Moves from now on: the process's scheduler takes this kernel's notices, and its
+        background snapshots run."""
+        if self._mover is None:
+            self._mover = mover_for(self.provider, self.log)
+        self._mover.scheduler.register(self.server)
+        self.server.start_precopy()
 
     async def stop_kernel(self, grace: float = 5.0) -> None:
         """Stop the kernel process; the host and the relay stay (a restart follows)."""
@@ -234,11 +242,11 @@ class MovableKernel:
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop the kernel, release its host, close the relay, drop its snapshot."""
         self.stopping = True
-        tasks = [t for t in (self._watch_task, self._move_task) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._watch_task = self._move_task = None
+        if self._mover is not None:
+            # a move under way aborts (its new host goes back) before this host goes
+            await self._mover.scheduler.cancel(self.kernel_id)
+            self._mover.scheduler.forget(self.kernel_id)
+        self.server.stop_precopy()
         await self.stop_kernel(grace)
         host, self.host = self.host, None
         if host is not None:
@@ -287,130 +295,111 @@ class MovableKernel:
         shutdown)."""
         self._keep(self.interrupt())
 
-    # -- moving ----------------------------------------------------------------------------
+    # -- the steps of a move (KernelServer maps the move engine onto them) ------------------
 
-    async def move(self, reason: str, deadline: float | None = None) -> dict[str, Any]:
-        """Move the kernel to a new host with its namespace; clients keep their sockets.
+    @property
+    def moving(self) -> bool:
+        """Whether a move of this kernel is queued or running (the scheduler's answer)."""
+        return self._mover is not None and self._mover.scheduler.is_moving(self.kernel_id)
 
-        ``deadline`` (epoch seconds, when the host goes) bounds how long a running cell may
-        go on and how long a failed snapshot is retried.
-        """
-        if self.moving:
-            raise KernelMoveError(f"kernel {self.kernel_id} is already moving")
-        if self.host is None or self.target is None:
-            raise KernelMoveError(f"kernel {self.kernel_id} is not running")
-        self.moving = True
-        t0 = time.monotonic()
-        old_host, old_target = self.host, self.target
-        record: dict[str, Any] = {"reason": reason, "from": old_host.id, "started": time.time()}
-        self.log.warning("kernel %s: moving off %s (%s)", self.kernel_id, old_host.id, reason)
-        self.relay.pause()
-        previous = self._good  # what a failed snapshot falls back to
+    async def freeze_for_move(self, deadline: float) -> tuple[dict[str, Any] | None, str]:
+        """Snapshot the kernel for a move (the relay is paused): (its report, "") or (None,
+        what the user is told instead). ``deadline`` (epoch seconds, when the host goes)
+        bounds how long a running cell may go on and how long a failed snapshot is retried.
+        A cell the move interrupted says in its own output why it stopped."""
+        assert self.target is not None
+        previous = self.good_snapshot  # what a failed snapshot falls back to
         snap: dict[str, Any] | None = None
         notice = ""
-        # the new host and kernel start while the old kernel finishes its cell and snapshots
-        new = asyncio.create_task(self._start_elsewhere())
         try:
-            try:
-                snap, why = await self._move_snapshot(old_target, deadline)
-                if snap is None:
-                    notice = self._loss_notice(why, previous)
-                    record["snapshot_error"] = why
-            finally:
-                # a cell the move interrupted says in its own output why it stopped (a move
-                # cancelled by a shutdown lets it end without a word)
-                done = snap is not None or bool(notice)
-                await self.relay.explain_interrupted(interrupted_text(notice) if done else "")
-            record["snapshot"] = snap
-            record["snapshot_seconds"] = round(time.monotonic() - t0, 3)
-            new_host, new_target = await new
-        except BaseException as e:
-            new.cancel()
-            [started] = await asyncio.gather(new, return_exceptions=True)
-            if isinstance(started, tuple):  # the new kernel was up already: not needed now
-                await self._release(started[0])
-            self.moving = False
-            # still on the old kernel: let the queued requests through to it
-            self.relay.resume()
-            record["error"] = repr(e)
-            self.moves.append(record)
-            raise
-        self.host, self.target = new_host, new_target
-        self._keep(self._release(old_host))
-        try:
-            if snap is not None:
-                self._good = (snap, time.time())
-                record["restore"] = await self._restore(new_target, snap)
-            elif previous is not None:
-                # an older snapshot, said as such: what ran after it is lost
-                record["restored_older"] = previous[1]
-                self.relay.announce(notice)
-                record["restore"] = await self._restore(new_target, previous[0])
-            else:
-                self.relay.announce(notice)
-                record["restore"] = None
-            await self._retarget(new_target)
-        finally:
-            self.moving = False
-        record.update(to=new_host.id, seconds=round(time.monotonic() - t0, 3))
-        self.moves.append(record)
-        self.log.warning(
-            "kernel %s: moved %s -> %s in %.2f s",
-            self.kernel_id,
-            old_host.id,
-            new_host.id,
-            record["seconds"],
-        )
-        return record
-
-    async def recover(self, reason: str) -> dict[str, Any]:
-        """The host went away without notice: start the kernel elsewhere, from the last
-        snapshot if there is one (variables defined after it are lost)."""
-        self.moving = True
-        t0 = time.monotonic()
-        old_host = self.host
-        self.relay.pause()
-        record: dict[str, Any] = {"reason": reason, "from": old_host.id if old_host else None}
-        # what the dead kernel was running or had queued runs on its successor
-        record["requeued"] = self.relay.requeue_unanswered()
-        try:
-            self.host, self.target = await self._start_elsewhere()
-            snap = _read_json(self.snapshot_report)
-            if self._good is not None:  # a failed snapshot since may have overwritten it
-                snap, taken_at = self._good
-            elif snap is not None and snap.get("ok"):
-                taken_at = self.snapshot_report.stat().st_mtime
-            if snap is not None and snap.get("ok"):
-                taken = time.strftime("%H:%M:%S", time.localtime(taken_at))
-                self.relay.announce(
-                    "This kernel's machine went away without notice. The kernel was restarted "
-                    f"on another machine from its last snapshot (taken at {taken}, after cell "
-                    f"[{snap.get('execution_count', '?')}]): what you ran after that is lost."
-                )
+            snap, why = await self._move_snapshot(self.target, deadline)
             if snap is None:
-                self.log.error(
-                    "kernel %s: host lost (%s) and no snapshot: it starts fresh; "
-                    "its variables are lost",
-                    self.kernel_id,
-                    reason,
-                )
-            record["restore"] = await self._restore(self.target, snap)
-            await self._retarget(self.target)
+                notice = self._loss_notice(why, previous)
         finally:
-            self.moving = False
-        if old_host is not None:
-            self._keep(self._release(old_host))
-        record.update(to=self.host.id, seconds=round(time.monotonic() - t0, 3))
-        self.moves.append(record)
-        return record
+            # a move cancelled by a shutdown lets the cell end without a word
+            done = snap is not None or bool(notice)
+            await self.relay.explain_interrupted(interrupted_text(notice) if done else "")
+        return snap, notice
 
-    async def _start_elsewhere(self) -> tuple[Host, dict[str, Any]]:
-        host = await self.provider.acquire(owner=self.kernel_id)
+    async def restore_after_move(
+        self, target: dict[str, Any], snap: dict[str, Any] | None, notice: str
+    ) -> dict[str, Any] | None:
+        """Bring the namespace ``freeze_for_move`` saved into the kernel at ``target``; without
+        a snapshot, the last good one, said as such (what ran after it is lost)."""
+        if snap is not None:
+            self.good_snapshot = (snap, time.time())
+            return await self._restore(target, snap)
+        self.relay.announce(notice)
+        if self.good_snapshot is None:
+            return None
+        return await self._restore(target, self.good_snapshot[0])
+
+    async def restore_after_loss(self, target: dict[str, Any]) -> dict[str, Any] | None:
+        """The old host went away without a final snapshot: what the dead kernel was
+        running or had queued runs on the one at ``target``, from the last snapshot if there
+        is one (variables defined after it are lost)."""
+        requeued = self.relay.requeue_unanswered()
+        if requeued:
+            self.log.warning("kernel %s: %d request(s) sent again", self.kernel_id, requeued)
+        snap = _read_json(self.snapshot_report)
+        taken_at = 0.0
+        if self.good_snapshot is not None:  # a failed snapshot since may have overwritten it
+            snap, taken_at = self.good_snapshot
+        elif snap is not None and snap.get("ok"):
+            taken_at = self.snapshot_report.stat().st_mtime
+        if snap is not None and snap.get("ok"):
+            taken = time.strftime("%H:%M:%S", time.localtime(taken_at))
+            self.relay.announce(
+                "This kernel's machine went away without notice. The kernel was restarted "
+                f"on another machine from its last snapshot (taken at {taken}, after cell "
+                f"[{snap.get('execution_count', '?')}]): what you ran after that is lost."
+            )
+        if snap is None:
+            self.log.error(
+                "kernel %s: host lost and no snapshot: it starts fresh; its variables are lost",
+                self.kernel_id,
+            )
+        return await self._restore(target, snap)
+
+    async def process_running(self, host: Host | None) -> bool:
+        """Whether this kernel's process runs on ``host`` (one quick probe; never raises)."""
+        if host is None:
+            return False
         try:
-            return host, await self._launch(host)
-        except BaseException:
-            await self._release(host)
-            raise
+            proc = await self.provider.agent(host).process(self.process, quick=True)
+        except Exception:  # an agent that does not answer: its host is going or gone
+            return False
+        return bool(proc and proc.get("running"))
+
+    async def stop_on(self, host: Host) -> None:
+        """Kill this kernel's process on ``host`` at once (never raises)."""
+        try:
+            await self.provider.agent(host).stop_process(self.process, grace=0, quick=True)
+        except Exception as e:  # a host that is gone already is fine
+            self.log.info("kernel %s: no process to stop on %s: %s", self.kernel_id, host.id, e)
+
+    async def reopen_relay(self) -> None:
+        """End a gap: queued requests go to the kernel at ``self.target`` (the relay
+        reconnects only if that is not where it points already)."""
+        if self.target is None:
+            return
+        if self.relay.target == self.target:
+            await self._flushed(self.relay.resume())
+        else:
+            await self._retarget(self.target)
+
+    def release_soon(self, host: Host) -> None:
+        """Give ``host`` back in a task of its own (awaited at shutdown)."""
+        self._keep(self._release(host))
+
+    async def snapshot_loop(self) -> None:
+        """Snapshot the kernel whenever it is idle and has run something since the last
+        snapshot, every ``snapshot_interval``: what a host lost without notice comes back
+        from. Runs until cancelled (a move stops it and starts it again)."""
+        while not self.stopping:
+            await asyncio.sleep(self.notice_poll_interval)
+            if self._snapshot_due():
+                await self._background_snapshot()
 
     def _snapshot_code(self) -> str:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -573,7 +562,7 @@ class MovableKernel:
 
     # -- the target kernel -----------------------------------------------------------------
 
-    async def _launch(self, host: Host) -> dict[str, Any]:
+    async def launch_on(self, host: Host) -> dict[str, Any]:
         """Start the kernel process on ``host`` with fresh ports and key; wait until it
         answers kernel_info. Returns its connection info."""
         agent = self.provider.agent(host)
@@ -636,7 +625,9 @@ class MovableKernel:
         return None
 
     async def _retarget(self, target: dict[str, Any]) -> None:
-        flushed = self.relay.retarget(target)
+        await self._flushed(self.relay.retarget(target))
+
+    async def _flushed(self, flushed: asyncio.Task) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(flushed), self.relay.ready_timeout + 5)
         except asyncio.TimeoutError:
@@ -653,31 +644,7 @@ class MovableKernel:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # -- watching for notices ----------------------------------------------------------------
-
-    def _ensure_watch(self) -> None:
-        if self._watch_task is None or self._watch_task.done():
-            self._watch_task = asyncio.create_task(self._watch())
-
-    async def _watch(self) -> None:
-        # the provider's host watcher polls the agent (one poll per host for everyone) and
-        # keeps its notice and whether it is lost; this loop acts on what it cached
-        while not self.stopping:
-            await asyncio.sleep(self.notice_poll_interval)
-            if self.moving or self.stopping or self.host is None:
-                continue
-            if self.relay.shutdown_requested:
-                continue  # the kernel is on its way out (or restarting): nothing to move
-            state = self.provider.watcher.watch(self.host)
-            if state.lost:
-                why = f"{state.failures} polls unanswered" if state.failures else "it is gone"
-                await self._run_move(self.recover(f"host {self.host.id} lost: {why}"))
-            elif state.notice is not None:
-                notice = state.notice
-                reason = f"host {self.host.id} reclaimed at {notice.get('time')}"
-                await self._run_move(self.move(reason, deadline=notice.get("deadline")))
-            elif self._snapshot_due():
-                await self._background_snapshot()
+    # -- background snapshots ----------------------------------------------------------------
 
     def _snapshot_due(self) -> bool:
         return bool(
@@ -702,21 +669,7 @@ class MovableKernel:
             return
         if report is not None:
             self._snapshot_executes = executes
-            self._good = (report, time.time())
-
-    async def _run_move(self, coro: Any) -> None:
-        """Run a move as its own task (shutdown cancels it); a failure is logged and the
-        next poll tries again while the notice stands."""
-        self._move_task = asyncio.ensure_future(coro)
-        try:
-            await asyncio.shield(self._move_task)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            self.log.error("kernel %s: move failed: %s", self.kernel_id, e, exc_info=True)
-            await asyncio.sleep(1)
-        finally:
-            self._move_task = None
+            self.good_snapshot = (report, time.time())
 
     # -- persistence ---------------------------------------------------------------------------
 

@@ -64,8 +64,7 @@ class KernelHostSettings(LoggingConfigurable):
 
     @default("state_root")
     def _default_state_root(self) -> str:
-        root = getattr(self.provider, "root_dir", "") or os.getcwd()
-        return os.path.join(root, "kernel-state")
+        return self._under_hosts_root("kernel-state")
 
     work_root = Unicode(
         help="""Folder for the kernels' working folders, one subfolder per kernel id, on
@@ -78,8 +77,11 @@ class KernelHostSettings(LoggingConfigurable):
 
     @default("work_root")
     def _default_work_root(self) -> str:
-        root = getattr(self.provider, "root_dir", "") or os.getcwd()
-        return os.path.join(root, "kernel-files")
+        return self._under_hosts_root("kernel-files")
+
+    def _under_hosts_root(self, name: str) -> str:
+        # the local provider's root is storage every local host sees
+        return os.path.join(getattr(self.provider, "root_dir", "") or os.getcwd(), name)
 
     notice_poll_interval = Float(
         1.0,

@@ -167,6 +167,10 @@ class ServerProcess:
                 pass  # being written or removed right now
         return hosts
 
+    def kernel_log(self) -> str:
+        """The log of the process that runs this server's kernel provisioners."""
+        return self.log_path.read_text(errors="replace")
+
     def tail(self, n: int = 80) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -309,6 +313,9 @@ class GatewayClient(ServerProcess):
     def hosts(self) -> list[Host]:
         return self.gateway.hosts()
 
+    def kernel_log(self) -> str:
+        return self.gateway.kernel_log()
+
     def command(self) -> list[str]:
         module = {"server": "jupyter_server", "lab": "jupyterlab"}[self.app]
         return [
@@ -385,6 +392,11 @@ class EnterpriseGatewayExample(ServerProcess):
             async with http.request(method, self.gateway_url + path, json=body) as resp:
                 text = await resp.text()
                 return resp.status, json.loads(text) if text else None
+
+    def kernel_log(self) -> str:
+        # Enterprise Gateway (which runs the process proxies) logs to the example's var/
+        gateway_log = EG_EXAMPLE / "var" / "gateway.log"
+        return gateway_log.read_text(errors="replace") if gateway_log.exists() else ""
 
     def report(self, n: int = 200) -> str:
         gateway_log = EG_EXAMPLE / "var" / "gateway.log"
@@ -504,8 +516,8 @@ async def files_survive_moves(
         for n in range(1, moves + 1):
             [old] = server.hosts()
             await reclaim(old, notice)
-            await until(lambda: len(server.hosts()) >= 2, 10, f"move {n} did not begin")
-            # sent during the move: it runs on the new host
+            await until_held(server, kernel_id, n)
+            # sent during the move's hold: it runs on the new host
             out, reply = await ws.run(
                 f"open('f{n}.txt', 'w').write('{n}')\nx += 1\nprint(x)", timeout=60
             )
@@ -558,7 +570,7 @@ async def culler_spares_a_moving_kernel(
         idle_since = time.monotonic()
         await asyncio.sleep(CULL_AFTER - 4)
         await reclaim(old, 20)
-        await until(lambda: len(server.hosts()) >= 2, 10, "the move did not begin")
+        await until_held(server, kernel_id)
         # the user's next cell waits in the relay while the kernel moves: no output, and
         # more than CULL_AFTER seconds since the last
         out, reply = await ws.run("print(x)", timeout=60)
@@ -575,6 +587,24 @@ async def culler_spares_a_moving_kernel(
             break
         await asyncio.sleep(0.2)
     assert kernels == [], kernels
+
+
+#: what a kernel's log says when its move holds requests in the relay (the new kernel is up
+#: and the old one freezes): a cell sent after it waits for the new kernel
+HELD = "holding requests in the relay"
+
+
+async def until_held(
+    server: ServerProcess, kernel_id: str, moves: int = 1, timeout: float = 15
+) -> None:
+    """Wait until move number `moves` of `kernel_id` holds its requests (`server` is the
+    server the kernel is reached through)."""
+    line = f"kernel {kernel_id}: {HELD}"
+
+    def held() -> bool:
+        return server.kernel_log().count(line) >= moves
+
+    await until(held, timeout, f"move {moves} of kernel {kernel_id} did not hold its requests")
 
 
 async def until(condition: Any, timeout: float, what: str) -> None:

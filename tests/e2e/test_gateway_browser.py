@@ -19,6 +19,7 @@ from gateways import (
     reclaim,
     serving,
     until,
+    until_held,
 )
 from labpage import (
     ARTIFACTS,
@@ -128,7 +129,7 @@ async def test_kernel_moves_behind_jupyterlab_and_kernel_gateway(lab):
             reclaimed = time.monotonic()
             # the move is under way once a second host is being acquired: run the next cell
             # now, in the same tab, without a reload
-            await until(lambda: len(gateway.hosts()) >= 2, 10, "the move did not begin")
+            await until_held(gateway, kernel_id)
             sent = time.monotonic()
             await page.evaluate(RUN_CELL, 1)
             cell = await wait_for(page, CELL_STATE, 1, lambda c: c["count"] is not None, 60)

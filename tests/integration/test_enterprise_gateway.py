@@ -25,6 +25,7 @@ from gateways import (
     reclaim,
     serving,
     until,
+    until_held,
 )
 from kernelws import KernelSocket
 
@@ -76,7 +77,7 @@ async def test_kernel_moves_behind_one_websocket(example):
         last_before = time.monotonic()
         await reclaim(old, NOTICE)
         reclaimed = time.monotonic()
-        await until(lambda: len(example.hosts()) >= 2, 10, "the move did not begin")
+        await until_held(example, kernel_id)
         sent = time.monotonic()
         # sent during the move, on the same websocket: answered once the kernel has moved
         out, reply = await ws.run("print(x)", timeout=60)

@@ -18,6 +18,7 @@ from gateways import (
     reclaim,
     serving,
     until,
+    until_held,
 )
 from kernelws import KernelSocket
 
@@ -62,7 +63,7 @@ async def test_kernel_moves_behind_the_gateway_on_one_websocket(servers):
         await reclaim(old, NOTICE)
         reclaimed = time.monotonic()
         # the move is under way once a second host is being acquired
-        await until(lambda: len(gateway.hosts()) >= 2, 10, "the move did not begin")
+        await until_held(gateway, kernel_id)
         sent = time.monotonic()
         out, reply = await ws.run("print(x)", timeout=60)
         first_after = time.monotonic()

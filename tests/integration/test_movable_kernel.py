@@ -121,7 +121,7 @@ async def test_a_move_without_a_snapshot_says_it_restored_an_older_one(settings,
     try:
         [old] = await provider.list_hosts()
         await run(kc, "x = 1")
-        await until(lambda: kernel._good is not None, 15, "no background snapshot")
+        await until(lambda: kernel.good_snapshot is not None, 15, "no background snapshot")
         kernel.snapshot_interval = 0  # none after this: y is only in the kernel itself
         await run(kc, "y = 2")
         # a cell that ignores interrupts holds the kernel past the host's deadline

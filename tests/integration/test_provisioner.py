@@ -13,6 +13,7 @@ from gateways import (
     reclaim,
     serving,
     until,
+    until_held,
 )
 from kernelws import KernelSocket
 
@@ -42,7 +43,7 @@ async def test_kernel_moves_behind_one_websocket(server):
         await reclaim(old, NOTICE)
         reclaimed = time.monotonic()
         # the move is under way once a second host is being acquired
-        await until(lambda: len(server.hosts()) >= 2, 10, "the move did not begin")
+        await until_held(server, kernel_id)
         sent = time.monotonic()
         out, reply = await ws.run("print(x)", timeout=60)
         first_after = time.monotonic()

@@ -365,8 +365,8 @@ class KernelRelay:
         self._iopub_seen = asyncio.Event()
         self._own = set()
         self._back_tasks = [
-            *(asyncio.create_task(self._kernel_loop(ch, self._back[ch])) for ch in ROUTED),
-            asyncio.create_task(self._iopub_loop(sub, self._target_session)),
+            asyncio.create_task(self._kernel_loop(ch, sock, self._target_session))
+            for ch, sock in self._back.items()
         ]
 
     def _close_back(self) -> list[asyncio.Task]:
@@ -458,10 +458,11 @@ class KernelRelay:
         )
         await self._front["iopub"].send_multipart([b"stream", *self.session.serialize(msg)])
 
-    async def _kernel_loop(self, ch: str, sock: zmq.asyncio.Socket) -> None:
-        """Replies (and stdin input_requests) from the kernel, back to the client they name."""
-        session = self._target_session
-        assert session is not None
+    async def _kernel_loop(self, ch: str, sock: zmq.asyncio.Socket, session: Session) -> None:
+        """What the kernel sends on `ch`, re-signed, to the clients: replies and stdin
+        input_requests to the client their idents name, iopub to every subscriber; what
+        `_keep_back` says the clients must not see is dropped."""
+        keep_back = self._keep_back_iopub if ch == "iopub" else self._keep_back_reply
         while True:
             frames = await sock.recv_multipart()
             split = _split(frames, session)
@@ -469,40 +470,33 @@ class KernelRelay:
                 self._stats["dropped"] += 1
                 continue
             idents, parts = split
-            if not idents:  # a reply to the relay's own nudge
+            if keep_back(ch, idents, parts):
                 continue
-            if ch == "shell":
-                self._unanswered.pop(_msg_id(parts[1]) or "", None)
             await self._front[ch].send_multipart(
                 [*idents, DELIM, self.session.sign(parts[:4]), *parts]
             )
             self._stats["to_clients"] += 1
 
-    async def _iopub_loop(self, sock: zmq.asyncio.Socket, session: Session) -> None:
-        while True:
-            frames = await sock.recv_multipart()
-            split = _split(frames, session)
-            if split is None:
-                self._stats["dropped"] += 1
-                continue
-            self._iopub_seen.set()
-            topic, parts = split
-            parent = _msg_id(parts[1])
-            if b'"status"' in parts[0] and parent in self._recent:
-                self._execution_state = _execution_state(parts[3], self._execution_state)
-            if (
-                parent in self._own
-                or (not self._open and parent not in self._recent)
-                # the kernel welcomed the relay's subscription, not the clients'
-                or b'"iopub_welcome"' in parts[0]
-            ):
-                continue
-            if self._holding and parent in self._recent and self._hold(topic, parts):
-                continue
-            await self._front["iopub"].send_multipart(
-                [*topic, DELIM, self.session.sign(parts[:4]), *parts]
-            )
-            self._stats["to_clients"] += 1
+    def _keep_back_reply(self, ch: str, idents: list[bytes], parts: list[bytes]) -> bool:
+        if not idents:  # a reply to the relay's own nudge
+            return True
+        if ch == "shell":
+            self._unanswered.pop(_msg_id(parts[1]) or "", None)
+        return False
+
+    def _keep_back_iopub(self, ch: str, topic: list[bytes], parts: list[bytes]) -> bool:
+        self._iopub_seen.set()
+        parent = _msg_id(parts[1])
+        if b'"status"' in parts[0] and parent in self._recent:
+            self._execution_state = _execution_state(parts[3], self._execution_state)
+        if (
+            parent in self._own
+            or (not self._open and parent not in self._recent)
+            # the kernel welcomed the relay's subscription, not the clients'
+            or b'"iopub_welcome"' in parts[0]
+        ):
+            return True
+        return self._holding and parent in self._recent and self._hold(topic, parts)
 
     def _hold(self, topic: list[bytes], parts: list[bytes]) -> bool:
         """While a move interrupts a cell: note the client cell that stopped with an error;

@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from jupyterhub.app import JupyterHub
 from jupyterhub.proxy import ConfigurableHTTPProxy
 from traitlets import Enum, Float, Integer, Unicode
 
@@ -99,6 +100,8 @@ class MigratingProxy(ConfigurableHTTPProxy):
             asyncio.get_running_loop()
         except RuntimeError:
             return  # constructed outside the hub's loop (e.g. in a test)
+        if not self._in_hub:
+            return
         # The hub builds its proxy during initialize(), before it waits (up to 30 s) for
         # external services such as `migrate`: bring the controller up now, not at the
         # first check_routes after that wait.
@@ -164,6 +167,12 @@ class MigratingProxy(ConfigurableHTTPProxy):
         await self._start_controller()
         await super().check_routes(user_dict, service_dict, routes)
 
+    @property
+    def _in_hub(self) -> bool:
+        # a proxy used on its own (a test hands in a stand-in `app`) starts no controller:
+        # the controller's API reads the hub's own objects
+        return isinstance(getattr(self, "app", None), JupyterHub)
+
     async def _start_controller(self) -> None:
         """Bring up the migrating controller (and its control API) with the hub, and hand
         it this proxy as the route hold of its moves.
@@ -171,8 +180,8 @@ class MigratingProxy(ConfigurableHTTPProxy):
         The hub checks routes right after it starts, with or without an external CHP, so
         the API answers before the first server is spawned.
         """
-        if getattr(self, "app", None) is None:
-            return  # a proxy used on its own, outside a hub
+        if not self._in_hub:
+            return
         controller = MigratingController.instance(config=self.config)
         controller.use_route_hold(self)
         await controller.ensure_started()

@@ -392,7 +392,9 @@ class MigratingSpawner(Spawner):
         restore_kernels = self.checkpoint_on_stop and not self.fresh_start
         self.emit(f"Requesting a {profile.get('instance_type', 'default')} host", 10)
         try:
-            host = await self.controller.provider.acquire(profile.get("instance_type", ""))
+            host = await self.controller.provider.acquire(
+                profile.get("instance_type", ""), owner=self.key, progress=self.emit
+            )
         except HostError as e:
             raise SpawnException(f"No host available: {e}", reason="host", status_code=503) from e
         self.emit(f"Host {host.id} ready at {host.address}", 30)

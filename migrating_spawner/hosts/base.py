@@ -7,6 +7,7 @@ restart, and give it back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from traitlets import Dict, Enum, Float, Integer, Unicode
@@ -127,11 +128,19 @@ class HostProvider(LoggingConfigurable):
         `notify_url` is where agents may push notices. Nothing by default."""
         return []
 
-    async def acquire(self, instance_type: str = "", market: str = "", owner: str = "") -> Host:
+    async def acquire(
+        self,
+        instance_type: str = "",
+        market: str = "",
+        owner: str = "",
+        progress: Callable[[str], None] | None = None,
+    ) -> Host:
         """Get a new host with a running agent.
 
         `owner` names what will run on it (a server's key, a kernel's id); it is kept in the
         host's record (``meta["owner"]``) so that tools can tell whose host it is.
+        `progress`, if given, hears what the user should know while it takes (e.g. a
+        cloud falling back to another instance type).
         """
         raise NotImplementedError
 

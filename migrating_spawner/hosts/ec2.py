@@ -36,14 +36,16 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
 from ..agent.client import AgentError
 from .base import Host, HostError, HostProvider
+from .cloudevents import CloudEventsChannel
 
 try:
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.parsers import ResponseParserError
 except ImportError:  # boto3 is only needed when this provider is used
     boto3 = None
-    BotoCoreError = ClientError = Exception  # type: ignore[misc,assignment]
+    BotoCoreError = ClientError = ResponseParserError = Exception  # type: ignore[misc,assignment]
 
 TAG = "jupyterhub-migrating:"
 #: AWS refuses user data over 16 KB (before base64)
@@ -178,6 +180,18 @@ class EC2HostProvider(HostProvider):
         launches (unless it is the only choice left).""",
     ).tag(config=True)
 
+    move_on_rebalance = Bool(
+        True,
+        help="""Move servers off an instance that gets an EC2 rebalance recommendation (it
+        is at higher risk of interruption), to another instance type or zone.""",
+    ).tag(config=True)
+
+    rebalance_move_seconds = Float(
+        120,
+        help="""The deadline a rebalance move works to (no instance is taken then: the old
+        one is terminated by the hub after the move).""",
+    ).tag(config=True)
+
     agent_port = Integer(8900, help="Port the agent listens on at each instance's address.").tag(
         config=True
     )
@@ -259,6 +273,7 @@ class EC2HostProvider(HostProvider):
         self._bootstraps: dict[str, _Bootstrap] = {}
         self._interrupted: dict[tuple[str, str], float] = {}
         self._key: bytes | None = None
+        self._warned: set[str] = set()
 
     # -- AWS calls ---------------------------------------------------------------------
 
@@ -294,6 +309,8 @@ class EC2HostProvider(HostProvider):
                 if code not in RETRYABLE_CODES or attempt == self.aws_retries:
                     raise HostError(f"EC2 {operation}: {code}: {e}") from e
                 error: Exception = e
+            except ResponseParserError as e:  # not EC2's answer (e.g. moto lacks the call)
+                raise HostError(f"EC2 {operation}: unreadable answer: {e}") from e
             except (BotoCoreError, asyncio.TimeoutError) as e:
                 if attempt == self.aws_retries:
                     raise HostError(f"EC2 {operation} failed: {e!r}") from e
@@ -304,6 +321,11 @@ class EC2HostProvider(HostProvider):
             await asyncio.sleep(delay * (1 + secrets.randbelow(100) / 100))
             delay *= 2
         raise AssertionError("unreachable")
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            self.log.warning("%s", message)
 
     # -- secrets -----------------------------------------------------------------------
 
@@ -327,8 +349,25 @@ class EC2HostProvider(HostProvider):
     # -- the provider ------------------------------------------------------------------
 
     def start(self, notify_url: str = "") -> list:
+        """Agents push notices to `notify_url`; a notice marks its type/zone interrupted;
+        with `CloudEventsChannel.queue_url` set, EC2's events come through SQS too."""
         self.notify_url = notify_url
-        return []
+        self.watcher.subscribe(self._on_event)
+        channel = CloudEventsChannel(parent=self, log=self.log)
+        return channel.start(self.watcher, self.on_rebalance if self.move_on_rebalance else None)
+
+    def on_rebalance(self, host: Host) -> None:
+        """A rebalance recommendation: move off the host now, to another type/zone (its own
+        is marked interrupted), before AWS maybe interrupts it."""
+        meta = host.meta
+        self.note_interrupted(meta.get("ec2_type", ""), meta.get("zone", ""))
+        deadline = time.time() + self.rebalance_move_seconds
+        self.watcher.push_notice(host.id, {"deadline": deadline, "rebalance": True})
+
+    def _on_event(self, event: Any) -> None:
+        if event.kind == "notice":
+            meta = event.host.meta
+            self.note_interrupted(meta.get("ec2_type", ""), meta.get("zone", ""))
 
     @property
     def api_url(self) -> str:
@@ -578,7 +617,7 @@ class EC2HostProvider(HostProvider):
                         Versions=[version],
                     )
                 except HostError as e:
-                    self.log.warning("could not delete launch template version: %s", e)
+                    self._warn_once(f"could not delete launch template versions: {e}")
             boot.instance_id = instance_id
             await self._tag_volumes(instance_id, tags)
             say(f"Instance {instance_id} ({ec2_type}, {lifecycle}) launched; waiting for its agent")
@@ -754,7 +793,7 @@ class EC2HostProvider(HostProvider):
             except AgentError:
                 notice = None
         instance_id = host.meta.get("instance_id", "")
-        if notice is not None:
+        if notice is not None and not notice.get("rebalance"):
             # AWS ends it at the deadline (and does not bill a first hour it interrupts):
             # only its processes go now
             self.note_interrupted(host.meta.get("ec2_type", ""), host.meta.get("zone", ""))

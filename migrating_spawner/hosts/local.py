@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from traitlets import Float, Integer, Unicode, default, validate
@@ -161,7 +162,13 @@ class LocalHostProvider(HostProvider):
             "(raise LocalHostProvider.max_hosts)"
         )
 
-    async def acquire(self, instance_type: str = "", market: str = "", owner: str = "") -> Host:
+    async def acquire(
+        self,
+        instance_type: str = "",
+        market: str = "",
+        owner: str = "",
+        progress: Callable[[str], None] | None = None,
+    ) -> Host:
         instance_type = self.check_instance_type(instance_type)
         if self._lock is None:
             self._lock = asyncio.Lock()

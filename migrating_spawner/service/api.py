@@ -34,6 +34,7 @@ from ..agent.client import AgentError
 from ..checkpoint import CheckpointError
 from ..history import checkpoint_summary
 from ..hosts.base import HostError
+from .registration import registration_handlers
 
 
 class Controller(Protocol):
@@ -645,6 +646,7 @@ def make_app(controller: Controller) -> web.Application:
             (prefix + "servers/" + server + "/history", HistoryHandler, args),
             (prefix + "servers/" + server, ServerHandler, args),
             (prefix + "notices", NoticeHandler, plain),
+            *registration_handlers(prefix, controller),
         ],
         default_handler_class=NotFoundHandler,
     )

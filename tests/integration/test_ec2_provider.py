@@ -1,0 +1,185 @@
+"""EC2HostProvider with simulated instances, no hub: moto's server, the machine simulator
+(instances boot their user data: the real agent registers with its bootstrap token and
+polls instance metadata), and the registration endpoint on a tornado app of its own.
+
+One acquire serves the module: the instance is spot with the tags; the agent registered
+and answers with the derived secret; the spent bootstrap token, a wrong one and an
+instance the hub did not launch are refused; a provider made afresh (a restarted hub)
+finds the host by tag; an interruption through metadata reaches the hub as a pushed
+notice; a release then leaves the instance to the simulator, which terminates it at the
+deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import sys
+import time
+
+import aiohttp
+import pytest
+from ec2world import AMI, ec2_world, wait_for
+from motoserver import moto_environ
+from realhub import free_port
+from tornado import web
+
+from migrating_spawner.agent.client import AgentError
+from migrating_spawner.hosts.ec2 import TAG, EC2HostProvider, _Bootstrap
+from migrating_spawner.service.registration import registration_handlers
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Notices(web.RequestHandler):
+    def initialize(self, seen):
+        self.seen = seen
+
+    def post(self):
+        self.seen.append((self.request.headers.get("Authorization"), json.loads(self.request.body)))
+        self.set_status(202)
+
+
+class FakeController:
+    """What registration_handlers need of the controller."""
+
+    def __init__(self, provider):
+        self.provider = provider
+        self.log = logging.getLogger("test")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    with ec2_world(tmp_path_factory.mktemp("ec2")) as world:
+        with moto_environ(world.moto):
+            yield world
+
+
+def make_provider(world, tmp, api_port):
+    return EC2HostProvider(
+        endpoint_url=world.sim_ec2_url,
+        region="us-east-1",
+        image_id=AMI,
+        hub_name="test-hub",
+        secret_file=str(tmp / "ec2-secret"),
+        agent_port=world.agent_port,
+        python=sys.executable,
+        install_command="pip install jupyterhub-migrating-spawner",
+        hub_api_url=f"http://127.0.0.1:{api_port}/api/",
+        instance_types={"lab": {"types": ["m6i.large", "m5.large"]}},
+        boot_timeout=60,
+    )
+
+
+async def register(api_port, body):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{api_port}/api/hosts/register", json=body) as r:
+            return r.status, await r.json()
+
+
+async def test_an_ec2_host_from_launch_to_interruption(world, tmp_path):
+    api_port = free_port()
+    provider = make_provider(world, tmp_path, api_port)
+    notices: list = []
+    app = web.Application(
+        [
+            *registration_handlers("/api/", FakeController(provider)),
+            ("/api/notices", Notices, {"seen": notices}),
+        ]
+    )
+    server = app.listen(api_port, "127.0.0.1")
+    provider.start(f"http://127.0.0.1:{api_port}/api/notices")
+    said: list[str] = []
+    try:
+        host = await provider.acquire("lab", owner="alice/", progress=said.append)
+        iid = host.meta["instance_id"]
+        instance = world.moto_instance(iid)
+        tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+        assert instance["InstanceLifecycle"] == "spot" and host.market == "spot"
+        assert (tags[TAG + "hub"], tags[TAG + "host-id"], tags[TAG + "user"]) == (
+            "test-hub",
+            host.id,
+            "alice",
+        )
+        sim = world.instances()[iid]
+        assert host.address == sim["address"] and host.address.startswith("127.0.0.")
+        assert said[-1].startswith(f"Instance {iid} (m6i.large, spot) launched")
+        # the agent answers with the secret the registration handed out, and only with it
+        status = await provider.agent(host).status()
+        assert status["host_id"] == host.id
+        volumes = world.ec2.describe_volumes(
+            Filters=[{"Name": f"tag:{TAG}host-id", "Values": [host.id]}]
+        )["Volumes"]
+        assert volumes, "the root volume carries the host's tags"
+
+        # the token in the user data was spent
+        user_data = base64.b64decode(
+            world.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")[
+                "UserData"
+            ]["Value"]
+        ).decode()
+        config = json.loads(user_data.split("content: |\n", 1)[1].splitlines()[0])
+        assert config["host_id"] == host.id
+        replay = {
+            "host_id": host.id,
+            "bootstrap_token": config["bootstrap_token"],
+            "instance_id": iid,
+            "address": host.address,
+        }
+        assert (await register(api_port, replay))[0] == 403
+        # a wrong token for a host being launched, and a right one for a foreign instance
+        foreign = world.ec2.run_instances(ImageId=AMI, MinCount=1, MaxCount=1)["Instances"][0]
+        loop = asyncio.get_running_loop()
+        provider._bootstraps["ec2-pending"] = _Bootstrap(
+            hashlib.sha256(b"right").digest(), time.time() + 60, loop.create_future()
+        )
+        wrong = {**replay, "host_id": "ec2-pending", "bootstrap_token": "wrong"}
+        assert await register(api_port, wrong) == (
+            403,
+            {"status": 403, "message": "unknown host or wrong bootstrap token"},
+        )
+        provider._bootstraps["ec2-pending"].used = False
+        other = {**wrong, "bootstrap_token": "right", "instance_id": foreign["InstanceId"]}
+        status, answer = await register(api_port, other)
+        assert (status, answer["message"]) == (
+            403,
+            f"instance {foreign['InstanceId']} was not launched by this hub",
+        )
+        assert (await register(api_port, {**other, "bootstrap_token": "right"}))[0] == 403
+
+        # a restarted hub: a provider made afresh finds the host by its tags
+        again = make_provider(world, tmp_path, api_port)
+        found = await again.get(host.id)
+        assert found is not None and (found.address, found.agent_token, found.market) == (
+            host.address,
+            host.agent_token,
+            "spot",
+        )
+        assert [h.id for h in await again.list_hosts()] == [host.id]
+
+        # interruption through instance metadata: the agent pushes the notice
+        assert world.instances()[iid]["metadata_hits"].get("spot/instance-action", 0) >= 1
+        answer = world.sim("interrupt", iid, "--notice", "8")
+        pushed = await asyncio.to_thread(wait_for, lambda: notices, 20, "no notice pushed")
+        auth, body = pushed[0]
+        assert auth == f"token {host.agent_token}" and body["host_id"] == host.id
+        assert abs(body["deadline"] - answer["deadline"]) < 1.5  # metadata says whole seconds
+        # release during the notice: the instance is left to AWS (the simulator here)
+        await provider.release(host)
+        assert world.moto_instance(iid)["State"]["Name"] == "running"
+        assert provider.candidate_types("lab") == ["m5.large"]  # just interrupted
+        await asyncio.to_thread(
+            wait_for,
+            lambda: world.moto_instance(iid)["State"]["Name"] == "terminated",
+            30,
+            "the simulator did not terminate the instance at its deadline",
+        )
+        assert world.instances()[iid]["state"] == "terminated"
+        assert time.time() >= answer["deadline"]
+        with pytest.raises(AgentError):
+            await provider.agent(host).status(quick=True)
+    finally:
+        server.stop()

@@ -112,6 +112,17 @@ class MigratingSpawner(Spawner):
         # kernels back: more than JupyterHub's 60 s for a plain local process
         return 300
 
+    @default("oauth_client_allowed_scopes")
+    def _default_oauth_client_allowed_scopes(self):
+        # the token JupyterHub puts in the server's pages (PageConfig.token) is this OAuth
+        # client's: with these the JupyterLab widget asks the migrate service about this
+        # server, and migrates or suspends it, also while the server is frozen in a move.
+        # JupyterHub grants them only where the user holds them (e.g. extra_user_scopes)
+        return [
+            f"access:services!service={self.controller.service_name}",
+            f"servers!server={self.user.name}/{self.name}",
+        ]
+
     @default("options_form")
     def _default_options_form(self):
         return lambda spawner: profiles_mod.render_form(spawner._profiles())

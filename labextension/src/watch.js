@@ -1,0 +1,127 @@
+// Polls the migrate service about this server and tells the user about moves.
+//
+// A notice puts the server in "Floating" for up to its deadline (AWS: 2 minutes); the poll
+// finds it within `interval`, and polls faster while the server moves. The service runs in
+// the hub, so it answers while this server is frozen.
+
+import { Notification } from '@jupyterlab/apputils';
+
+import { moveOutcome, movingMessage } from './messages';
+
+/** Poll periods, ms: normally, while a move is under way, and while the tab is hidden. */
+const INTERVAL = { idle: 3000, moving: 1000, hidden: 15000 };
+
+export class MoveWatcher {
+  constructor(service, status) {
+    this.service = service;
+    this.status = status;
+    this.server = null;
+    this.notification = null; // the id of the "Moving" notification, while one is shown
+    this.movingFrom = null; // the host the server is moving off
+    this.timer = null;
+    this.stopped = false;
+  }
+
+  start() {
+    this.stopped = false;
+    this.poll();
+    document.addEventListener('visibilitychange', () => {
+      if (!document.hidden) {
+        this.pollSoon(0);
+      }
+    });
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  pollSoon(ms) {
+    clearTimeout(this.timer);
+    if (!this.stopped) {
+      this.timer = setTimeout(() => this.poll(), ms);
+    }
+  }
+
+  async poll() {
+    let server = null;
+    try {
+      server = await this.service.server();
+      this.status.render(server);
+    } catch (error) {
+      this.status.render(null, error);
+    }
+    if (server) {
+      try {
+        await this.update(server);
+      } catch (error) {
+        console.warn('jupyterhub-migrating: could not tell the move', error);
+      }
+      this.server = server;
+    }
+    const moving = server && server.state === 'Floating';
+    this.pollSoon(
+      moving ? INTERVAL.moving : document.hidden ? INTERVAL.hidden : INTERVAL.idle
+    );
+  }
+
+  async update(server) {
+    const before = this.server;
+    if (server.state === 'Floating') {
+      if (this.notification === null) {
+        this.movingFrom = server.host_id;
+        this.notification = Notification.emit(movingMessage(server), 'in-progress', {
+          autoClose: false
+        });
+      } else {
+        // the time left counts down
+        Notification.update({ id: this.notification, message: movingMessage(server) });
+      }
+      return;
+    }
+    if (this.notification !== null) {
+      await this.finish(server);
+      return;
+    }
+    // a move that began and ended between two polls (e.g. while the tab slept)
+    if (
+      before &&
+      before.state === 'Running' &&
+      server.state === 'Running' &&
+      before.host_id &&
+      server.host_id &&
+      before.host_id !== server.host_id
+    ) {
+      this.movingFrom = before.host_id;
+      this.notification = Notification.emit('Moved to a new host', 'in-progress', {
+        autoClose: false
+      });
+      await this.finish(server);
+    }
+  }
+
+  async finish(server) {
+    const id = this.notification;
+    this.notification = null;
+    let entry = null;
+    try {
+      entry = await this.service.lastHistory();
+    } catch (error) {
+      entry = null; // the events say it too
+    }
+    let outcome;
+    if (server.state === 'Running') {
+      outcome = moveOutcome(server, entry, this.movingFrom);
+    } else {
+      outcome = { ok: false, message: `The server is ${server.state} now` };
+    }
+    Notification.update({
+      id,
+      message: outcome.message,
+      type: outcome.ok ? 'success' : 'warning',
+      // what was lost stays until the user reads it
+      autoClose: outcome.ok ? 8000 : false
+    });
+  }
+}

@@ -9,18 +9,21 @@ PIP     := $(VENV)/bin/pip
 EG_VENV := .venv-eg
 EG_REQS := examples/enterprise-gateway/requirements.txt
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+# the JupyterLab widget: pip's build hook (labextension/hatch_build.py) runs npm ci + build
+LABEXT_SRC := labextension/package.json labextension/package-lock.json \
+	$(wildcard labextension/src/*.js labextension/style/*.css)
 
 .PHONY: demo demo-eg test install install-demo install-eg system-deps lint bench clean
 
 # the demo's venv: the package and JupyterLab, nothing else
-$(VENV)/.installed-demo: pyproject.toml
+$(VENV)/.installed-demo: pyproject.toml $(LABEXT_SRC)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[lab]'
 	touch $@
 
 # the tests' venv adds the test tools (pytest, playwright, Kernel Gateway, ruff, ...)
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LABEXT_SRC)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,lab]'
@@ -70,4 +73,4 @@ bench: install
 	$(PY) benchmarks/move.py
 
 clean:
-	rm -rf $(VENV) $(EG_VENV) node_modules examples/*/var
+	rm -rf $(VENV) $(EG_VENV) node_modules labextension/node_modules labextension/dist examples/*/var

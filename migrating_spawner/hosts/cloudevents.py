@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -131,6 +132,34 @@ def host_of(watcher: HostWatcher, instance_id: str) -> Host | None:
     return None
 
 
+def in_daemon_thread(fn: Callable[..., Any], /, **kwargs: Any) -> asyncio.Future:
+    """Run a blocking call in a daemon thread of its own. For the long poll: the threads of
+    asyncio.to_thread are joined at exit, so a hub stopping would wait out the poll."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return  # cancelled: nobody waits for it
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = fn(**kwargs), None
+        except BaseException as e:  # handed to the awaiting task
+            result, error = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop has closed meanwhile
+
+    threading.Thread(target=work, name="sqs-receive", daemon=True).start()
+    return future
+
+
 class CloudEventsChannel(LoggingConfigurable):
     """Long-polls an SQS queue of EC2 events and feeds the host watcher (see module doc)."""
 
@@ -219,7 +248,7 @@ class CloudEventsChannel(LoggingConfigurable):
         self, watcher: HostWatcher, on_rebalance: Callable[[Host], Any] | None = None
     ) -> int:
         """One long poll: handle what came and delete it; returns the number of messages."""
-        reply = await asyncio.to_thread(
+        reply = await in_daemon_thread(
             self.client.receive_message,
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=10,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from typing import Any
 
@@ -249,3 +250,22 @@ async def polls(agent: FakeAgent, n: int) -> None:
 async def _until(check) -> None:
     while not check():
         await asyncio.sleep(0.02)
+
+
+async def test_a_stopping_hub_does_not_wait_out_the_long_poll(aws):
+    """The receive runs in a daemon thread: cancelling the channel returns at once, and
+    nothing joins that thread at exit (asyncio.to_thread's would be)."""
+    channel = aws["channel"]
+    channel.wait_seconds = 20
+    watcher = HostWatcher(FakeProvider(), interval=3600)
+    task = asyncio.create_task(channel.run(watcher))
+
+    def polling() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "sqs-receive"]
+
+    await asyncio.wait_for(_until(polling), 5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    threads = polling()
+    assert threads and all(t.daemon and t.is_alive() for t in threads)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -110,6 +111,22 @@ def interrupted_text(loss: str) -> str:
     return f"interrupted because this kernel's host was reclaimed. {loss}"
 
 
+@dataclasses.dataclass
+class KernelTimings:
+    """How a MovableKernel paces itself (KernelHostSettings has a trait of each name)."""
+
+    #: seconds between looks at its host's state (the host watcher's interval) and at
+    #: whether a background snapshot is due
+    notice_poll_interval: float = 1.0
+    #: how long a new kernel may take to answer kernel_info
+    start_timeout: float = 60.0
+    #: how long a running cell may go on once a move begins, before it is interrupted
+    cell_timeout: float = 30.0
+    #: seconds between snapshots of an idle kernel that ran something since the last one,
+    #: which a host lost without notice comes back from (0: snapshots on notice only)
+    snapshot_interval: float = 30.0
+
+
 class MovableKernel:
     """A kernel with a stable endpoint (the relay) that moves when its host is reclaimed."""
 
@@ -125,10 +142,7 @@ class MovableKernel:
         relay_key: bytes | str | None = None,
         kernel_name: str = "",
         work_dir: str = "",
-        notice_poll_interval: float = 1.0,
-        start_timeout: float = 60.0,
-        cell_timeout: float = 30.0,
-        snapshot_interval: float = 30.0,
+        timings: KernelTimings | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         self.provider = provider
@@ -139,14 +153,7 @@ class MovableKernel:
         # where the kernel starts when its caller names no cwd: on storage every host sees,
         # so files written by relative path move with it (empty: the host's own disk)
         self.work_dir = work_dir
-        self.notice_poll_interval = notice_poll_interval
-        # how long a new kernel may take to answer kernel_info
-        self.start_timeout = start_timeout
-        # how long a running cell may go on once a move begins, before it is interrupted
-        self.cell_timeout = cell_timeout
-        # seconds between snapshots of an idle kernel that ran something since the last one,
-        # which a host lost without notice comes back from (0: snapshots on notice only)
-        self.snapshot_interval = snapshot_interval
+        self.timings = timings or KernelTimings()
         self.log = log or logging.getLogger(__name__)
         self.relay = KernelRelay(ip=relay_ip, key=relay_key, ports=relay_ports, log=self.log)
         self.host: Host | None = None
@@ -268,7 +275,9 @@ class MovableKernel:
         than half a poll interval (the gateways ask often; the agent is asked once)."""
         if self.host is None:
             return {"running": False, "exit_code": 0}
-        state = await self.provider.watcher.refresh(self.host, self.notice_poll_interval / 2)
+        state = await self.provider.watcher.refresh(
+            self.host, self.timings.notice_poll_interval / 2
+        )
         if state.failures or state.lost or state.status is None:
             return None
         return state.process(self.process) or {"running": False, "exit_code": -1}
@@ -278,7 +287,7 @@ class MovableKernel:
         if self.moving:
             return True
         proc = await self.status()
-        # an unreachable agent is the watch task's business: it restarts the kernel elsewhere
+        # an unreachable agent is the mover's business: a host the watcher calls lost moves
         return proc is None or bool(proc.get("running"))
 
     async def interrupt(self) -> None:
@@ -397,7 +406,7 @@ class MovableKernel:
         snapshot, every ``snapshot_interval``: what a host lost without notice comes back
         from. Runs until cancelled (a move stops it and starts it again)."""
         while not self.stopping:
-            await asyncio.sleep(self.notice_poll_interval)
+            await asyncio.sleep(self.timings.notice_poll_interval)
             if self._snapshot_due():
                 await self._background_snapshot()
 
@@ -435,8 +444,8 @@ class MovableKernel:
         if not state.supported(self.language):
             return None, f"kernels of language {self.language!r} have no snapshot support"
         now, start = time.time(), time.monotonic()
-        cell_bound = self.cell_timeout
-        end = start + self.cell_timeout + MOVE_RETRY_SECONDS
+        cell_bound = self.timings.cell_timeout
+        end = start + self.timings.cell_timeout + MOVE_RETRY_SECONDS
         if deadline is not None:
             left = deadline - now
             cell_bound = max(1.0, min(cell_bound, left - 5))
@@ -550,7 +559,7 @@ class MovableKernel:
                 store_history=False,
             )
             self.relay.hide(msg_id)
-            await self._reply(client, msg_id, self.start_timeout)
+            await self._reply(client, msg_id, self.timings.start_timeout)
         finally:
             client.stop_channels()
         report = _read_json(report_path) or {"ok": False, "error": "no restore report"}
@@ -586,7 +595,7 @@ class MovableKernel:
         )
         client = self._client(info)
         try:
-            ready = asyncio.create_task(client.wait_for_ready(timeout=self.start_timeout))
+            ready = asyncio.create_task(client.wait_for_ready(timeout=self.timings.start_timeout))
             while not ready.done():
                 await asyncio.wait({ready}, timeout=0.5)
                 proc = await agent.process(self.process)
@@ -648,9 +657,9 @@ class MovableKernel:
 
     def _snapshot_due(self) -> bool:
         return bool(
-            self.snapshot_interval
+            self.timings.snapshot_interval
             and self.target is not None
-            and time.monotonic() - self._last_snapshot >= self.snapshot_interval
+            and time.monotonic() - self._last_snapshot >= self.timings.snapshot_interval
             and self.relay.executes != self._snapshot_executes
             and self.relay.execution_state == "idle"
             and not self.relay.paused
@@ -663,7 +672,7 @@ class MovableKernel:
         executes = self.relay.executes
         self._last_snapshot = time.monotonic()
         try:
-            report = await self._snapshot(self.target, self.cell_timeout)
+            report = await self._snapshot(self.target, self.timings.cell_timeout)
         except Exception as e:  # the kernel went away meanwhile: the watch sees to it
             self.log.warning("kernel %s: background snapshot failed: %s", self.kernel_id, e)
             return

@@ -227,7 +227,7 @@ class MigratingProcessProxy(BaseProcessProxyABC):
         moves = len(kernel.moves)
         while self._exit_code is None:
             host = kernel.host
-            proc = await kernel.status()  # None: agent unreachable, the kernel's watch acts
+            proc = await kernel.status()  # None: agent unreachable (a lost host moves)
             if proc is not None and not proc.get("running"):
                 if not kernel.moving and kernel.host is host:
                     code = proc.get("exit_code")

@@ -41,7 +41,7 @@ class MovingKernel(Protocol):
     host: Host | None
     target: dict[str, Any] | None
     stopping: bool
-    cell_timeout: float
+    timings: Any  # KernelTimings: cell_timeout
     moves: list[dict[str, Any]]
     relay: Any  # KernelRelay: pause(), shutdown_requested
     log: logging.Logger
@@ -91,7 +91,7 @@ class KernelServer:
     @property
     def kernel_state_timeout(self) -> float:
         # the move's budget for the snapshot: a busy cell's time and the retries after it
-        return self.kernel.cell_timeout + MOVE_RETRY_SECONDS + 1
+        return self.kernel.timings.cell_timeout + MOVE_RETRY_SECONDS + 1
 
     @property
     def movable(self) -> bool:

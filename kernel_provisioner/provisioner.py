@@ -66,7 +66,7 @@ class MigratingProvisioner(KernelHostSettings, KernelProvisionerBase):  # type: 
             return None
         proc = await self.kernel.status()
         if proc is None or proc.get("running"):
-            # unreachable agent: the watch task restarts the kernel elsewhere
+            # unreachable agent: once the watcher calls the host lost, the kernel moves
             return None
         code = proc.get("exit_code")
         return -1 if code is None else int(code)

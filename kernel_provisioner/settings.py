@@ -8,6 +8,7 @@ thing, and ``new_kernel()`` gives the ``MovableKernel`` both adapters wrap.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -18,7 +19,7 @@ from traitlets.config import LoggingConfigurable
 from migrating_spawner.hosts.base import HostProvider
 from migrating_spawner.hosts.local import LocalHostProvider
 
-from .core import MovableKernel
+from .core import KernelTimings, MovableKernel
 
 # One provider per configuration in this process: kernels of one server share its lock
 # (local hosts pick addresses under it) instead of racing for the same address.
@@ -120,13 +121,8 @@ class KernelHostSettings(LoggingConfigurable):
 
     def kernel_options(self) -> dict[str, Any]:
         """MovableKernel's keyword arguments that come from these settings."""
-        return {
-            "notice_poll_interval": self.notice_poll_interval,
-            "start_timeout": self.start_timeout,
-            "cell_timeout": self.cell_timeout,
-            "snapshot_interval": self.snapshot_interval,
-            "log": self.log,
-        }
+        timings = {f.name: getattr(self, f.name) for f in dataclasses.fields(KernelTimings)}
+        return {"timings": KernelTimings(**timings), "log": self.log}
 
     def new_kernel(self, kernel_id: str, language: str, **kw: Any) -> MovableKernel:
         """A kernel (not started yet) with its snapshot folder under ``state_root`` and its

@@ -115,14 +115,14 @@ async def run(kc: AsyncKernelClient, code: str, timeout: float = 60) -> tuple[st
 async def test_a_move_without_a_snapshot_says_it_restored_an_older_one(settings, caplog):
     caplog.set_level(logging.INFO, "test.movable")
     kernel = settings.new_kernel(str(uuid.uuid4()), "python")
-    kernel.snapshot_interval = 0.5
+    kernel.timings.snapshot_interval = 0.5
     provider = settings.provider
     kc = await client(await kernel.start(ARGV))
     try:
         [old] = await provider.list_hosts()
         await run(kc, "x = 1")
         await until(lambda: kernel.good_snapshot is not None, 15, "no background snapshot")
-        kernel.snapshot_interval = 0  # none after this: y is only in the kernel itself
+        kernel.timings.snapshot_interval = 0  # none after this: y is only in the kernel itself
         await run(kc, "y = 2")
         # a cell that ignores interrupts holds the kernel past the host's deadline
         kc.execute(

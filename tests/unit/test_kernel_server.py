@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from test_scheduler import FakeClock, FakeProvider, World
 
+from kernel_provisioner.core import KernelTimings
 from kernel_provisioner.moving import FREEZE_MARGIN, KernelMover, KernelServer
 from migrating_spawner.hosts.base import Host
 from migrating_spawner.hosts.watcher import LOST, NOTICE, HostEvent
@@ -36,7 +37,7 @@ class FakeRelay:
 class FakeKernel:
     """A MovingKernel whose steps go into the world's log."""
 
-    cell_timeout = 30.0
+    timings = KernelTimings()
     log = log
 
     def __init__(self, world: World, kernel_id: str = "k1") -> None:

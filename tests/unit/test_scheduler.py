@@ -554,6 +554,8 @@ def _members(protocol: type) -> dict[str, Any]:
         ("proxy_plugin.proxy:MigratingProxy", "RouteHold"),
         ("migrating_spawner.moving:NoRouteHold", "RouteHold"),
         ("migrating_spawner.move:Move", "MoveRun"),
+        ("kernel_provisioner.moving:KernelServer", "MovableServer"),
+        ("kernel_provisioner.moving:RelayHold", "RouteHold"),
     ],
 )
 def test_the_real_classes_implement_the_protocols(implementation, protocol):

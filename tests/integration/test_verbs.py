@@ -8,6 +8,7 @@ idle server and the next start resumes it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 
@@ -17,6 +18,8 @@ from kernelws import KernelSocket
 from prometheus_client.parser import text_string_to_metric_families
 from realhub import RealHub
 from test_move import read_file, write_file
+
+from migrating_spawner.service import cli as migrate_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -84,6 +87,13 @@ def metric(samples, name, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+async def cli(capsys, hub, token, *argv):
+    # the CLI blocks (requests): beside the loop of the test
+    code = await asyncio.to_thread(migrate_cli.main, ["--url", hub.url, "--token", token, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 async def history(hub, user, token=None):
     status, data = await hub.migrate_api("GET", f"/servers/{user}/history", token)
     assert status == 200, data
@@ -149,6 +159,10 @@ async def test_move_suspend_resume_history_and_metrics(hub):
     assert kept["id"] == suspended["checkpoint_id"] and kept["bytes"] >= len("keep me")
     assert hub.hosts() == []
     assert metric(await scrape(hub), "jupyterhub_migrating_suspended_servers") == 1
+    # `info` after the stop still shows the server's events, the stop's own last
+    stopped = [e["message"] for e in (await hub.server_info("alice"))["events"]]
+    said = f"Stopped: files and 1 kernel(s) kept in checkpoint {kept['id']}"
+    assert stopped[-1] == said, stopped
     # a verb that does not fit the state: 409 with a JSON reason
     status, data = await hub.migrate_api("POST", "/servers/alice/suspend", token)
     assert (status, data["status"]) == (409, 409) and "nothing to suspend" in data["message"]
@@ -166,7 +180,10 @@ async def test_move_suspend_resume_history_and_metrics(hub):
     # the spawn page's progress told the resume's phases
     events = [e["message"] for e in (await hub.server_info("alice"))["events"]]
     assert any(m.startswith("Home restored: ") for m in events), events
-    assert "Restored 1 kernel(s) under their ids" in events
+    assert "Restored 1 kernel(s) under their ids" in events[events.index(said) :], events
+    # the kernel is back under its id by the time the hub calls the server ready
+    status, kernels = await hub.request("GET", "/user/alice/api/kernels", token)
+    assert status == 200 and [k["id"] for k in kernels] == [kernel_id], kernels
 
     entries = await history(hub, "alice", token)
     assert [e["kind"] for e in entries] == ["move", "suspend", "resume"]
@@ -180,20 +197,24 @@ async def test_move_suspend_resume_history_and_metrics(hub):
     assert (resume["to_host"], resume["checkpoint_id"]) == (resumed["host_id"], kept["id"])
 
 
-async def test_cancel_discards_the_checkpoint_and_says_what_is_lost(hub):
+async def test_cancel_discards_the_checkpoint_and_says_what_is_lost(hub, capsys):
     token = await hub.user_token("alice")
     info = await hub.server_info("alice")
     assert info["state"] == "Running"
-    status, cancelled = await hub.migrate_api("POST", "/servers/alice/cancel", token)
-    assert status == 200, cancelled
+    # from the CLI: it says what is lost
+    code, out, err = await cli(capsys, hub, token, "--json", "cancel", "alice")
+    assert (code, err) == (0, ""), out
+    cancelled = json.loads(out)
     assert cancelled["state"] == "Stopped" and cancelled["checkpoint_id"] is None
     assert "running kernels and their variables" in cancelled["lost"]
     assert "The next start is fresh" in cancelled["lost"]
     manifests = hub.workdir / "checkpoints" / "manifests"
     assert not list(manifests.glob("*/*.json")), list(manifests.glob("*/*"))
     assert hub.hosts() == []
-    status, data = await hub.migrate_api("POST", "/servers/alice/cancel", token)
-    assert status == 409 and "nothing to cancel" in data["message"], data
+    code, out, err = await cli(capsys, hub, token, "cancel", "alice")
+    assert (code, out) == (1, "") and err.strip() == (
+        "jupyterhub-migrate: 409: alice/ is Stopped: nothing to cancel (no work is kept)"
+    )
     [*_, entry] = await history(hub, "alice", token)
     assert (entry["kind"], entry["by"]) == ("cancel", "alice")
 
@@ -222,7 +243,7 @@ async def test_others_see_neither_servers_nor_history(hub):
     assert (await hub.server_info("alice"))["state"] == "Running"  # nothing happened
 
 
-async def test_history_survives_a_restart_and_the_idle_culler_suspends(hub):
+async def test_history_survives_a_restart_and_the_idle_culler_suspends(hub, capsys):
     token = await hub.user_token("alice")
     before = await history(hub, "alice", token)
     assert [e["kind"] for e in before] == ["move", "suspend", "resume", "cancel"]
@@ -231,6 +252,11 @@ async def test_history_survives_a_restart_and_the_idle_culler_suspends(hub):
     (hub.workdir / "jupyterhub_config.py").write_text(hub._config())
     await hub.restart()
     assert await history(hub, "alice", token) == before
+    code, out, _ = await cli(capsys, hub, token, "history", "alice")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:4] == ["TIME", "KIND", "REASON", "FROM"]
+    assert [line.split()[2] for line in lines[1:]] == ["move", "suspend", "resume", "cancel"]
+    assert "request (alice)" in lines[1] and " s " in lines[1]  # who asked, the hold
 
     async def culled():
         info = await hub.server_info("alice")

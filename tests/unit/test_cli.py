@@ -158,3 +158,107 @@ async def test_the_browsers_hub_url_gets_a_hint(web_page, capsys):
     assert err.strip().endswith(
         f"not the API's JSON (the hub's URL is without /hub: {web_page})"
     ), err
+
+
+@pytest.mark.parametrize("verb", ["suspend", "resume", "cancel", "history"])
+def test_server_verbs_take_flags_anywhere(verb):
+    for argv in (
+        ["--json", "--url", "http://h", verb, "alice/lab"],
+        [verb, "alice/lab", "--json", "--url", "http://h"],
+        ["--url", "http://h", verb, "--json", "alice/lab"],
+    ):
+        args = cli.parser().parse_args(argv)
+        assert (args.verb, args.target, args.json, args.url) == (
+            verb,
+            "alice/lab",
+            True,
+            "http://h",
+        ), argv
+    assert cli.parser().parse_args(["resume", "alice", "--wait"]).wait is True
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args([verb])  # the server is required
+
+
+@pytest.fixture
+async def fake_service():
+    """A stand-in for the migrate service's verbs: records each call, answers JSON."""
+    calls: list[tuple[str, str]] = []
+    suspended = {
+        "user": "alice",
+        "server": "",
+        "state": "Suspended",
+        "host_id": None,
+        "address": None,
+        "last_checkpoint": {"id": "c1", "time": 1_700_000_000, "bytes": 2_500_000, "files": 3},
+    }
+    answers = {
+        ("POST", "servers/alice/suspend"): suspended,
+        ("POST", "servers/alice/resume"): {**suspended, "state": "Starting"},
+        ("POST", "servers/alice/cancel"): {
+            **suspended,
+            "state": "Stopped",
+            "lost": "Discarded: the kernels' saved variables. The next start is fresh",
+        },
+        ("GET", "servers/alice/history"): {
+            "history": [
+                {
+                    "time": 1_700_000_000,
+                    "kind": "move",
+                    "reason": "reclaim notice",
+                    "by": None,
+                    "outcome": "ok",
+                    "from_host": "h-1",
+                    "to_host": "h-2",
+                    "hold_seconds": 0.25,
+                    "bytes_moved": 1_200_000,
+                    "lost": {
+                        "files": None,
+                        "variables": {"k1234567890": ["df", "model"]},
+                        "interrupted_cells": [{"kernel_id": "k1234567890", "cell": "fit()"}],
+                        "kernels_fresh": [],
+                    },
+                }
+            ]
+        },
+    }
+
+    async def handle(request):
+        calls.append((request.method, request.path_qs))
+        # the default server is the empty name: servers/alice//suspend
+        path = request.path.removeprefix("/services/migrate/api/").replace("//", "/")
+        answer = answers.get((request.method, path))
+        if answer is None:
+            return web.json_response({"status": 404, "message": f"no {path}"}, status=404)
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.add_routes([web.route("*", "/{tail:.*}", handle)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", calls
+    await runner.cleanup()
+
+
+async def test_verbs_call_the_service_and_say_what_happened(fake_service, capsys):
+    url, calls = fake_service
+    code, out, err = await run_cli(capsys, "suspend", "alice", "--url", url, "--token", "t")
+    assert (code, err) == (0, "")
+    assert out.strip().startswith("alice: Suspended, host released; kept checkpoint c1 (2.5 MB, ")
+    code, out, _ = await run_cli(capsys, "--url", url, "--token", "t", "resume", "alice")
+    assert code == 0 and out.strip() == "alice: Starting (resuming on a new host)"
+    code, out, _ = await run_cli(capsys, "--url", url, "--token", "t", "cancel", "alice")
+    assert code == 0
+    assert out.strip() == (
+        "alice: cancelled. Discarded: the kernels' saved variables. The next start is fresh"
+    )
+    code, out, _ = await run_cli(capsys, "--url", url, "--token", "t", "history", "alice")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["TIME", "KIND", "REASON", "FROM", "TO", "HOLD", "BYTES", "LOST"]
+    assert "reclaim notice" in row and "h-1" in row and "h-2" in row and "0.25 s" in row
+    assert "1.2 MB" in row and "kernel k1234567: df, model" in row
+    assert "cell interrupted 'fit()'" in row
+    assert [c[0] for c in calls] == ["POST", "POST", "POST", "GET"]
+    assert [c[1].rsplit("/", 1)[-1] for c in calls] == ["suspend", "resume", "cancel", "history"]

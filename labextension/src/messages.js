@@ -27,11 +27,24 @@ function lastEvent(server, prefix) {
   return null;
 }
 
+// the service's reason words, as a sentence reads them
+const REASONS = {
+  request: 'requested',
+  rebalance: 'rebalance recommendation',
+  'host lost': 'the host was lost'
+};
+
 /** A move's reason as a user reads it: "reclaim notice", "requested by alice", ... */
 function plainReason(reason) {
   // the engine's reasons name the host ("reclaim notice for local-11-..."): the user's
   // page needs the kind only
-  return String(reason || 'move').replace(/ for \S+$/, '');
+  const plain = String(reason || 'move').replace(/ for \S+$/, '');
+  return REASONS[plain] || plain;
+}
+
+/** Time left is worth telling for a notice; a requested move has no real deadline. */
+function tellsTimeLeft(reason, deadline, now) {
+  return Boolean(deadline) && (/notice/.test(reason) || deadline - now < 600);
 }
 
 /** The move under way: {reason, deadline} (deadline may be null). */
@@ -51,9 +64,9 @@ export function moveUnderWay(server) {
 }
 
 /** "Moving to a new host: reclaim notice, 2 min left. The page may pause ..." */
-export function movingMessage(server, now) {
+export function movingMessage(server, now = Date.now() / 1000) {
   const { reason, deadline } = moveUnderWay(server);
-  const left = deadline ? `, ${timeLeft(deadline, now)} left` : '';
+  const left = tellsTimeLeft(reason, deadline, now) ? `, ${timeLeft(deadline, now)} left` : '';
   return `Moving to a new host: ${reason}${left}. The page may pause for a few seconds.`;
 }
 

@@ -147,6 +147,28 @@ async def test_widget_tells_a_reclaim_and_the_tab_keeps_working(hub_factory):
             await page.evaluate(RUN_CELL, 1)
             out = await wait_for(page, CELL_OUTPUT, 1, lambda out: out.strip() != "", 30)
             assert out.strip() == "42", out
+
+            # the menu's Migrate moves it again, told the same way
+            await page.click(".jp-MigratingStatus")
+            await page.click(".jp-MigratingStatus-menu >> text=Migrate to another host")
+            requested = re.compile(r"Moving to a new host: requested by alice\.")
+            await wait_for(page, TOASTS, None, toast_matching(requested), 20)
+            third = await wait_for(
+                page,
+                STATUS_ITEM,
+                None,
+                lambda s: s.endswith(" · Running") and not s.startswith(new),
+                60,
+            )
+            third = third.split(" · ")[0]
+            toasts = await wait_for(
+                page,
+                TOASTS,
+                None,
+                lambda ts: any(m and m.group(1) == third for m in map(MOVED.search, ts)),
+                20,
+            )
+            assert (await hub.server_info("alice"))["host_id"] == third, toasts
             watcher.cancel()
             assert not any("Server Connection Error" in d for d in dialogs), dialogs
         except BaseException:

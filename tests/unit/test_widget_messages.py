@@ -1,0 +1,132 @@
+"""What the JupyterLab widget says, from the service's answers: labextension/src/messages.js
+run under Node (the browser test sees one kind of move; these cover the others)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+NODE = shutil.which("node")
+MESSAGES = Path(__file__).resolve().parents[2] / "labextension" / "src" / "messages.js"
+
+pytestmark = pytest.mark.skipif(NODE is None, reason="needs Node.js")
+
+NOW = 1_800_000_000
+
+PAUSE = "The page may pause for a few seconds."
+
+
+def run(expression: str, tmp_path: Path):
+    """Evaluate a JavaScript expression over the module `m` (messages.js); its JSON value."""
+    # messages.js imports nothing: as an .mjs file Node loads it as the ES module it is
+    (tmp_path / "messages.mjs").write_text(MESSAGES.read_text())
+    script = tmp_path / "run.mjs"
+    script.write_text(
+        f"import * as m from './messages.mjs';\nconsole.log(JSON.stringify({expression}));\n"
+    )
+    out = subprocess.run([NODE, str(script)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_moving_tells_the_reason_and_the_time_left(tmp_path):
+    server = {"state": "Floating", "move": {"reason": "reclaim notice", "deadline": NOW + 118}}
+    got = run(f"m.movingMessage({json.dumps(server)}, {NOW})", tmp_path)
+    assert got == f"Moving to a new host: reclaim notice, 2 min left. {PAUSE}"
+
+
+def test_moving_from_the_events_of_a_hub_without_move_fields(tmp_path):
+    event = {"message": "Moving (reclaim notice for local-11-ab12); 20 s to go", "time": NOW - 5}
+    server = {"state": "Floating", "events": [{"message": "older", "time": NOW - 60}, event]}
+    got = run(f"m.movingMessage({json.dumps(server)}, {NOW})", tmp_path)
+    assert got == f"Moving to a new host: reclaim notice, 15 s left. {PAUSE}"
+
+
+def test_a_requested_move_has_no_deadline_to_tell(tmp_path):
+    server = {"move": {"reason": "requested by alice", "deadline": NOW + 3600}}
+    got = run(f"m.movingMessage({json.dumps(server)}, {NOW})", tmp_path)
+    assert got == f"Moving to a new host: requested by alice. {PAUSE}"
+    server = {"move": {"reason": "request", "deadline": NOW + 3600}}
+    got = run(f"m.movingMessage({json.dumps(server)}, {NOW})", tmp_path)
+    assert got == f"Moving to a new host: requested. {PAUSE}"
+
+
+def test_time_left(tmp_path):
+    got = run(
+        f"[{NOW - 1}, {NOW}, {NOW + 45}, {NOW + 90}].map(d => m.timeLeft(d, {NOW}))", tmp_path
+    )
+    assert got == ["now", "now", "45 s", "2 min"]
+
+
+def test_moved_with_the_hold_time_from_the_history(tmp_path):
+    server = {"state": "Running", "host_id": "local-12-cd"}
+    entry = {
+        "kind": "move",
+        "outcome": "ok",
+        "from_host": "local-11-ab",
+        "to_host": "local-12-cd",
+        "hold_seconds": 1.26,
+        "duration_seconds": 9.0,
+        "lost": None,
+    }
+    got = run(f"m.moveOutcome({json.dumps(server)}, {json.dumps(entry)}, 'local-11-ab')", tmp_path)
+    assert got == {"ok": True, "message": "Moved to local-12-cd in 1.3 s"}
+
+
+def test_moved_tells_what_was_lost(tmp_path):
+    server = {"state": "Running", "host_id": "local-12-cd"}
+    entry = {
+        "kind": "move",
+        "outcome": "ok",
+        "from_host": "local-11-ab",
+        "to_host": "local-12-cd",
+        "hold_seconds": 0.4,
+        "lost": {
+            "files": None,
+            "variables": {"k1": ["gen", "conn"]},
+            "interrupted_cells": [{"kernel_id": "k1", "cell": "sleep(100)"}],
+            "kernels_fresh": [],
+        },
+    }
+    got = run(f"m.moveOutcome({json.dumps(server)}, {json.dumps(entry)}, 'local-11-ab')", tmp_path)
+    assert got == {
+        "ok": False,
+        "message": "Moved to local-12-cd in 0.4 s; variables gen, conn were lost; "
+        "1 running cell was interrupted",
+    }
+
+
+def test_a_failed_move(tmp_path):
+    server = {"state": "Running", "host_id": "local-11-ab"}
+    entry = {"kind": "move", "outcome": "failed", "from_host": "local-11-ab", "error": "no host"}
+    got = run(f"m.moveOutcome({json.dumps(server)}, {json.dumps(entry)}, 'local-11-ab')", tmp_path)
+    assert got == {"ok": False, "message": "The move failed: no host"}
+
+
+def test_moved_from_the_events_of_a_hub_without_history(tmp_path):
+    lost = "the old host was gone before its final checkpoint: files changed after 14:01 were lost"
+    server = {
+        "state": "Running",
+        "host_id": "local-12-cd",
+        "events": [{"message": f"Moved to local-12-cd (127.0.0.12) in 9.2 s; {lost}", "time": NOW}],
+    }
+    got = run(f"m.moveOutcome({json.dumps(server)}, null, 'local-11-ab')", tmp_path)
+    assert got == {"ok": False, "message": f"Moved to local-12-cd in 9.2 s; {lost}"}
+    # an entry about another move (an older one) is not this move's
+    entry = {"kind": "move", "outcome": "ok", "from_host": "local-9-ef", "to_host": "local-11-ab"}
+    server["events"][0]["message"] = "Moved to local-12-cd (127.0.0.12) in 9.2 s"
+    got = run(f"m.moveOutcome({json.dumps(server)}, {json.dumps(entry)}, 'local-11-ab')", tmp_path)
+    assert got == {"ok": True, "message": "Moved to local-12-cd in 9.2 s"}
+
+
+def test_status_text(tmp_path):
+    got = run(
+        "[m.statusText({host_id: 'local-11-ab', state: 'Running'}),"
+        " m.statusText({host_id: null, state: 'Suspended'}), m.statusText(null)]",
+        tmp_path,
+    )
+    assert got == ["local-11-ab · Running", "no host · Suspended", "host ?"]

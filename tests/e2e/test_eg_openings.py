@@ -15,11 +15,21 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from gateways import EG_EXAMPLE, EG_VENV, EnterpriseGatewayExample, reclaim, serving, until
+import pytest_asyncio
+from gateways import (
+    EG_EXAMPLE,
+    EG_VENV,
+    EnterpriseGatewayExample,
+    reclaim,
+    serving,
+    until,
+    until_held,
+)
 from kernelws import KernelSocket
 from labpage import ARTIFACTS, CHROMIUM, KERNEL_STATUS, chromium_page, notebook
 
-pytestmark = pytest.mark.integration
+# one example for the module: each test leaves no kernel behind it
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 OPENINGS = 20
 # generous (openings take 3-4 s here); one that meets the upstream hold stays "unknown"
@@ -59,8 +69,9 @@ class LabExample(EnterpriseGatewayExample):
 async def open_notebooks(ex: EnterpriseGatewayExample, n: int, within: float) -> list[dict]:
     """Open `n` notebooks (on KERNELS in turn) one after another, each in a freshly loaded
     JupyterLab page, as a user's first notebook; each one's kernel is shut down before the
-    next opening. Returns, per opening, the kernel status last seen and how long it took to
-    be idle (None if it was not idle within `within` seconds)."""
+    next opening (their hosts are given back meanwhile, all by the end). Returns, per
+    opening, the kernel status last seen and how long it took to be idle (None if it was
+    not idle within `within` seconds)."""
     results = []
     async with chromium_page() as page:
         for i in range(n):
@@ -100,7 +111,7 @@ async def open_notebooks(ex: EnterpriseGatewayExample, n: int, within: float) ->
             for session in sessions:
                 status, _ = await ex.request("DELETE", f"/api/sessions/{session['id']}")
                 assert status == 204
-            await until(lambda: not ex.hosts(), 30, "a kernel's host was not released")
+    await until(lambda: not ex.hosts(), 30, "a kernel's host was not released")
     return results
 
 
@@ -154,9 +165,9 @@ async def kernel_info_after_a_dropped_socket(ex: EnterpriseGatewayExample, withi
         await until(lambda: not ex.hosts(), 30, "the kernel's host was not released")
 
 
-@pytest.fixture
-async def example(request, tmp_path):
-    ex = LabExample(tmp_path)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def example(request, tmp_path_factory):
+    ex = LabExample(tmp_path_factory.mktemp("eg-openings"))
     await ex.clean()
     async with serving(request, ex, timeout=90):
         yield ex
@@ -201,7 +212,7 @@ async def test_every_offered_kernel_moves_r_included(example):
         out, reply = await ws.run("x <- 42; cat('ready')", timeout=60)
         assert reply["status"] == "ok" and out.strip() == "ready", out
         await reclaim(old, NOTICE)
-        await until(lambda: len(example.hosts()) >= 2, 10, "the move did not begin")
+        await until_held(example, kernel["id"])
         out, reply = await ws.run("cat(x + 1)", timeout=60)
         assert reply["status"] == "ok" and out.strip().splitlines()[-1] == "43", out
     await until(lambda: old.id not in [h.id for h in example.hosts()], NOTICE + 5, "old host kept")

@@ -9,8 +9,11 @@ JupyterLab in the build environment. It is skipped while dist is newer than its 
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
@@ -33,6 +36,13 @@ class LabExtensionBuildHook(BuildHookInterface):
 
     def initialize(self, version: str, build_data: dict) -> None:
         root = Path(self.root) / "labextension"
+        # two installs at once (the venvs of `make -j test`) would both run npm ci here
+        key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+        with open(Path(tempfile.gettempdir()) / f"jupyterhub-migrating-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._build(root)
+
+    def _build(self, root: Path) -> None:
         built = root / "dist" / "package.json"
         if built.exists() and built.stat().st_mtime >= _newest([root / s for s in SOURCES]):
             return

@@ -3,10 +3,12 @@
 JupyterHub routes `/services/migrate/` to it (a service with a `url` and no command), so it
 lives where the spawners and the proxy are and can move servers directly. Callers present a
 JupyterHub token, checked the way every JupyterHub service checks one
-(`jupyterhub.services.auth.HubAuth`): the token must grant `access:services!service=migrate`,
-and what it may do then follows its JupyterHub scopes: `servers` on a user's server moves
-that server (a user's own token has it for their own servers), `admin:servers` also lists
-and reclaims hosts. Agents push notices with their host's secret instead.
+(`jupyterhub.services.auth.HubOAuth`, set up in service/page.py): a token in the header, or
+the OAuth cookie of the service's page (POSTs with JupyterHub's XSRF check). It must grant
+`access:services!service=migrate`, and what it may do then follows its JupyterHub scopes:
+`servers` on a user's server moves, suspends, resumes and cancels that server (a user's own
+token has it for their own servers), `admin:servers` also lists and reclaims hosts.
+Agents push notices with their host's secret instead.
 """
 
 from __future__ import annotations
@@ -23,17 +25,16 @@ from urllib.parse import quote
 import aiohttp
 from jupyterhub import orm
 from jupyterhub.scopes import has_scope
-from jupyterhub.services.auth import HubAuth, HubAuthenticated, UserNotAllowed
+from jupyterhub.services.auth import HubAuthenticated, UserNotAllowed
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.log import app_log
-from traitlets import Any as AnyTrait
-from traitlets import default
 
 from ..agent.client import AgentError
 from ..checkpoint import CheckpointError
 from ..history import checkpoint_summary
 from ..hosts.base import HostError
+from . import page
 from .registration import registration_handlers
 
 
@@ -69,50 +70,6 @@ class Controller(Protocol):
 
     @property
     def store(self) -> Any: ...
-
-
-class ServiceAuth(HubAuth):
-    """HubAuth for a service that runs inside the hub process.
-
-    It asks the hub's own REST API who a token belongs to and what it may do
-    (`GET <hub>/api/user` with that token, answers cached for `cache_max_age`), as any
-    JupyterHub service does. Its defaults come from the hub, not from the environment
-    (the hub's environment is not a service's), and it needs no token of its own.
-    Configurable as `c.HubAuth` or `c.ServiceAuth` in jupyterhub_config.py.
-    """
-
-    hub = AnyTrait(help="The hub's `jupyterhub.objects.Hub`: where its API is.")
-
-    @default("api_url")
-    def _default_api_url(self) -> str:
-        return self.hub.api_url
-
-    @default("hub_prefix")
-    def _default_hub_prefix(self) -> str:
-        return self.hub.base_url
-
-    @default("api_token")
-    def _default_api_token(self) -> str:
-        return ""  # identifying a caller uses the caller's own token
-
-    @default("allow_token_in_url")
-    def _default_allow_token_in_url(self) -> bool:
-        return False  # a token in a URL ends up in access logs
-
-    @default("cache_max_age")
-    def _default_cache_max_age(self) -> int:
-        # the hub is in this process, so asking is cheap; a revoked token stops working
-        # within a minute instead of JupyterHub's default five
-        return 60
-
-
-def service_auth(controller: Controller) -> ServiceAuth:
-    return ServiceAuth(
-        parent=controller,
-        hub=controller.app.hub,
-        base_url=controller.base_url,
-        access_scopes={f"access:services!service={controller.service_name}"},
-    )
 
 
 def error(status: int, message: str) -> web.HTTPError:
@@ -231,7 +188,7 @@ class APIHandler(HubAuthenticated, JSONHandler):
 
     controller: Controller
 
-    def initialize(self, controller: Controller, hub_auth: ServiceAuth) -> None:
+    def initialize(self, controller: Controller, hub_auth: page.ServiceOAuth) -> None:
         self.controller = controller
         self.hub_auth = hub_auth
 
@@ -240,13 +197,14 @@ class APIHandler(HubAuthenticated, JSONHandler):
         return self.controller.app.db
 
     async def prepare(self) -> None:
-        if not self.hub_auth.get_token(self, in_cookie=False):
-            raise error(401, "a JupyterHub API token is required (Authorization: token)")
         # HubAuthenticated.get_current_user would wait for the hub's answer synchronously,
         # blocking the very loop the hub answers on: ask without blocking, and let the
         # mixin judge the answer (it caches it where get_current_user looks)
+        # (HubOAuth: the token header first, else the page's OAuth cookie, XSRF-checked)
         model = await self.hub_auth.get_user(self, sync=False)
         if model is None:
+            if not self.hub_auth.get_token(self):
+                raise error(401, "a JupyterHub API token is required (Authorization: token)")
             raise error(403, "invalid or expired token")
         try:
             self._hub_auth_user_cache = self.check_hub_user(model)
@@ -344,17 +302,6 @@ class APIHandler(HubAuthenticated, JSONHandler):
             if len(_summaries) > 10000:
                 _summaries.pop(next(iter(_summaries)))
         return _summaries[cache_key]
-
-
-class RootHandler(JSONHandler):
-    """The service's root: JupyterHub checks a service's health with a GET here (once a
-    minute), and a person who opens it sees what it is. No token needed: it tells nothing."""
-
-    def initialize(self, controller: Controller) -> None:
-        self.controller = controller
-
-    async def get(self) -> None:
-        self.write_json({"service": self.controller.service_name, "api": "api/"})
 
 
 class HostsHandler(APIHandler):
@@ -630,12 +577,13 @@ def make_app(controller: Controller) -> web.Application:
     prefix = controller.base_url + "api/"
     server = r"(?P<username>[^/]+)(?:/(?P<server_name>[^/]*))?"
     plain = {"controller": controller}
-    args = {**plain, "hub_auth": service_auth(controller)}
+    oauth = page.service_oauth(controller)
+    args = {**plain, "hub_auth": oauth}
     # notices from the watcher's polls and the agents' pushes count in the metrics
     controller.observer.follow_notices(controller.provider.watcher)
     return web.Application(
-        [
-            (controller.base_url, RootHandler, plain),
+        page.handlers(controller, oauth)
+        + [
             (prefix + "hosts", HostsHandler, args),
             (prefix + r"hosts/(?P<host_id>[^/]+)/reclaim", ReclaimHandler, args),
             (prefix + "servers", ServersHandler, args),
@@ -649,4 +597,5 @@ def make_app(controller: Controller) -> web.Application:
             *registration_handlers(prefix, controller),
         ],
         default_handler_class=NotFoundHandler,
+        **page.settings(controller),
     )

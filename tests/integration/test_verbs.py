@@ -12,6 +12,7 @@ import json
 import sys
 import time
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from kernelws import KernelSocket
@@ -241,6 +242,34 @@ async def test_others_see_neither_servers_nor_history(hub):
     status, data = await hub.migrate_api("GET", "/servers", bob)
     assert status == 200 and [s["user"] for s in data["servers"]] == ["bob"], data
     assert (await hub.server_info("alice"))["state"] == "Running"  # nothing happened
+
+
+async def test_a_browser_cookie_works_and_its_posts_need_the_xsrf_token(hub):
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        # the hub's login form, then the service's page: its OAuth round trip sets the cookie
+        async with browser.get(hub.url + "/hub/login") as resp:
+            assert resp.status == 200
+        xsrf = {c.key: c.value for c in jar}["_xsrf"]
+        form = {"username": "bob", "password": "pw", "_xsrf": xsrf}
+        next_ = "/services/migrate/"
+        async with browser.post(hub.url + f"/hub/login?next={next_}", data=form) as resp:
+            assert resp.status == 200, resp.url
+        async with browser.get(hub.url + next_, headers={"Accept": "text/html"}) as resp:
+            assert resp.status == 200 and resp.url.path == next_, resp.url
+        cookies = {c.key: c for c in jar}
+        assert "service-migrate" in cookies, list(cookies)
+        api = hub.url + "/services/migrate/api/servers/bob/suspend"
+        async with browser.get(hub.url + "/services/migrate/api/servers/bob/") as resp:
+            assert resp.status == 200 and (await resp.json())["user"] == "bob"
+        # a POST with only the cookie (a page elsewhere could send it): refused
+        async with browser.post(api) as resp:
+            assert resp.status == 403, await resp.text()
+        # with the page's XSRF token it reaches the verb (bob has nothing to suspend)
+        token = {c.key: c.value for c in jar if c["path"] == next_}.get("_xsrf", xsrf)
+        async with browser.post(api, headers={"X-XSRFToken": token}) as resp:
+            data = await resp.json()
+            assert resp.status == 409 and "nothing to suspend" in data["message"], data
 
 
 async def test_history_survives_a_restart_and_the_idle_culler_suspends(hub, capsys):

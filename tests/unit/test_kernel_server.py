@@ -132,7 +132,7 @@ async def mover():
     world, clock = World(), FakeClock()
     mover = KernelMover(Provider(world), log, clock=clock)
     await asyncio.sleep(0)  # the mover subscribes to the watcher
-    yield mover, world, clock
+    yield mover, world, clock, kernel_on(mover, world)
     await mover.stop()
 
 
@@ -142,6 +142,11 @@ def kernel_on(mover: KernelMover, world: World) -> FakeKernel:
     mover.scheduler.register(kernel.server)
     kernel.server.start_precopy()
     return kernel
+
+
+def notice(mover: KernelMover, clock: FakeClock, host: Host, seconds: float) -> None:
+    """The watcher learns that `host` goes in `seconds`."""
+    mover.provider.watcher.publish(NOTICE, host, {"deadline": clock.time() + seconds})
 
 
 async def moved(kernel: FakeKernel, count: int = 1, timeout: float = 5) -> dict[str, Any]:
@@ -156,11 +161,10 @@ async def moved(kernel: FakeKernel, count: int = 1, timeout: float = 5) -> dict[
 
 
 async def test_a_notice_moves_the_kernel_and_holds_only_for_the_cut_over(mover):
-    mover, world, clock = mover
-    kernel = kernel_on(mover, world)
+    mover, world, clock, kernel = mover
     old = kernel.host
     await asyncio.sleep(0)
-    mover.provider.watcher.publish(NOTICE, old, {"deadline": clock.time() + 20})
+    notice(mover, clock, old, 20)
     assert kernel.server.key in mover.scheduler._moves  # moving from the notice on
 
     record = await moved(kernel)
@@ -184,11 +188,10 @@ async def test_a_notice_moves_the_kernel_and_holds_only_for_the_cut_over(mover):
 
 
 async def test_the_freeze_comes_by_the_deadline_if_the_new_kernel_is_slow(mover):
-    mover, world, clock = mover
-    kernel = kernel_on(mover, world)
+    mover, world, clock, kernel = mover
     old = kernel.host
     world.gate("launch")
-    mover.provider.watcher.publish(NOTICE, old, {"deadline": clock.time() + 20})
+    notice(mover, clock, old, 20)
     await world.reached("launch")
     assert "pause relay" not in world.log  # the old kernel still serves
     clock.advance(20 - FREEZE_MARGIN)
@@ -200,8 +203,7 @@ async def test_the_freeze_comes_by_the_deadline_if_the_new_kernel_is_slow(mover)
 
 
 async def test_a_lost_host_brings_the_kernel_back_from_its_last_snapshot(mover):
-    mover, world, clock = mover
-    kernel = kernel_on(mover, world)
+    mover, world, clock, kernel = mover
     old = kernel.host
     world.running.discard(old.id)  # the host died with its kernel
     mover.provider.watcher.publish(LOST, old)
@@ -216,11 +218,10 @@ async def test_a_lost_host_brings_the_kernel_back_from_its_last_snapshot(mover):
 
 
 async def test_a_failed_start_leaves_the_kernel_where_it_was(mover):
-    mover, world, clock = mover
-    kernel = kernel_on(mover, world)
+    mover, world, clock, kernel = mover
     old, target = kernel.host, kernel.target
     world.failing.add("launch")
-    mover.provider.watcher.publish(NOTICE, old, {"deadline": clock.time() + 20})
+    notice(mover, clock, old, 20)
     record = await moved(kernel)
     assert "error" in record and "to" not in record
     assert kernel.host is old and kernel.target == target
@@ -233,11 +234,10 @@ async def test_a_failed_start_leaves_the_kernel_where_it_was(mover):
 
 async def test_cancel_during_the_snapshot_gives_the_new_host_back(mover):
     """What MovableKernel.shutdown does when a move is under way."""
-    mover, world, clock = mover
-    kernel = kernel_on(mover, world)
+    mover, world, clock, kernel = mover
     old = kernel.host
     world.gate("snapshot")
-    mover.provider.watcher.publish(NOTICE, old, {"deadline": clock.time() + 20})
+    notice(mover, clock, old, 20)
     await world.reached("snapshot")
     assert await mover.scheduler.cancel(kernel.server.key)
     assert not mover.scheduler.is_moving(kernel.server.key)
@@ -248,10 +248,9 @@ async def test_cancel_during_the_snapshot_gives_the_new_host_back(mover):
 
 
 async def test_a_kernel_asked_to_exit_is_not_moved(mover):
-    mover, world, clock = mover
-    kernel = kernel_on(mover, world)
+    mover, world, clock, kernel = mover
     kernel.relay.shutdown_requested = True
-    mover.provider.watcher.publish(NOTICE, kernel.host, {"deadline": clock.time() + 20})
+    notice(mover, clock, kernel.host, 20)
     clock.advance(mover.provider.watcher.interval)  # the standing notice is looked at again
     await asyncio.sleep(0.05)
     assert not mover.scheduler.is_moving(kernel.server.key)
@@ -260,11 +259,10 @@ async def test_a_kernel_asked_to_exit_is_not_moved(mover):
 
 async def test_a_failed_move_is_tried_again_while_the_notice_stands(mover):
     """MoveScheduler.follow (the hub's controller follows its watcher the same way)."""
-    mover, world, clock = mover
-    kernel = kernel_on(mover, world)
+    mover, world, clock, kernel = mover
     old = kernel.host
     world.failing.add("launch")
-    mover.provider.watcher.publish(NOTICE, old, {"deadline": clock.time() + 60})
+    notice(mover, clock, old, 60)
     first = await moved(kernel)
     assert "error" in first and kernel.host is old
     world.failing.clear()

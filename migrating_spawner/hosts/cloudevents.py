@@ -15,9 +15,10 @@ channels feed the same cache, the provider's HostWatcher, which tells each notic
   means the host is gone without warning: `watcher.mark_lost` (the server comes back from
   its last checkpoint); with a notice standing the move already takes care of it.
 
-Events of instances the watcher does not watch are dropped (an account has other
-instances), and so are messages that are not EC2 events. The `account` key is not needed.
-One queue per hub: each message is deleted once handled.
+Events of instances the watcher does not watch are kept for `pending_seconds` and applied
+once their host is watched (a warning may come before a new server's host is), then dropped
+(an account has other instances); messages that are not EC2 events are dropped. The
+`account` key is not needed. One queue per hub: each message is deleted once handled.
 """
 
 from __future__ import annotations
@@ -194,11 +195,22 @@ class CloudEventsChannel(LoggingConfigurable):
         5.0, config=True, help="Seconds to wait after a failed receive before the next."
     )
 
+    pending_seconds = Float(
+        AWS_NOTICE_SECONDS,
+        config=True,
+        help="""Seconds an event for an instance that is no watched host is kept and tried
+        again each second: a host is watched from its server's start or the hub's first
+        round after a restart, and its warning may come before that. Then it is dropped
+        (another workload's instance).""",
+    )
+
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._client = None
         #: what each handled event became (for logs and tests): (event, what)
         self.handled: list[tuple[CloudEvent, str]] = []
+        #: events of instances not watched (yet), in arrival order: (event, when received)
+        self._pending: list[tuple[CloudEvent, float]] = []
 
     @property
     def client(self):
@@ -261,9 +273,7 @@ class CloudEventsChannel(LoggingConfigurable):
             if event is None:
                 self.log.warning("SQS %s: not an EC2 event, dropped", message.get("MessageId"))
             else:
-                what = self.handle(event, watcher, on_rebalance)
-                self.handled.append((event, what))
-                self.log.info("%s for %s: %s", event.detail_type, event.instance_id, what)
+                self._take(event, watcher, on_rebalance)
             done.append({"Id": str(len(done)), "ReceiptHandle": message["ReceiptHandle"]})
         if done:
             await asyncio.to_thread(
@@ -271,16 +281,48 @@ class CloudEventsChannel(LoggingConfigurable):
             )
         return len(messages)
 
+    def _take(
+        self, event: CloudEvent, watcher: HostWatcher, on_rebalance: Callable[[Host], Any] | None
+    ) -> None:
+        what = self.handle(event, watcher, on_rebalance)
+        self.handled.append((event, what))
+        self.log.info("%s for %s: %s", event.detail_type, event.instance_id, what)
+        if what == "not ours":
+            self._pending.append((event, time.monotonic()))
+
+    def retry_pending(
+        self, watcher: HostWatcher, on_rebalance: Callable[[Host], Any] | None = None
+    ) -> None:
+        """Apply kept events whose instance is watched now; drop those kept too long."""
+        now, keep = time.monotonic(), []
+        for event, received in self._pending:
+            if host_of(watcher, event.instance_id) is not None:
+                self._take(event, watcher, on_rebalance)
+            elif now - received < self.pending_seconds:
+                keep.append((event, received))
+        self._pending = keep
+
     async def run(
         self, watcher: HostWatcher, on_rebalance: Callable[[Host], Any] | None = None
     ) -> None:
-        """Receive until cancelled; a failed receive is logged and tried again."""
-        while True:
-            try:
-                await self.receive_once(watcher, on_rebalance)
-            except (ClientError, BotoCoreError) as e:
-                self.log.warning("SQS receive from %s failed: %s", self.queue_url, e)
-                await asyncio.sleep(self.retry_seconds)
+        """Receive until cancelled; a failed receive is logged and tried again. Kept
+        events are tried again every second meanwhile."""
+
+        async def retry() -> None:
+            while True:
+                await asyncio.sleep(1)
+                self.retry_pending(watcher, on_rebalance)
+
+        retrying = asyncio.create_task(retry())
+        try:
+            while True:
+                try:
+                    await self.receive_once(watcher, on_rebalance)
+                except (ClientError, BotoCoreError) as e:
+                    self.log.warning("SQS receive from %s failed: %s", self.queue_url, e)
+                    await asyncio.sleep(self.retry_seconds)
+        finally:
+            retrying.cancel()
 
     def start(
         self, watcher: HostWatcher, on_rebalance: Callable[[Host], Any] | None = None

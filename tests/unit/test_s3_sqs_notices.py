@@ -174,6 +174,27 @@ async def test_each_event_kind_gives_its_watcher_event(aws):
     await watcher.stop()
 
 
+async def test_an_event_before_its_host_is_watched_counts_once_it_is(aws):
+    """A warning may come before the hub watches the host (a server just started, a hub
+    just restarted): it is kept and applied when the host is watched."""
+    channel, events = aws["channel"], aws["events"]
+    watcher = HostWatcher(FakeProvider(), interval=3600)
+    early = instance(8)
+    put(events, INTERRUPTION, early, **{"instance-action": "terminate"})
+    await receive(channel, watcher, 1)
+    assert channel.handled[-1][1] == "not ours"
+    watcher.watch(early)
+    channel.retry_pending(watcher)
+    assert watcher.state(early.id).notice["deadline"] == EVENT_EPOCH + 120
+    assert channel.handled[-1][1] == "notice"
+    channel.pending_seconds = 0  # kept no longer: another workload's instance is dropped
+    put(events, INTERRUPTION, instance(9))
+    await receive(channel, watcher, 1)
+    channel.retry_pending(watcher)
+    assert channel._pending == []
+    await watcher.stop()
+
+
 class FakeServer:
     def __init__(self, key: str, host: Host) -> None:
         self.key, self.host = key, host

@@ -125,7 +125,7 @@ async def test_widget_tells_a_reclaim_and_the_tab_keeps_working(hub_factory):
 
             watcher = asyncio.create_task(watch_dialogs())
             status, data = await hub.migrate_api(
-                "POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 8}
+                "POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 6}
             )
             assert status == 202, data
             toasts = await wait_for(page, TOASTS, None, toast_matching(MOVING), 30)
@@ -171,6 +171,14 @@ async def test_widget_tells_a_reclaim_and_the_tab_keeps_working(hub_factory):
             assert (await hub.server_info("alice"))["host_id"] == third, toasts
             watcher.cancel()
             assert not any("Server Connection Error" in d for d in dialogs), dialogs
+
+            # Suspend, once confirmed, leaves for the hub's migrate page (which resumes it)
+            await page.click(".jp-MigratingStatus")
+            await page.click(".jp-MigratingStatus-menu >> text=Suspend server…")
+            await page.click(".jp-Dialog .jp-mod-warn")
+            await page.wait_for_url(re.compile(r"/services/migrate/(\?.*)?$"), timeout=60_000)
+            info = await hub.server_info("alice")
+            assert info["state"] == "Suspended", info
         except BaseException:
             if watcher is not None:
                 watcher.cancel()

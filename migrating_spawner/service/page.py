@@ -65,9 +65,12 @@ def template_path() -> str:
 class ServiceOAuth(HubOAuth):
     """HubOAuth for a service that runs inside the hub process.
 
-    Like `api.ServiceAuth`, its defaults come from the hub object, not from a service's
-    environment. One instance serves the page, the OAuth callback and the API (it keeps
-    the OAuth states of logins under way). Configurable as `c.HubOAuth`.
+    It asks the hub's own REST API who a token belongs to and what it may do (`GET
+    <hub>/api/user`, answers cached for `cache_max_age`), as any JupyterHub service does;
+    its defaults come from the hub object, not from a service's environment (the hub's is
+    not a service's). One instance serves the page, the OAuth callback and the API: a
+    token in the header first, else the page's cookie (it also keeps the OAuth states of
+    logins under way). Configurable as `c.HubOAuth` or `c.ServiceOAuth`.
     """
 
     hub = AnyTrait(help="The hub's `jupyterhub.objects.Hub`: where its API is.")

@@ -52,7 +52,9 @@ class MigratingController(SingletonConfigurable):
     store_class = Type(
         LocalCheckpointStore,
         klass=CheckpointStore,
-        help="Where checkpoints go: LocalCheckpointStore (a folder) or an S3 one.",
+        help="""Where checkpoints go: LocalCheckpointStore (a folder, the default) or
+        "migrating_spawner.checkpoint.s3.S3CheckpointStore" (a bucket; set its `bucket`,
+        `prefix`, `endpoint_url`, `region`). Host agents open the same store themselves.""",
     ).tag(config=True)
 
     store = Instance(CheckpointStore)

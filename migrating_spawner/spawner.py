@@ -23,7 +23,7 @@ from . import profiles as profiles_mod
 from .agent.client import AgentClient, AgentError
 from .checkpoint import CheckpointError, Manifest, new_checkpoint_id
 from .controller import MigratingController
-from .history import CANCEL, SUSPEND, checkpoint_summary, human_bytes, requester
+from .history import CANCEL, LOSS, SUSPEND, checkpoint_summary, human_bytes, requester
 from .hosts.base import Host, HostError
 from .kernelstate import lost_message
 from .moving import MoveRecord
@@ -652,6 +652,9 @@ class MigratingSpawner(Spawner):
         if host is None:
             return
         discard = bool(request.get("discard"))  # a cancel: nothing is kept
+        # a host that died under the server: what its last checkpoint misses is lost
+        watched = self.controller.provider.watcher.state(host.id)
+        host_lost = watched is not None and watched.lost
         keep = self.checkpoint_on_stop and not now and not discard
         # what became of the kernels, for the stop's event
         kernels: str | None = None
@@ -700,6 +703,20 @@ class MigratingSpawner(Spawner):
         self.emit(message, level=level)
         self.suspended = time.time() if keep else None
         self.fresh_start = discard
+        if host_lost:
+            created = self.checkpoint_time(self.checkpoint_id) if self.checkpoint_id else None
+            since = time.strftime(" after %H:%M:%S", time.localtime(created)) if created else ""
+            what = f"files changed{since} and kernel state since its last snapshot"
+            self.controller.observer.record(
+                self.key,
+                LOSS,
+                "host lost",
+                detail=message,
+                from_host=host.id,
+                checkpoint_id=self.checkpoint_id,
+                lost_files=f"the host was lost: {what} were lost",
+            )
+            return
         self.controller.observer.record(
             self.key,
             SUSPEND if keep else CANCEL,

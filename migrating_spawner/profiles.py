@@ -1,9 +1,11 @@
-"""Profiles: what a user can choose on the spawn page. Pure functions, no I/O but `which`."""
+"""Profiles: what a user can choose on the spawn page. Pure functions, no I/O but `which`
+and `find_spec` (is a command on PATH, is a Python package installed)."""
 
 from __future__ import annotations
 
 import html
 import shutil
+from importlib.util import find_spec
 from typing import Any
 
 DEFAULT_PROFILES: list[dict[str, Any]] = [
@@ -21,12 +23,34 @@ DEFAULT_PROFILES: list[dict[str, Any]] = [
         "instance_type": "medium",
     },
     {
+        "slug": "shiny",
+        "display_name": "Shiny app",
+        "description": "your Shiny app (~/shiny-app) at /user/NAME/shiny/, R on a spot host",
+        "instance_type": "small",
+        "default_url": "/shiny/",
+        "requires": "Rscript",
+    },
+    {
+        # RStudio Server (rserver) through jupyter-rsession-proxy; its sessions are
+        # suspended at a move and resume on the new host (singleuser/apps.py)
         "slug": "rstudio",
         "display_name": "RStudio",
         "description": "RStudio Server through jupyter-rsession-proxy",
         "instance_type": "small",
         "default_url": "/rstudio/",
         "requires": "rserver",
+        "requires_module": "jupyter_rsession_proxy",
+    },
+    {
+        # code-server through jupyter-vscode-proxy; its hot exit keeps unsaved editors
+        # under the home (~/.local/share/code-server), so they move with it
+        "slug": "vscode",
+        "display_name": "VS Code",
+        "description": "code-server through jupyter-vscode-proxy",
+        "instance_type": "small",
+        "default_url": "/vscode/",
+        "requires": "code-server",
+        "requires_module": "jupyter_vscode_proxy",
     },
 ]
 
@@ -35,9 +59,18 @@ class ProfileError(ValueError):
     """The user asked for a profile that does not exist or is not offered here."""
 
 
-def available_profiles(profiles: list[dict[str, Any]], which=shutil.which) -> list[dict[str, Any]]:
-    """Profiles whose `requires` command exists (RStudio only where `rserver` is installed)."""
-    return [p for p in profiles if not p.get("requires") or which(p["requires"])]
+def available_profiles(
+    profiles: list[dict[str, Any]], which=shutil.which, module=find_spec
+) -> list[dict[str, Any]]:
+    """Profiles whose `requires` command exists and whose `requires_module` (a Python
+    package, e.g. the proxy entry it needs) is installed: RStudio only where `rserver`
+    and jupyter-rsession-proxy are."""
+    return [
+        p
+        for p in profiles
+        if (not p.get("requires") or which(p["requires"]))
+        and (not p.get("requires_module") or module(p["requires_module"]))
+    ]
 
 
 def choose_profile(profiles: list[dict[str, Any]], slug: str | None) -> dict[str, Any]:

@@ -351,6 +351,17 @@ class MigratingSpawner(Spawner):
         60, help="Seconds a move may spend snapshotting or restoring kernels."
     ).tag(config=True)
 
+    rstudio_suspend_grace = Float(
+        10,
+        help="""Seconds an RStudio session gets to suspend itself at a move or stop.
+
+        The server sends its `rsession` SIGUSR1 (RStudio's `suspend-session`, which waits
+        for R to be idle at its prompt); after this grace SIGUSR2 (`force-suspend-session`:
+        the running R code is interrupted, and the user is told). Bounded by the move's
+        deadline either way.
+        """,
+    ).tag(config=True)
+
     def server_settings(self) -> ServerSettings:
         """The host-independent half of the server's spec (serverspec.build_server_spec)."""
         # enables the singleuser extension that snapshots and restores kernels
@@ -512,17 +523,24 @@ class MigratingSpawner(Spawner):
             raise HostError(f"{method} {path} on {host.id}: {type(e).__name__}: {e}") from e
 
     async def snapshot_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
-        """Freeze the kernels of the server at host:port and snapshot them into its home;
-        returns the extension's report (per kernel: failed, reason, interrupted)."""
+        """Freeze the kernels of the server at host:port and snapshot them into its home,
+        record its web apps and suspend RStudio; returns the extension's report (per
+        kernel: failed, reason, interrupted; `apps`)."""
         report = await self.server_api(
             host,
             port,
             "POST",
             "migrating/checkpoint",
-            {"timeout": timeout, "freeze": True},
+            {
+                "timeout": timeout,
+                "freeze": True,
+                "rstudio_suspend_grace": self.rstudio_suspend_grace,
+            },
             timeout=timeout + 10,
         )
         self.controller.observer.history.note_snapshot(self.key, report)  # interrupted cells
+        for note in (report.get("apps") or {}).get("notes", []):
+            self.emit(note, level="warning")  # e.g. RStudio force-suspended
         return report
 
     async def kill_server(self, host: Host) -> None:
@@ -599,6 +617,8 @@ class MigratingSpawner(Spawner):
             message = result.get("message", lost_message(result) if result.get("ok") else None)
             if message:
                 self.emit(f"Kernel {kernel_id[:8]}: {message}", level="warning")
+        for note in (report.get("apps") or {}).get("notes", []):
+            self.emit(note)  # web apps started again, an R version that differs
 
     async def poll(self) -> int | None:
         if self.moving:

@@ -30,6 +30,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from .. import kernelstate as kernel_state
+from .apps import AppState
 from .connection import migrating_connection
 from .gate import Gate
 
@@ -62,6 +63,7 @@ class ServerState:
         self.snapshot_interval = snapshot_interval
         self.log = serverapp.log
         self.gate = Gate(self.log)
+        self.apps = AppState(serverapp, root)  # web apps behind jupyter-server-proxy
         self.restoring = False
         self.last_restore: dict[str, Any] | None = None
         self.last_checkpoint: dict[str, Any] | None = None
@@ -105,17 +107,22 @@ class ServerState:
 
     # -- checkpoint -----------------------------------------------------------
 
-    async def checkpoint(self, timeout: float = 30, freeze: bool = False) -> dict[str, Any]:
+    async def checkpoint(
+        self, timeout: float = 30, freeze: bool = False, rstudio_grace: float = 10
+    ) -> dict[str, Any]:
         """Write sessions, terminals and every kernel's namespace; wait for busy kernels.
 
         With `freeze` (a move or a stop: this server is about to go), messages browsers
         send from now on are held, and written into the home once the websockets are closed.
+        Its web apps are recorded and RStudio sessions suspended (`rstudio_grace`: seconds
+        before a suspend is forced), alongside the kernels' snapshots.
         """
         if freeze:
             self.gate.freeze()
         async with self._lock:
             until = time.time() + timeout
             report: dict[str, Any] = {"kernels": {}, "time": time.time()}
+            apps = asyncio.ensure_future(self.apps.freeze(until, rstudio_grace)) if freeze else None
             sessions = await self.app.session_manager.list_sessions()
             _write_json(self.root / "sessions.json", sessions)
             _write_json(self.root / "kernels.json", self._kernel_list())
@@ -128,6 +135,12 @@ class ServerState:
                     self.log.error("a freeze hook failed: %r", result)
                 else:
                     report.update(result)
+            if apps is not None:
+                try:
+                    report["apps"] = await apps
+                except Exception as e:  # the kernels' state must not depend on the apps'
+                    self.log.exception("recording the web apps failed")
+                    report["apps"] = {"notes": [f"Web apps could not be recorded: {e}"]}
             if freeze:
                 # a client that stops reading never answers the close: wait only while the
                 # deadline allows
@@ -281,6 +294,11 @@ class ServerState:
         report["seal"], report["redelivered"] = await self.gate.redeliver(
             self.kernels, self.root / "held-messages.json", skip=delivered
         )
+        try:
+            report["apps"] = await self.apps.restore()
+        except Exception as e:
+            self.log.exception("starting the web apps again failed")
+            report["apps"] = {"notes": [f"Web apps could not be started again: {e}"]}
         return report
 
     async def _restore_kernel(self, kernel_id: str, timeout: float, final: bool) -> dict[str, Any]:
@@ -387,8 +405,12 @@ class CheckpointHandler(APIHandler):
             timeout = float(body.get("timeout", 30))
         except (TypeError, ValueError):
             raise web.HTTPError(400, "timeout must be a number of seconds") from None
+        try:
+            grace = float(body.get("rstudio_suspend_grace", 10))
+        except (TypeError, ValueError):
+            raise web.HTTPError(400, "rstudio_suspend_grace must be a number of seconds") from None
         report = await self.settings["migrating_state"].checkpoint(
-            timeout, freeze=bool(body.get("freeze"))
+            timeout, freeze=bool(body.get("freeze")), rstudio_grace=grace
         )
         self.finish(json.dumps(report, default=str))
 

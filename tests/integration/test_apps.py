@@ -1,0 +1,176 @@
+"""Web apps behind jupyter-server-proxy across moves, through the real hub, CHP and servers.
+
+One hub for the module (suite time): alice's synced server runs the Shiny app (`shiny`
+entry), the RStudio stand-in at /user/alice/rstudio/ (tests/standin: the same contract as
+rsession) and a port app a cell started (/user/alice/proxy/PORT/). Reclaims move it; the
+same URLs answer from the new host, and the Shiny page in chromium reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from kernelws import KernelSocket
+from labpage import chromium_page, wait_for
+from realhub import RealHub, free_port
+from test_move import wait_moved, write_file
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+STANDIN = Path(__file__).resolve().parents[1] / "standin" / "rsession"
+GRACE = 2
+
+
+def config(workdir: Path) -> str:
+    # the stand-in as jupyter-server-proxy's `rstudio` entry, as jupyter-rsession-proxy
+    # registers rserver (a Jupyter config folder the hub hands every server)
+    extra = workdir / "jupyter-config"
+    extra.mkdir()
+    servers = {"rstudio": {"command": [str(STANDIN), "{port}"], "timeout": 30}}
+    (extra / "jupyter_server_config.json").write_text(
+        json.dumps({"ServerProxy": {"servers": servers}})
+    )
+    return f"""
+import os
+os.environ["JUPYTER_CONFIG_PATH"] = "{extra}"
+c.MigratingSpawner.home_mode = "synced"
+c.MigratingSpawner.rstudio_suspend_grace = {GRACE}
+"""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def hub(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("apps-hub")
+    hub = RealHub(workdir, config(workdir))
+    hub.start()
+    try:
+        await hub.wait_up()
+        yield hub
+    finally:
+        hub.stop()
+        hub.kill_proxy()
+        hub.release_all_hosts()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def alice(hub):
+    await hub.spawn("alice")
+    return await hub.user_token("alice")
+
+
+async def get(hub, token, path, timeout=60):
+    return await hub.request("GET", f"/user/alice/{path}", token, timeout=timeout)
+
+
+async def reclaim(hub, notice=10):
+    before = await hub.server_info("alice")
+    status, data = await hub.migrate_api(
+        "POST", f"/hosts/{before['host_id']}/reclaim", body={"notice_seconds": notice}
+    )
+    assert status == 202, data
+    return before, await wait_moved(hub, "alice", before["host_id"])
+
+
+def events(info):
+    return [e["message"] for e in info.get("events", [])]
+
+
+async def test_apps_answer_at_the_same_urls_after_a_reclaim(hub, alice):
+    await write_file(hub, "alice", alice, "hello.txt", "moved with the home")
+    # the Shiny app, started by its first request
+    status, page = await get(hub, alice, "shiny/")
+    assert status == 200 and "A Shiny app that moves" in page
+    # the RStudio stand-in: an R variable
+    status, info = await get(hub, alice, "rstudio/")
+    assert status == 200 and info["resumed"] is False, info
+    assert (await get(hub, alice, "rstudio/eval?code=x%20%3C-%2042"))[1] == "[1] 42"
+    # an app a cell started, reached through /proxy/PORT/
+    port = free_port()
+    status, session = await hub.request(
+        "POST",
+        "/user/alice/api/sessions",
+        alice,
+        {"path": "a.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
+    )
+    async with KernelSocket(hub.url + "/user/alice", session["kernel"]["id"], alice) as k:
+        await k.run(
+            "import subprocess, sys\n"
+            f"app = subprocess.Popen([sys.executable, '-m', 'http.server', '{port}',"
+            " '--bind', '127.0.0.1'])"
+        )
+    await until_ok(hub, alice, f"proxy/{port}/")
+
+    async with chromium_page() as page:
+        await login(page, hub)
+        await page.goto(hub.url + "/user/alice/shiny/")
+        await page.wait_for_selector("#twice:has-text('2 x n = 42')")
+        await page.evaluate("window.__not_reloaded = true")
+        await page.evaluate(
+            "$(document).on('shiny:connected', () => { window.__reconnected = true; })"
+        )
+        before, after = await reclaim(hub)
+        # the same page, a new input: answered by the app on the new host (no reload)
+        # Shiny's client reconnects by itself (an input changed while it is disconnected
+        # is dropped by the client: wait for the reconnect)
+        await wait_for(
+            page,
+            "() => window.__reconnected === true && Shiny.shinyapp.isConnected()",
+            None,
+            bool,
+        )
+        await page.fill("#n", "5")
+        await wait_for(
+            page,
+            "() => [document.querySelector('#twice').innerText,"
+            " document.querySelector('#where').innerText]",
+            None,
+            lambda v: v == ["2 x n = 10", after["host_id"]],
+        )
+        assert await page.evaluate("window.__not_reloaded") is True
+
+    assert after["host_id"] != before["host_id"]
+    status, page = await get(hub, alice, "shiny/")
+    assert status == 200 and "A Shiny app that moves" in page
+    status, info = await get(hub, alice, "rstudio/")
+    assert status == 200, info
+    assert info["resumed"] is True and info["forced"] is False and info["variables"] == ["x"]
+    assert (await get(hub, alice, "rstudio/eval?code=x"))[1] == "[1] 42"
+    status, listing = await until_ok(hub, alice, f"proxy/{port}/")
+    assert "hello.txt" in listing  # the app runs again, in the moved home
+    said = events(await hub.server_info("alice"))
+    assert any("started again" in m and "shiny" in m and f"port {port}" in m for m in said), said
+
+
+async def test_a_busy_rstudio_session_is_force_suspended_and_the_user_told(hub, alice):
+    assert (await get(hub, alice, "rstudio/eval?code=y%20%3C-%207"))[1] == "[1] 7"
+    # busy: R runs code at its top level, so the cooperative suspend (SIGUSR1) waits
+    assert (await get(hub, alice, "rstudio/run?code=Sys.sleep(600);%20z%20%3C-%201"))[1]
+    await reclaim(hub)
+    status, info = await get(hub, alice, "rstudio/")
+    assert status == 200 and info["resumed"] is True and info["forced"] is True, info
+    assert sorted(info["variables"]) == ["x", "y"]  # z: the interrupted code never finished
+    said = events(await hub.server_info("alice"))
+    assert any("force-suspended" in m and "interrupted" in m for m in said), said
+
+
+async def until_ok(hub, token, path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = await get(hub, token, path)
+        if status == 200 or time.monotonic() > deadline:
+            assert status == 200, (status, body)
+            return status, body
+        await asyncio.sleep(0.2)
+
+
+async def login(page, hub):
+    await page.goto(hub.url + "/hub/login")
+    await page.fill("input#username_input", "alice")
+    await page.fill("input#password_input", "pw")
+    await page.click("#login_submit")
+    await page.wait_for_url(lambda url: "/hub/login" not in url)

@@ -21,6 +21,7 @@ from traitlets import Bool, Enum, Float, List, Unicode, default
 
 from . import profiles as profiles_mod
 from .agent.client import AgentClient, AgentError
+from .batch.messages import job_paused_message
 from .checkpoint import CheckpointError, Manifest, new_checkpoint_id
 from .controller import MigratingController
 from .history import CANCEL, LOSS, SUSPEND, checkpoint_summary, human_bytes, requester
@@ -539,6 +540,8 @@ class MigratingSpawner(Spawner):
             timeout=timeout + 10,
         )
         self.controller.observer.history.note_snapshot(self.key, report)  # interrupted cells
+        for job in (report.get("jobs") or {}).values():  # jupyter-scheduler jobs (batch/)
+            self.emit(job_paused_message(job))
         for note in (report.get("apps") or {}).get("notes", []):
             self.emit(note, level="warning")  # e.g. RStudio force-suspended
         return report

@@ -19,6 +19,7 @@ from jupyter_scheduler.models import CreateJob
 from jupyter_scheduler.orm import create_tables
 
 from migrating_spawner.batch.executor import parameterize
+from migrating_spawner.batch.messages import job_paused_message
 from migrating_spawner.batch.progress import Progress, ResumeFolder, resume_message
 from migrating_spawner.batch.scheduler import MigratingScheduler
 
@@ -39,6 +40,17 @@ def test_progress_keeps_the_good_state_and_says_what_reruns():
         resume_message("h", p, "x")
     )
     assert Progress.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_a_stop_or_move_says_where_each_job_paused():
+    job = {"name": "six", "paused": True, "next_cell": 4, "interrupted_cell": 4}
+    assert job_paused_message(job) == (
+        "Batch job six paused before cell 4 (cell 4 was interrupted: it runs again): "
+        "it resumes with the server"
+    )
+    assert job_paused_message(
+        {"name": "n", "paused": False, "reason": "no cell boundary in time"}
+    ) == ("Batch job n: no cell boundary in time; it resumes with the server")
 
 
 def test_parameters_go_after_the_parameters_cell_or_on_top_with_a_warning():

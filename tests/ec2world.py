@@ -85,6 +85,7 @@ class World:
 @contextlib.contextmanager
 def ec2_world(root: Path) -> Iterator[World]:
     with running_moto() as moto:
+        moto.reset()  # moto's servers in one process share their state: start clean
         world = World(moto, root, agent_port=free_port(*ADDRESSES))
         imds_port = free_port(*ADDRESSES)
         root.mkdir(parents=True, exist_ok=True)

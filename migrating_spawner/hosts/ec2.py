@@ -376,17 +376,19 @@ class EC2HostProvider(HostProvider):
         return self.notify_url.rsplit("/", 1)[0] + "/" if self.notify_url else ""
 
     def candidate_types(self, profile_type: str) -> list[str]:
-        """The EC2 types of a profile's instance type, interrupted ones last."""
+        """The EC2 types of a profile's instance type, in the profile's order."""
         spec = self.instance_types.get(profile_type) or {}
-        types = list(spec.get("types") or [profile_type])
+        return list(spec.get("types") or [profile_type])
+
+    def avoided_types(self) -> set[str]:
+        """Types interrupted less than `interrupted_type_ttl` ago: asked for only when no
+        other type of the profile has capacity."""
         now = time.time()
-        recent = {
+        return {
             t
             for (t, _), when in self._interrupted.items()
             if now - when < self.interrupted_type_ttl
         }
-        fresh = [t for t in types if t not in recent]
-        return fresh or types
 
     def note_interrupted(self, ec2_type: str, zone: str) -> None:
         self._interrupted[(ec2_type, zone)] = time.time()
@@ -538,10 +540,14 @@ class EC2HostProvider(HostProvider):
         """One instance of the first type with capacity: (instance id, type, market)."""
         markets = [market] + (["on-demand"] if market == "spot" and self.on_demand_fallback else [])
         last = f"no instance types to launch ({types})"
+        avoided = self.avoided_types()
         for current in markets:
             left = list(types)
             while left:
-                answer = await self._fleet(template, version, left, current, tags)
+                # one fleet of the types not interrupted lately (spot picks among them);
+                # the others once those have no capacity
+                batch = [t for t in left if t not in avoided] or left
+                answer = await self._fleet(template, version, batch, current, tags)
                 instances = [i for i in answer.get("Instances", []) if i.get("InstanceIds")]
                 failed = []
                 for error in answer.get("Errors", []):
@@ -557,7 +563,7 @@ class EC2HostProvider(HostProvider):
                         got.get("InstanceType", ""),
                         got.get("Lifecycle", current),
                     )
-                gone = {t for t, _ in failed if t in left} or {left[0]}
+                gone = {t for t, _ in failed if t in batch} or set(batch)
                 codes = ", ".join(sorted({c for _, c in failed if c})) or "no instance"
                 left = [t for t in left if t not in gone]
                 if left:
@@ -736,8 +742,8 @@ class EC2HostProvider(HostProvider):
     def _host_from(self, instance: dict[str, Any]) -> Host | None:
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
         host_id, address = tags.get(TAG + "host-id"), tags.get(TAG + "address")
-        if not host_id or not address:
-            return None  # not registered (yet)
+        if not host_id or not address or TAG + "released" in tags:
+            return None  # not registered (yet), or released and left to AWS to end
         user, server = tags.get(TAG + "user", ""), tags.get(TAG + "server", "")
         launched = instance.get("LaunchTime")
         return Host(
@@ -797,6 +803,12 @@ class EC2HostProvider(HostProvider):
             # AWS ends it at the deadline (and does not bill a first hour it interrupts):
             # only its processes go now
             self.note_interrupted(host.meta.get("ec2_type", ""), host.meta.get("zone", ""))
+            if instance_id:  # no longer ours: a restarted hub must not take it for an orphan
+                await self.call(
+                    "create_tags",
+                    Resources=[instance_id],
+                    Tags=[{"Key": TAG + "released", "Value": "interrupted"}],
+                )
             try:
                 await client.shutdown(quick=True)
             except AgentError as e:

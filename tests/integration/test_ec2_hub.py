@@ -4,10 +4,11 @@ simulator, real CHP, jupyterhub-singleuser and a kernel on the simulated instanc
 One hub serves the module's single test, in order: a spawn is a spot instance with the
 hub's tags and the server runs on it; a spot interruption given through instance metadata
 only (no SQS queue here) moves the server (same URL, file and `x` kept, no failed request
-of a polling client), and the old instance is terminated by the simulator at the
-deadline, not before by the hub; after a hub restart the hub finds its instance by tag;
-a capacity error on the first type makes the next spawn take the second type, and the
-spawn's progress says so.
+of a polling client) to another instance type (the interrupted one is avoided); while the
+old instance waits for its end, a capacity error on the first type makes the next spawn
+take the second type (its progress says so), and a restarted hub finds its instances by
+tag but not the interrupted one; the simulator terminates that one at the deadline, the
+hub never did.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from ec2world import AMI, ec2_world, wait_for
@@ -27,7 +29,7 @@ from migrating_spawner.hosts.ec2 import TAG
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-NOTICE = 20
+NOTICE = 15
 
 HUB_CONFIG = """
 c.MigratingController.provider_class = "migrating_spawner.hosts.ec2.EC2HostProvider"
@@ -57,9 +59,11 @@ async def test_servers_on_simulated_spot_instances(hub_factory, tmp_path):
         except BaseException:
             print("===== simulator log =====\n" + world.log())
             for inst in world.instances().values():
-                for log in sorted(__import__("pathlib").Path(inst["root"]).rglob("*.log")):
+                for log in sorted(Path(inst["root"]).rglob("*.log")):
                     print(f"===== {log} =====\n{log.read_text(errors='replace')[-3000:]}")
             raise
+        finally:
+            hub.stop()  # before its region goes
 
 
 async def scenario(hub, world):
@@ -121,6 +125,32 @@ async def scenario(hub, world):
     assert new["InstanceType"] == "t3a.medium" and new["InstanceLifecycle"] == "spot"
     assert after["address"].split(":")[0] == world.instances()[new["InstanceId"]]["address"]
 
+    # meanwhile (the old instance still runs): no spot capacity for the type not
+    # interrupted lately, so the next spawn takes the other one, and the user is told
+    world.sim("capacity-error", "t3a.medium")
+    await hub.spawn("bob")
+    info = await hub.server_info("bob")
+    messages = [e["message"] for e in info["events"]]
+    assert (
+        "No spot capacity for t3a.medium (InsufficientInstanceCapacity): trying t3.medium"
+        in messages
+    ), messages
+    bob = world.ec2.describe_instances(
+        Filters=[{"Name": f"tag:{TAG}host-id", "Values": [info["host_id"]]}]
+    )["Reservations"][0]["Instances"][0]
+    assert (bob["InstanceType"], bob["InstanceLifecycle"]) == ("t3.medium", "spot")
+
+    # a restarted hub finds its instances by tag, and not the interrupted one it gave up
+    # (no orphan to terminate: that is the cloud's, at the deadline)
+    await hub.restart()
+    status, hosts = await hub.migrate_api("GET", "/hosts")
+    assert status == 200, hosts
+    assert sorted((h["id"], tuple(h["servers"])) for h in hosts["hosts"]) == sorted(
+        [(after["host_id"], ("alice/",)), (info["host_id"], ("bob/",))]
+    )
+    assert (await hub.server_info("alice"))["state"] == "Running"
+    assert await read_file(hub, "alice", token, "notes.txt") == "written on the first instance"
+
     await asyncio.to_thread(
         wait_for,
         lambda: world.moto_instance(iid)["State"]["Name"] == "terminated",
@@ -128,23 +158,3 @@ async def scenario(hub, world):
         "the simulator did not terminate the old instance",
     )
     assert time.time() >= notice["deadline"]
-
-    # a restarted hub finds its instance by tag; the server still runs there
-    await hub.restart()
-    status, hosts = await hub.migrate_api("GET", "/hosts")
-    assert status == 200, hosts
-    assert [h["id"] for h in hosts["hosts"]] == [after["host_id"]]
-    assert hosts["hosts"][0]["servers"] == ["alice/"]
-    assert (await hub.server_info("alice"))["state"] == "Running"
-    assert await read_file(hub, "alice", token, "notes.txt") == "written on the first instance"
-
-    # no spot capacity for the first type: the next one, and the user is told
-    world.sim("capacity-error", "t3.medium")
-    await hub.spawn("bob")
-    info = await hub.server_info("bob")
-    messages = [e["message"] for e in info["events"]]
-    assert "No spot capacity for t3.medium: got t3a.medium" in messages, messages
-    bob = world.ec2.describe_instances(
-        Filters=[{"Name": f"tag:{TAG}host-id", "Values": [info["host_id"]]}]
-    )["Reservations"][0]["Instances"][0]
-    assert (bob["InstanceType"], bob["InstanceLifecycle"]) == ("t3a.medium", "spot")

@@ -29,9 +29,9 @@ async def region(moto_server, tmp_path):  # noqa: F811
     ec2 = moto_server.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{n}.0/24", AvailabilityZone=zone)[
-            "Subnet"
-        ]["SubnetId"]
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{n}.0/24", AvailabilityZone=zone)["Subnet"][
+            "SubnetId"
+        ]
         for n, zone in enumerate(["us-east-1a", "us-east-1b"])
     ]
     provider = EC2HostProvider(
@@ -102,16 +102,22 @@ async def test_capacity_error_falls_back_to_the_next_type_then_on_demand(region)
         await launch(provider)
 
 
-def test_interrupted_types_are_avoided_for_a_while(region):
-    provider, _, _ = region
+async def test_interrupted_types_are_avoided_for_a_while(region):
+    provider, errors, _ = region
     provider.note_interrupted("m6i.large", "us-east-1a")
-    assert provider.candidate_types("large") == ["m5.large", "m5a.large"]
+    assert provider.avoided_types() == {"m6i.large"}
+    (_, ec2_type, _), said, _ = await launch(provider)
+    assert (ec2_type, said) == ("m5.large", [])
+    # when nothing else has capacity, the interrupted type is asked for after all
+    errors.set("m5.large")
+    errors.set("m5a.large")
+    (_, ec2_type, lifecycle), said, _ = await launch(provider)
+    assert (ec2_type, lifecycle) == ("m6i.large", "spot")
+    assert said == [
+        "No spot capacity for m5.large, m5a.large (InsufficientInstanceCapacity): trying m6i.large"
+    ]
     provider.interrupted_type_ttl = 0
-    assert provider.candidate_types("large") == TYPES
-    for t in TYPES:  # every type interrupted: take them all rather than none
-        provider.note_interrupted(t, "")
-    provider.interrupted_type_ttl = 600
-    assert provider.candidate_types("large") == TYPES
+    assert provider.avoided_types() == set()
 
 
 def test_user_data_is_kept_under_16_kb(region):

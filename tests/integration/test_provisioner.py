@@ -7,6 +7,7 @@ import time
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from gateways import (
     JupyterServer,
     interrupt_then_restart,
@@ -17,16 +18,29 @@ from gateways import (
 )
 from kernelws import KernelSocket
 
-pytestmark = pytest.mark.integration
+# one server for the module's tests: each starts with no kernel and no host
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 NOTICE = 8.0
 
 
-@pytest.fixture
-async def server(tmp_path, request):
-    srv = JupyterServer(tmp_path)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_server(tmp_path_factory, request):
+    srv = JupyterServer(tmp_path_factory.mktemp("provisioner"))
     async with serving(request, srv):
         yield srv
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def server(shared_server):
+    """The shared server; what a test left running is shut down after it."""
+    yield shared_server
+    status, kernels = await shared_server.request("GET", "/api/kernels")
+    assert status == 200, kernels
+    for kernel in kernels:
+        status, _ = await shared_server.request("DELETE", f"/api/kernels/{kernel['id']}")
+        assert status == 204
+    await until(lambda: not shared_server.hosts(), 30, "a kernel's host was not released")
 
 
 async def test_kernel_moves_behind_one_websocket(server):
@@ -100,7 +114,7 @@ async def test_shutdown_during_a_move_gives_both_hosts_back(server):
     [old] = server.hosts()
     async with KernelSocket(server.url, kernel_id, server.token) as ws:
         await ws.run("x = 42")
-        # a running cell holds the move at its snapshot while the new kernel comes up
+        # a running cell holds the move at its snapshot, once the new kernel is up
         busy = asyncio.Event()
         cell = asyncio.create_task(ws.run("import time; time.sleep(60)", timeout=90, started=busy))
         await asyncio.wait_for(busy.wait(), 30)

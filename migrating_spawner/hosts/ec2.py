@@ -356,6 +356,12 @@ class EC2HostProvider(HostProvider):
         channel = CloudEventsChannel(parent=self, log=self.log)
         return channel.start(self.watcher, self.on_rebalance if self.move_on_rebalance else None)
 
+    @property
+    def simulated_cloud(self) -> FISReclaim | None:
+        """With `fis_role_arn`: `reclaim` starts an AWS FIS spot interruption experiment.
+        Without: None (the hub refuses to reclaim an ec2 host on request)."""
+        return FISReclaim(self) if self.fis_role_arn else None
+
     def on_rebalance(self, host: Host) -> None:
         """A rebalance recommendation: move off the host now, to another type/zone (its own
         is marked interrupted), before AWS maybe interrupts it."""
@@ -824,3 +830,56 @@ class EC2HostProvider(HostProvider):
             await self.call("terminate_instances", InstanceIds=[instance_id])
         except HostError as e:
             self.log.error("could not terminate %s: %s", instance_id, e)
+
+
+class FISReclaim:
+    """`jupyterhub-migrate reclaim HOST` on ec2: an AWS Fault Injection Service experiment
+    (`aws:ec2:send-spot-instance-interruptions`) on the host's instance, as AWS recommends
+    for testing interruptions. AWS gives at least 2 minutes of notice; the notice the hub
+    gets is AWS's own (metadata, EventBridge), so this only returns the expected one."""
+
+    def __init__(self, provider: EC2HostProvider):
+        self.provider = provider
+
+    async def reclaim(self, host: Host, notice_seconds: float) -> dict[str, Any]:
+        p = self.provider
+        instance_id = host.meta.get("instance_id", "")
+        found = await p.call("describe_instances", InstanceIds=[instance_id])
+        owner = found["Reservations"][0]["OwnerId"]
+        region = p.ec2.meta.region_name
+        minutes = max(2, int(-(-notice_seconds // 60)))  # FIS: whole minutes, at least 2
+        fis = boto3.client("fis", region_name=region, endpoint_url=p.endpoint_url or None)
+        template = await asyncio.to_thread(
+            fis.create_experiment_template,
+            clientToken=secrets.token_hex(16),
+            description=f"jupyterhub-migrate reclaim {host.id}",
+            roleArn=p.fis_role_arn,
+            stopConditions=[{"source": "none"}],
+            targets={
+                "instance": {
+                    "resourceType": "aws:ec2:spot-instance",
+                    "resourceArns": [f"arn:aws:ec2:{region}:{owner}:instance/{instance_id}"],
+                    "selectionMode": "ALL",
+                }
+            },
+            actions={
+                "interrupt": {
+                    "actionId": "aws:ec2:send-spot-instance-interruptions",
+                    "parameters": {"durationBeforeInterruption": f"PT{minutes}M"},
+                    "targets": {"SpotInstances": "instance"},
+                }
+            },
+            tags={TAG + "hub": p.hub_name},
+        )
+        experiment = await asyncio.to_thread(
+            fis.start_experiment,
+            clientToken=secrets.token_hex(16),
+            experimentTemplateId=template["experimentTemplate"]["id"],
+        )
+        deadline = time.time() + minutes * 60
+        p.log.warning("FIS experiment %s interrupts %s", experiment["experiment"]["id"], host.id)
+        return {
+            "deadline": deadline,
+            "host_id": host.id,
+            "experiment": experiment["experiment"]["id"],
+        }

@@ -5,12 +5,14 @@ the user data limit."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from aiohttp import web
 from motoserver import moto_environ, moto_server  # noqa: F401  (fixture)
 
 from migrating_spawner.ec2sim.ec2proxy import CapacityErrors, EC2Proxy
-from migrating_spawner.hosts.base import HostError
+from migrating_spawner.hosts.base import Host, HostError
 from migrating_spawner.hosts.ec2 import TAG, EC2HostProvider
 
 AMI = "ami-12c6146b"
@@ -129,3 +131,21 @@ def test_user_data_is_kept_under_16_kb(region):
     provider.user_data_template = "#cloud-config\n# " + "x" * 16384
     with pytest.raises(HostError, match="under 16384"):
         provider.render_user_data("ec2-x", "tok")
+
+
+async def test_reclaim_is_an_fis_experiment_only_with_a_role(region, moto_server):  # noqa: F811
+    provider, _, ec2 = region
+    assert provider.simulated_cloud is None  # the hub refuses: no way to ask AWS
+    provider.fis_role_arn = "arn:aws:iam::123456789012:role/fis"
+    instance = ec2.run_instances(ImageId=AMI, MinCount=1, MaxCount=1)["Instances"][0]
+    host = Host("ec2-x", "127.0.0.2", "", "", meta={"instance_id": instance["InstanceId"]})
+    notice = await provider.simulated_cloud.reclaim(host, 30)
+    assert notice["deadline"] - time.time() > 110  # FIS gives at least 2 minutes
+    fis = moto_server.client("fis")
+    experiment = fis.get_experiment(id=notice["experiment"])["experiment"]
+    template = fis.get_experiment_template(id=experiment["experimentTemplateId"])
+    spec = template["experimentTemplate"]
+    assert spec["actions"]["interrupt"]["actionId"] == "aws:ec2:send-spot-instance-interruptions"
+    assert spec["targets"]["instance"]["resourceArns"] == [
+        f"arn:aws:ec2:us-east-1:123456789012:instance/{instance['InstanceId']}"
+    ]

@@ -234,6 +234,11 @@
   function settle(card) {
     const s = card.data;
     const message = card.el.querySelector(".message");
+    // a move nobody here asked for (a reclaim notice): the last verb's words are old news
+    if (s.state === "Floating" && card.shown !== "Floating" && !card.awaiting) {
+      message.textContent = "";
+    }
+    card.shown = s.state;
     if (card.awaiting === "migrate" && s.state === "Floating") card.awaiting = "moving";
     if (card.awaiting === "moving" && s.state === "Running") {
       message.textContent = "Moved to " + s.host_id + ".";

@@ -23,6 +23,7 @@ from .checkpoint import (
     Manifest,
     SignedCheckpoints,
 )
+from .checkpoint.gc import GarbageCollector
 from .history import ServerHistory
 from .hosts.base import HostError, HostProvider
 from .hosts.local import LocalHostProvider
@@ -193,6 +194,9 @@ class MigratingController(SingletonConfigurable):
         # taken in again each watch interval (whether a host is lost is poll()'s call)
         self._tasks.append(asyncio.create_task(self.scheduler.follow(self.provider.watcher)))
         self._tasks.append(asyncio.create_task(self._release_orphans(time.time())))
+        # unreferenced chunks go on a timer when GarbageCollector.interval is set (off: 0)
+        gc = GarbageCollector(parent=self, log=self.log)
+        self._tasks.append(asyncio.create_task(gc.run_forever(self.checkpoints)))
         self._http = http
         self.log.info("migrate API at http://%s:%d%s", self.api_ip, self.api_port, self.base_url)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -171,7 +172,7 @@ def test_home_snapshot_restore_and_refusals(store, s3, bucket, tmp_path):
         SignedCheckpoints(store, SECRET).load("alice/", manifest.id)
 
 
-def test_gc_removes_only_unreferenced_chunks_past_the_grace_period(moto_server, bucket):  # noqa: F811
+async def test_gc_removes_only_unreferenced_chunks_past_the_grace_period(moto_server, bucket):  # noqa: F811
     with moto_environ(moto_server):
         store = S3CheckpointStore(
             bucket=bucket, endpoint_url=moto_server.endpoint_url, touch_after=0
@@ -190,6 +191,22 @@ def test_gc_removes_only_unreferenced_chunks_past_the_grace_period(moto_server, 
         )
         assert not store.has_chunk(dead[0]) and store.has_chunk(live[0])
         assert get_blob(store, live) == b"kernel state"
+
+        # the hub's timer does the same
+        dead = put_blob(store, b"another one")
+        timer = GarbageCollector(grace_period=0, interval=0.05)
+        task = asyncio.ensure_future(timer.run_forever(checkpoints))
+        try:
+            for _ in range(200):
+                if not await asyncio.to_thread(store.has_chunk, dead[0]):
+                    break
+                await asyncio.sleep(0.05)
+            assert not store.has_chunk(dead[0]) and store.has_chunk(live[0])
+        finally:
+            task.cancel()
+        # a grace period the store's renewal could outlive: no collection at all
+        store.touch_after = 60
+        await GarbageCollector(grace_period=30, interval=0.05).run_forever(checkpoints)
 
 
 def test_gc_grace_must_outlast_the_stores_renewal(store):

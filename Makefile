@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 LABEXT_SRC := labextension/package.json labextension/package-lock.json \
 	$(wildcard labextension/src/*.js labextension/style/*.css)
 
-.PHONY: demo demo-eg test install install-demo install-eg system-deps lint bench clean
+.PHONY: demo demo-eg demo-aws test install install-demo install-eg system-deps lint bench clean
 
 # the demo's venv: the package and JupyterLab, nothing else
 $(VENV)/.installed-demo: pyproject.toml $(LABEXT_SRC)
@@ -62,6 +62,15 @@ demo: install-demo
 # Enterprise Gateway with moving kernels and JupyterLab in front (--gateway-url)
 demo-eg: install-demo install-eg
 	examples/enterprise-gateway/run.sh
+
+# the ec2 provider and the S3 store in a simulated region: moto's server + the machine
+# simulator (jupyterhub-migrate-ec2-sim); no AWS account (examples/aws/README.md)
+$(VENV)/.installed-aws: $(VENV)/.installed-demo
+	$(PIP) install -q 'moto[server]>=5.2' boto3
+	touch $@
+
+demo-aws: install-demo $(VENV)/.installed-aws
+	examples/aws/demo.sh
 
 test: install install-eg system-deps
 	$(PY) -m pytest -ra --durations=25

@@ -1,0 +1,32 @@
+#!/bin/sh
+# `make demo-aws`: a hub on the ec2 provider in a simulated region (no AWS account):
+# moto's server plays AWS's APIs, jupyterhub-migrate-ec2-sim boots the instances moto
+# launches on 127.0.0.100 and up, and the hub runs jupyterhub_config.py against them.
+# Ctrl-C stops everything it started.
+set -eu
+cd "$(dirname "$0")"
+mkdir -p var
+MOTO_PORT=${MOTO_PORT:-5055}
+export MOTO_URL="http://127.0.0.1:$MOTO_PORT"
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
+export EC2SIM_DIR="$PWD/var/ec2sim"
+export JUPYTERHUB_MIGRATE_EC2SIM_DIR="$EC2SIM_DIR"
+rm -f "$EC2SIM_DIR/sim.json"
+
+moto_server -H 127.0.0.1 -p "$MOTO_PORT" >var/moto.log 2>&1 &
+MOTO_PID=$!
+SIM_PID=""
+trap 'kill $SIM_PID $MOTO_PID 2>/dev/null; wait' EXIT INT TERM
+until curl -s "$MOTO_URL/moto-api/" >/dev/null 2>&1; do sleep 0.2; done
+jupyterhub-migrate-ec2-sim run --moto-url "$MOTO_URL" >var/ec2sim.log 2>&1 &
+SIM_PID=$!
+until [ -f "$EC2SIM_DIR/sim.json" ]; do sleep 0.2; done
+NOTICE_QUEUE_URL=$(python setup_region.py)
+export NOTICE_QUEUE_URL
+
+echo "Simulated region up (moto $MOTO_URL, simulator log examples/aws/var/ec2sim.log)."
+echo "Log in at http://127.0.0.1:8000, start a server, then in another terminal:"
+echo "  export JUPYTERHUB_MIGRATE_EC2SIM_DIR=$EC2SIM_DIR"
+echo "  jupyterhub-migrate-ec2-sim list"
+echo "  jupyterhub-migrate-ec2-sim interrupt <its instance id> --notice 30"
+jupyterhub -f jupyterhub_config.py

@@ -305,8 +305,15 @@ async def test_a_reclaim_notice_counts_down_on_the_page(hub, alice):
     )
     assert status == 202, data
     await until_state(page, "Floating", timeout=30)
-    # the notice's deadline, counting down (a requested move has none)
-    left = re.search(r"(\d+):(\d\d) left", await card(page).locator(".countdown").inner_text())
+    # the notice's deadline, counting down (a requested move has none); the move's record
+    # may come a poll after its start
+    shown = await page.wait_for_function(
+        "() => { const text = document.querySelector("
+        "'article[data-key=\"alice/\"] .countdown').textContent;"
+        " return / left$/.test(text) && text }",
+        timeout=20_000,
+    )
+    left = re.search(r"(\d+):(\d\d) left", await shown.json_value())
     assert left and 0 < int(left[1]) * 60 + int(left[2]) <= 30, left
     await shot(page, "control-page-floating")
     await until_moved(page, old)

@@ -13,6 +13,7 @@ import signal
 import time
 
 import pytest
+import pytest_asyncio
 from gateways import (
     CULLING,
     EG_EXAMPLE,
@@ -29,7 +30,9 @@ from gateways import (
 )
 from kernelws import KernelSocket
 
-pytestmark = pytest.mark.integration
+# one example for the module's tests but the two that need their own (a gateway exit, the
+# culler): each test starts with no kernel and no host (the `example` fixture sees to it)
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 NOTICE = 8.0
 
@@ -41,9 +44,8 @@ if not (EG_VENV / "bin" / "jupyter-enterprisegateway").exists():
     )
 
 
-@pytest.fixture
-async def example(request, tmp_path):
-    ex = EnterpriseGatewayExample(tmp_path)
+def example_with_kernelspecs(tmp) -> EnterpriseGatewayExample:
+    ex = EnterpriseGatewayExample(tmp)
     # a kernelspec with a mistake in its process_proxy config, for the error test
     spec = ex.moving_kernelspec()
     spec["metadata"]["process_proxy"]["config"]["root_dirr"] = "/tmp/typo"
@@ -54,6 +56,35 @@ async def example(request, tmp_path):
         snapshot_interval=1.0, notice_poll_interval=0.5
     )
     ex.add_kernelspec("python3-fastsnap", spec)
+    return ex
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_example(request, tmp_path_factory):
+    ex = example_with_kernelspecs(tmp_path_factory.mktemp("eg"))
+    await ex.clean()
+    async with serving(request, ex, timeout=90):
+        yield ex
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def example(shared_example):
+    """The shared example; what a test left running is shut down after it."""
+    yield shared_example
+    status, kernels = await shared_example.request("GET", "/api/kernels")
+    assert status == 200, kernels
+    for kernel in kernels:
+        status, _ = await shared_example.request("DELETE", f"/api/kernels/{kernel['id']}")
+        assert status == 204
+    await until(lambda: not shared_example.hosts(), 30, "a kernel's host was not released")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def own_example(request, tmp_path, shared_example):
+    """An example of its own, for a test that stops it (the shared one is stopped first:
+    examples share var/, the gateway's log and its hosts' registry)."""
+    await shared_example.stop()
+    ex = example_with_kernelspecs(tmp_path)
     await ex.clean()
     async with serving(request, ex, timeout=90):
         yield ex
@@ -117,9 +148,10 @@ async def test_kernel_moves_behind_one_websocket(example):
 
 async def test_a_reclaim_during_a_long_cell_costs_only_that_cell(example):
     kernel_id = await new_kernel(example)
+    gateway_log = EG_EXAMPLE / "var" / "gateway.log"
+    since = gateway_log.stat().st_size  # this test's part of the shared log
     await long_cell_at_a_notice(example, kernel_id, notice=10)
-    gateway_log = (EG_EXAMPLE / "var" / "gateway.log").read_text(errors="replace")
-    assert "snapshot failed" not in gateway_log
+    assert b"snapshot failed" not in gateway_log.read_bytes()[since:]
 
 
 async def test_files_written_by_relative_path_survive_three_moves(example):
@@ -127,22 +159,6 @@ async def test_files_written_by_relative_path_survive_three_moves(example):
     await files_survive_moves(example, kernel_id, moves=3)
     # they live on storage every host sees, under the kernel's id
     assert (example.hosts_root / "kernel-files" / kernel_id / "f3.txt").read_text() == "3"
-
-
-async def test_interrupt_restart_and_gateway_exit(example):
-    kernel_id = await new_kernel(example)
-    [host] = example.hosts()
-    async with KernelSocket(example.url, kernel_id, example.token) as ws:
-        # the restart builds a new process proxy, which adopts the kernel (same host, relay)
-        await interrupt_then_restart(example, ws, kernel_id)
-        await asyncio.sleep(1)  # past the old proxy's cleanup: the host is still the kernel's
-        assert [h.id for h in example.hosts()] == [host.id]
-
-    # a second kernel, then the gateway exits: both hosts are given back
-    await new_kernel(example)
-    assert len(example.hosts()) == 2
-    await example.stop(release_hosts=False)
-    assert example.hosts() == []
 
 
 async def test_bad_process_proxy_config_is_a_clear_error(example):
@@ -187,9 +203,28 @@ async def test_host_lost_without_notice_comes_back_from_its_last_snapshot(exampl
     await until(lambda: not example.hosts(), 15, "the kernel's host was not released")
 
 
-@pytest.fixture
-async def culling_example(request, tmp_path):
-    """The example with Enterprise Gateway's culler on, also for kernels with a client."""
+async def test_interrupt_restart_and_gateway_exit(own_example):
+    example = own_example
+    kernel_id = await new_kernel(example)
+    [host] = example.hosts()
+    async with KernelSocket(example.url, kernel_id, example.token) as ws:
+        # the restart builds a new process proxy, which adopts the kernel (same host, relay)
+        await interrupt_then_restart(example, ws, kernel_id)
+        await asyncio.sleep(1)  # past the old proxy's cleanup: the host is still the kernel's
+        assert [h.id for h in example.hosts()] == [host.id]
+
+    # a second kernel, then the gateway exits: both hosts are given back
+    await new_kernel(example)
+    assert len(example.hosts()) == 2
+    await example.stop(release_hosts=False)
+    assert example.hosts() == []
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def culling_example(request, tmp_path, shared_example):
+    """The example with Enterprise Gateway's culler on, also for kernels with a client (the
+    shared one stopped: one var/ for both)."""
+    await shared_example.stop()
     ex = EnterpriseGatewayExample(tmp_path, gateway_options=CULLING)
     await ex.clean()
     async with serving(request, ex, timeout=90):

@@ -30,6 +30,7 @@ from .kernelstate import lost_message
 from .moving import MoveRecord
 from .serverspec import ServerSettings, build_server_spec, home_folder
 from .singleuser import JUPYTER_CONFIG_DIR
+from .tcpgateway import TCPGateway
 
 #: bump when the shape of get_state() changes; load_state() reads older versions
 #: (2: the pre-copy parent is an id, "precopy_id", no longer a file table, "precopy")
@@ -457,6 +458,7 @@ class MigratingSpawner(Spawner):
             await self.release_host(host)
             raise
         self.host, self.ip, self.port = host, host.address, port
+        await self.tcp_gateway("retarget", host.address)
         if resuming:
             self.controller.observer.record(
                 self.key,
@@ -527,6 +529,7 @@ class MigratingSpawner(Spawner):
         """Freeze the kernels of the server at host:port and snapshot them into its home,
         record its web apps and suspend RStudio; returns the extension's report (per
         kernel: failed, reason, interrupted; `apps`)."""
+        await self.tcp_gateway("hold")  # from the freeze on, new TCP connections wait
         report = await self.server_api(
             host,
             port,
@@ -548,6 +551,7 @@ class MigratingSpawner(Spawner):
 
     async def kill_server(self, host: Host) -> None:
         """SIGKILL the server on `host`, no grace (a move's freeze)."""
+        await self.tcp_gateway("hold")  # new TCP connections wait for the new host
         try:
             await self.controller.provider.agent(host).stop_process(
                 SERVER_PROCESS, grace=0, quick=True
@@ -585,6 +589,19 @@ class MigratingSpawner(Spawner):
 
     async def rearm_route(self) -> None:
         await self._proxy.add_user(self.user, self.name)
+        await self.tcp_gateway("retarget", host.address)  # releases held TCP connections
+
+    async def tcp_gateway(self, verb: str, *args: Any) -> None:
+        """Tell the TCP gateway (tcpgateway/) where this server's ports now lead: `retarget`
+        (running there), `hold` (moving), `park` (stopped). A gateway failure must not fail
+        a start, a move or a stop."""
+        gateway = TCPGateway.instance(config=self.config)
+        if not gateway.enabled:
+            return
+        try:
+            await getattr(gateway, verb)(self.user.name, self.name, *args)
+        except Exception as e:
+            self.log.error("TCP gateway %s for %s failed: %s", verb, self._log_name, e)
 
     async def restore_kernels(self, host: Host, port: int, final: bool = True) -> None:
         """Re-create the kernels (same ids) on the server at host:port from the snapshots in
@@ -722,6 +739,7 @@ class MigratingSpawner(Spawner):
         except AgentError as e:
             self.log.warning("stopping %s on %s: %s", self._log_name, host.id, e)
         await self.release_host(host)
+        await self.tcp_gateway("park")
         self.host = None
         self.emit(message, level=level)
         self.suspended = time.time() if keep else None

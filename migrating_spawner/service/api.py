@@ -35,6 +35,7 @@ from ..checkpoint import CheckpointError
 from ..history import checkpoint_summary
 from ..hosts.base import HostError
 from . import page
+from .gateway import gateway_handlers
 from .registration import registration_handlers
 
 
@@ -595,6 +596,7 @@ def make_app(controller: Controller) -> web.Application:
             (prefix + "servers/" + server, ServerHandler, args),
             (prefix + "notices", NoticeHandler, plain),
             *registration_handlers(prefix, controller),
+            *gateway_handlers(prefix, APIHandler, args),
         ],
         default_handler_class=NotFoundHandler,
         **page.settings(controller),

@@ -116,6 +116,8 @@ def history_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> tuple[Any, str]:
+    if args.verb == "gateway":  # the TCP gateway (not --gateway-url: kernel gateways)
+        return run_tcp_gateway(Client(args.url, args.token), args)
     if args.gateway_url:
         return run_gateway(args)
     client = Client(args.url, args.token)
@@ -166,6 +168,24 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         columns = ["time", "kind", "reason", "from", "to", "hold", "bytes", "lost"]
         return data, table(history_rows(data["history"]), columns)
     raise CLIError(f"unknown verb {args.verb}")
+
+
+def run_tcp_gateway(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    """`gateway connect|disconnect|list|info`: ports of the port-pool TCP gateway."""
+    columns = ["address", "user", "server", "target_port", "state"]
+    if args.gateway_verb == "list":
+        data = client.call("GET", "gateway")
+        return data, table(data["ports"], columns)
+    user, server = split_server(args.target)
+    if args.gateway_verb == "connect":
+        body = {"target_port": args.target_port}
+        data = client.call("POST", f"gateway/{user}/{server}", body)
+        return data, f"{args.target} port {args.target_port}: connect to {data['address']}"
+    if args.gateway_verb == "disconnect":
+        data = client.call("DELETE", f"gateway/{user}/{server}/{args.port}")
+        return data, f"{args.target}: gateway port {args.port} given back"
+    data = client.call("GET", f"gateway/{user}/{server}")
+    return data, table(data["ports"], columns) if data["ports"] else "no gateway ports"
 
 
 def run_gateway(args: argparse.Namespace) -> tuple[Any, str]:
@@ -277,6 +297,21 @@ def parser() -> argparse.ArgumentParser:
         "history", parents=flags, help="moves, suspends, resumes and losses of a server"
     )
     history.add_argument("target", metavar="USER[/SERVER]")
+    tcp = verbs.add_parser(
+        "gateway", parents=flags, help="stable gateway-address:port for TCP ports of servers"
+    )
+    tcp_verbs = tcp.add_subparsers(dest="gateway_verb", required=True)
+    connect = tcp_verbs.add_parser(
+        "connect", parents=flags, help="a pool port for a TCP port of your server"
+    )
+    connect.add_argument("target", metavar="USER[/SERVER]")
+    connect.add_argument("--target-port", type=int, required=True, help="the server's port")
+    disconnect = tcp_verbs.add_parser("disconnect", parents=flags, help="give a port back")
+    disconnect.add_argument("target", metavar="USER[/SERVER]")
+    disconnect.add_argument("port", type=int, help="the gateway port")
+    tcp_verbs.add_parser("list", parents=flags, help="your gateway ports (an admin's: all)")
+    tcp_info = tcp_verbs.add_parser("info", parents=flags, help="a server's gateway ports")
+    tcp_info.add_argument("target", metavar="USER[/SERVER]")
     return p
 
 

@@ -276,6 +276,7 @@ class AppState:
             self.log.warning("could not start %s again: %s", cmd, e)
             return None
         self.started.append(proc)
+        await _listening(proc.pid, desc["ports"], time.time() + 10)
         return {"ports": desc["ports"], "cmd": cmd, "pid": proc.pid}
 
 
@@ -299,6 +300,26 @@ async def _exited(proc: psutil.Process, until: float) -> bool:
             return True
         await asyncio.sleep(0.05)
     return _gone(proc)
+
+
+async def _listening(pid: int, ports: list[int], until: float) -> None:
+    """Wait (bounded) until a started process listens again: the route, and the TCP
+    gateway's held connections, are released right after the restore."""
+    while time.time() < until:
+        try:
+            proc = psutil.Process(pid)
+            tree = [proc, *proc.children(recursive=True)]
+            listening = {
+                c.laddr.port
+                for p in tree
+                for c in p.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            }
+        except psutil.Error:
+            return
+        if set(ports) <= listening:
+            return
+        await asyncio.sleep(0.05)
 
 
 def _write(path: Path, data: Any) -> None:

@@ -19,11 +19,28 @@ from kernelws import KernelSocket
 from labpage import chromium_page, wait_for
 from realhub import RealHub, free_port
 from test_move import wait_moved, write_file
+from test_tcp_gateway import free_block, talk
+
+from migrating_spawner.tcpgateway import TCPGateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 STANDIN = Path(__file__).resolve().parents[1] / "standin" / "rsession"
 GRACE = 2
+POOL = free_block(2)
+# an SSH-like service: it speaks first, naming the address it was reached at (its host)
+ECHO = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {port}))
+s.listen()
+while True:
+    c, _ = s.accept()
+    c.sendall(b"SSH-2.0-echo " + c.getsockname()[0].encode() + b"\\n")
+    c.sendall(c.makefile("rb").readline())
+    c.close()
+"""
 
 
 def config(workdir: Path) -> str:
@@ -40,6 +57,11 @@ import os
 os.environ["JUPYTER_CONFIG_PATH"] = "{extra}"
 c.MigratingSpawner.home_mode = "synced"
 c.MigratingSpawner.rstudio_suspend_grace = {GRACE}
+c.TCPGateway.enabled = True
+c.TCPGateway.port_range = "{POOL[0]}-{POOL[1]}"
+c.TCPGateway.bind_ip = "127.0.0.1"
+c.TCPGateway.allowed_cidrs = ["127.0.0.0/8"]
+c.TCPGateway.state_dir = "{workdir / "gateway"}"
 """
 
 
@@ -55,6 +77,7 @@ async def hub(tmp_path_factory):
         hub.stop()
         hub.kill_proxy()
         hub.release_all_hosts()
+        TCPGateway(state_dir=str(workdir / "gateway")).process.stop()  # it outlives hubs
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -147,10 +170,45 @@ async def test_apps_answer_at_the_same_urls_after_a_reclaim(hub, alice):
 
 
 async def test_a_busy_rstudio_session_is_force_suspended_and_the_user_told(hub, alice):
+    """Also the TCP gateway: a port of alice's server keeps its gateway address across the
+    move, and a connection made during the move reaches the new host."""
+    # the SSH-like service, started by a cell, reached through a gateway port
+    target = free_port()
+    status, session = await hub.request(
+        "POST",
+        "/user/alice/api/sessions",
+        alice,
+        {"path": "b.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
+    )
+    async with KernelSocket(hub.url + "/user/alice", session["kernel"]["id"], alice) as k:
+        await k.run(
+            "import subprocess, sys\n"
+            f"echo = subprocess.Popen([sys.executable, '-c', {ECHO.format(port=target)!r}])"
+        )
+    status, port = await hub.migrate_api("POST", "/gateway/alice", alice, {"target_port": target})
+    assert status == 201, port
+    old = (await hub.server_info("alice"))["address"].split(":")[0]
+    assert await until_banner(port["port"], old)
+    # bob may not connect alice's server; the pool (2 ports) runs out with a clear error
+    bob = await hub.user_token("bob")
+    status, data = await hub.migrate_api("POST", "/gateway/alice", bob, {"target_port": 22})
+    assert status == 404, data
+    status, second = await hub.migrate_api("POST", "/gateway/alice", alice, {"target_port": 22})
+    assert status == 201, second
+    status, data = await hub.migrate_api("POST", "/gateway/alice", alice, {"target_port": 23})
+    assert status == 503 and "exhausted" in data["message"], data
+    status, _ = await hub.migrate_api("DELETE", f"/gateway/alice/{second['port']}", alice)
+    assert status == 200
+
     assert (await get(hub, alice, "rstudio/eval?code=y%20%3C-%207"))[1] == "[1] 7"
     # busy: R runs code at its top level, so the cooperative suspend (SIGUSR1) waits
     assert (await get(hub, alice, "rstudio/run?code=Sys.sleep(600);%20z%20%3C-%201"))[1]
-    await reclaim(hub)
+    during = asyncio.ensure_future(connect_while_moving(hub, alice, port["port"]))
+    before, after = await reclaim(hub)
+    new = after["address"].split(":")[0]
+    # made while the server moved, answered by the new host at the same gateway port
+    assert await during == f"SSH-2.0-echo {new}\nping\n".encode()
+    assert await talk(port["port"]) == f"SSH-2.0-echo {new}\nping\n".encode()
     status, info = await get(hub, alice, "rstudio/")
     assert status == 200 and info["resumed"] is True and info["forced"] is True, info
     assert sorted(info["variables"]) == ["x", "y"]  # z: the interrupted code never finished
@@ -174,3 +232,21 @@ async def login(page, hub):
     await page.fill("input#password_input", "pw")
     await page.click("#login_submit")
     await page.wait_for_url(lambda url: "/hub/login" not in url)
+
+
+async def until_banner(port, address, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await talk(port) == f"SSH-2.0-echo {address}\nping\n".encode():
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def connect_while_moving(hub, token, port):
+    """A new connection as soon as the gateway says the server is moving."""
+    while True:
+        _, data = await hub.migrate_api("GET", "/gateway/alice", token)
+        if data["ports"][0]["state"] == "moving":
+            return await talk(port)
+        await asyncio.sleep(0.05)

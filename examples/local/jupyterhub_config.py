@@ -53,3 +53,13 @@ c.JupyterHub.extra_user_scopes = {"access:services!service=migrate"}
 # Services menu). This line adds a "Moves" link next to each server on the hub home page
 # (a home.html that extends the hub's own; the page itself needs no configuration).
 c.JupyterHub.template_paths = [template_path()]
+
+# The port-pool TCP gateway (`jupyterhub-migrate gateway connect USER --target-port P`):
+# stable 127.0.0.1:10000-10500 addresses for TCP ports of users' servers, through HAProxy
+# (Debian `haproxy`), where it is installed.
+import shutil  # noqa: E402
+
+c.TCPGateway.enabled = bool(shutil.which("haproxy"))
+c.TCPGateway.bind_ip = "127.0.0.1"
+c.TCPGateway.allowed_cidrs = ["127.0.0.0/8"]
+c.TCPGateway.state_dir = f"{var}/tcp-gateway"

@@ -62,6 +62,7 @@ class MigratingScheduler(Scheduler):
             self._db_session.kw["bind"].dispose()
 
     def in_progress(self) -> list[DescribeJob]:
+        mp.active_children()  # reaps job processes that ended (else they linger as zombies)
         with self.db_session() as session:
             rows = session.query(Job).filter(Job.status == Status.IN_PROGRESS).all()
             return [DescribeJob.from_orm(row) for row in rows]
@@ -98,7 +99,7 @@ class MigratingScheduler(Scheduler):
             if self.process_alive(job):
                 continue
             run = self.job_folder(job.job_id).run() or {}
-            if here_only and run.get("host") not in (None, this_host()):
+            if here_only and run.get("host") != this_host():
                 continue
             out.append(job)
         return out

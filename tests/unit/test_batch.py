@@ -132,11 +132,13 @@ def kill_job(scheduler, job_id):
             proc = psutil.Process(pid)
         except psutil.Error:
             continue
-        for p in [*proc.children(recursive=True), proc]:
+        procs = [*proc.children(recursive=True), proc]
+        for p in procs:
             try:
                 p.kill()
             except psutil.Error:
                 pass
+        psutil.wait_procs(procs, timeout=10)  # gone (and reaped) before the test looks
 
 
 async def wait_for(cond, timeout, what):

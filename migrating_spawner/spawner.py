@@ -169,6 +169,7 @@ class MigratingSpawner(Spawner):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._first_event = 0  # where this start's events begin (progress() sends those)
+        self._new_event = asyncio.Event()
         self._precopy_task: asyncio.Task | None = None
         self.controller.register(self)
         try:
@@ -295,6 +296,7 @@ class MigratingSpawner(Spawner):
         return self.controller.event_log(self.key)
 
     def emit(self, message: str, progress: int | None = None, level: str = "info") -> None:
+        self._new_event.set()  # progress() sends it at once
         event: dict[str, Any] = {"message": message, "time": time.time()}
         if progress is not None:
             event["progress"] = progress
@@ -309,13 +311,19 @@ class MigratingSpawner(Spawner):
     async def progress(self):
         sent = 0  # counted from this start's first event
         while True:
+            self._new_event.clear()
             while self._first_event + sent < len(self.events):
                 event = self.events[self._first_event + sent]
                 sent += 1
                 yield {k: v for k, v in event.items() if k in ("message", "progress")}
             if self.ready or not self._spawn_pending:
                 break
-            await asyncio.sleep(0.5)
+            # woken by the next event: the hub stops listening when the start ends, and
+            # only an event already yielded by then reaches the spawn page
+            try:
+                await asyncio.wait_for(self._new_event.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
 
     # -- profiles ------------------------------------------------------------------
 

@@ -444,6 +444,11 @@ class VerbHandler(APIHandler):
         raise NotImplementedError
 
 
+def _log_failure(call: asyncio.Future) -> None:
+    if not call.cancelled() and call.exception() is not None:
+        app_log.error("resume failed: %s", call.exception())
+
+
 class SuspendHandler(VerbHandler):
     """Final checkpoint of the home and the kernels, stop, host released."""
 
@@ -474,8 +479,17 @@ class ResumeHandler(VerbHandler):
     async def act(self, spawner: Any, state: str) -> None:
         wait = self.flag("wait")
         options = spawner.orm_spawner.user_options if spawner.orm_spawner else None
-        # the same options as its last start (its profile, so its instance type)
-        await self.hub_call(spawner, "POST", {"user_options": options or None})
+        # the same options as its last start (its profile, so its instance type). The hub
+        # answers once the server runs or after its slow_spawn_timeout: answer as soon as
+        # the start is under way (the spawn page's progress and GET tell the rest)
+        call = asyncio.ensure_future(
+            self.hub_call(spawner, "POST", {"user_options": options or None})
+        )
+        await self.until(spawner, lambda: call.done() or spawner.pending == "spawn")
+        if call.done():
+            call.result()  # the hub's refusal, as a 409 or 502
+        else:
+            call.add_done_callback(_log_failure)
         if wait:
             await self.until(spawner, lambda: spawner.ready or not spawner.pending)
             if not spawner.ready:

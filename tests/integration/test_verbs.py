@@ -95,6 +95,27 @@ async def cli(capsys, hub, token, *argv):
     return code, out, err
 
 
+async def progress(hub, user) -> list[str]:
+    """The messages of the hub's spawn progress stream (what the spawn page shows), until
+    it says ready ("ready" last) or failed."""
+    messages = []
+    url = hub.url + f"/hub/api/users/{user}/server/progress"
+    headers = {"Authorization": f"token {hub.admin_token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(120)) as resp:
+            assert resp.status == 200, await resp.text()
+            async for line in resp.content:
+                if not line.startswith(b"data:"):
+                    continue
+                event = json.loads(line[5:])
+                if event.get("ready"):
+                    return [*messages, "ready"]
+                if event.get("failed"):
+                    return [*messages, "failed"]
+                messages.append(event.get("message", ""))
+    return messages
+
+
 async def history(hub, user, token=None):
     status, data = await hub.migrate_api("GET", f"/servers/{user}/history", token)
     assert status == 200, data
@@ -169,8 +190,16 @@ async def test_move_suspend_resume_history_and_metrics(hub):
     assert (status, data["status"]) == (409, 409) and "nothing to suspend" in data["message"]
 
     # resume: a new host, the kernel under its id with x, the files
-    status, resumed = await hub.migrate_api("POST", "/servers/alice/resume?wait=true", token)
-    assert status == 200 and resumed["state"] == "Running", resumed
+    status, starting = await hub.migrate_api("POST", "/servers/alice/resume", token)
+    assert status == 202 and starting["state"] == "Starting", starting
+    # the spawn page's progress (the hub's event stream) tells the resume's phases
+    phases = await progress(hub, "alice")
+    assert phases[-1] == "ready", phases
+    assert [p for p in phases if p.startswith("Host ")], phases
+    assert [p for p in phases if p.startswith("Home restored: ")], phases
+    assert "Restored 1 kernel(s) under their ids" in phases
+    resumed = await hub.server_info("alice")
+    assert resumed["state"] == "Running", resumed
     assert resumed["host_id"] not in (running["host_id"], moved["host_id"])
     assert await read_file(hub, "alice", token, "notes.txt") == "keep me"
     async with KernelSocket(hub.url + "/user/alice", kernel_id, token) as kernel:
@@ -178,9 +207,8 @@ async def test_move_suspend_resume_history_and_metrics(hub):
         assert out.strip() == "42", out
     status, data = await hub.migrate_api("POST", "/servers/alice/resume", token)
     assert status == 409 and "running already" in data["message"], data
-    # the spawn page's progress told the resume's phases
+    # `info` keeps the stop's event before the resume's
     events = [e["message"] for e in (await hub.server_info("alice"))["events"]]
-    assert any(m.startswith("Home restored: ") for m in events), events
     assert "Restored 1 kernel(s) under their ids" in events[events.index(said) :], events
     # the kernel is back under its id by the time the hub calls the server ready
     status, kernels = await hub.request("GET", "/user/alice/api/kernels", token)

@@ -25,6 +25,9 @@ c.JupyterHub.bind_url = os.environ.get("HUB_BIND_URL", "http://127.0.0.1:8000")
 c.JupyterHub.db_url = f"sqlite:///{var}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = f"{var}/jupyterhub_cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = f"{var}/jupyterhub-proxy.pid"
+# ports of their own beside `make demo` (the proxy's API, the hub's internal API)
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{os.environ.get('PROXY_API_PORT', '8011')}"
+c.JupyterHub.hub_port = int(os.environ.get("HUB_PORT", "8091"))
 
 c.JupyterHub.authenticator_class = "shared-password"  # use your own authenticator on AWS
 c.SharedPasswordAuthenticator.user_password = "migrate-me"
@@ -70,6 +73,11 @@ c.CloudEventsChannel.queue_url = os.environ.get("NOTICE_QUEUE_URL", "")
 api_port = int(os.environ.get("MIGRATE_API_PORT", "8095"))
 c.MigratingController.api_port = api_port
 c.JupyterHub.services = [{"name": "migrate", "url": f"http://127.0.0.1:{api_port}"}]
+if os.environ.get("DEMO_ADMIN_TOKEN"):  # scripts driving the demo (the hub's REST API)
+    c.JupyterHub.services.append(
+        {"name": "demo-admin", "api_token": os.environ["DEMO_ADMIN_TOKEN"]}
+    )
+    c.JupyterHub.load_roles = [{"name": "admin", "services": ["demo-admin"], "users": ["admin"]}]
 c.JupyterHub.extra_user_scopes = {"access:services!service=migrate"}
 c.JupyterHub.template_paths = [template_path()]
 

@@ -66,7 +66,12 @@ export function moveUnderWay(server) {
 /** "Moving to a new host: reclaim notice, 2 min left. The page may pause ..." */
 export function movingMessage(server, now = Date.now() / 1000) {
   const { reason, deadline } = moveUnderWay(server);
-  const left = tellsTimeLeft(reason, deadline, now) ? `, ${timeLeft(deadline, now)} left` : '';
+  let left = '';
+  if (tellsTimeLeft(reason, deadline, now)) {
+    const time = timeLeft(deadline, now);
+    // a notice at its deadline (or a 0 s one): "now left" reads wrong
+    left = time === 'now' ? ', no time left' : `, ${time} left`;
+  }
   return `Moving to a new host: ${reason}${left}. The page may pause for a few seconds.`;
 }
 
@@ -137,4 +142,22 @@ export function statusText(server) {
   }
   const host = server.host_id || 'no host';
   return `${host} · ${server.state}`;
+}
+
+/** What the widget says when this page's token stopped working (see tokenReplaced). */
+export const RELOAD_MESSAGE =
+  'Your server was resumed on a new host: reload this page to reconnect.';
+
+/**
+ * Whether a failed service call means this page's token was replaced: JupyterHub re-creates
+ * the server's OAuth client at each spawn, so after a Suspend/Resume (or Stop/Start) the
+ * token in an open tab is refused. `seen` is {worked, away}: a call had succeeded before,
+ * and the server was seen Suspended or Stopped. A 403 after calls worked is the same (the
+ * tab may have slept through the stop); a 401 only after the server was seen away.
+ */
+export function tokenReplaced(status, seen) {
+  if (!seen || !seen.worked) {
+    return false;
+  }
+  return status === 403 || (status === 401 && Boolean(seen.away));
 }

@@ -34,6 +34,13 @@ export class MoveStatus extends Widget {
     this.menu.open(rect.left, rect.top, { forceY: false });
   }
 
+  /** This page's token was replaced (the server was resumed): say so, not "host ?". */
+  renderStale(message) {
+    this.label.textContent = 'reload page';
+    this.node.title = message;
+    this.node.dataset.state = 'stale';
+  }
+
   /** Show the service's answer about this server (or why there is none). */
   render(server, error) {
     if (error) {

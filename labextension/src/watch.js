@@ -6,7 +6,7 @@
 
 import { Notification } from '@jupyterlab/apputils';
 
-import { moveOutcome, movingMessage } from './messages';
+import { moveOutcome, movingMessage, RELOAD_MESSAGE, tokenReplaced } from './messages';
 
 /** Poll periods, ms: normally, while a move is under way, and while the tab is hidden. */
 const INTERVAL = { idle: 3000, moving: 1000, hidden: 15000 };
@@ -20,6 +20,8 @@ export class MoveWatcher {
     this.movingFrom = null; // the host the server is moving off
     this.timer = null;
     this.stopped = false;
+    // what the polls saw, to tell a replaced page token from a passing error
+    this.seen = { worked: false, away: false };
   }
 
   start() {
@@ -49,7 +51,15 @@ export class MoveWatcher {
     try {
       server = await this.service.server();
       this.status.render(server);
+      this.seen.worked = true;
+      if (server.state === 'Suspended' || server.state === 'Stopped') {
+        this.seen.away = true;
+      }
     } catch (error) {
+      if (tokenReplaced(error.status, this.seen)) {
+        this.askToReload();
+        return;
+      }
       this.status.render(null, error);
     }
     if (server) {
@@ -64,6 +74,27 @@ export class MoveWatcher {
     this.pollSoon(
       moving ? INTERVAL.moving : document.hidden ? INTERVAL.hidden : INTERVAL.idle
     );
+  }
+
+  /** This tab's token is gone with the old spawn: only a reload gets a new one. */
+  askToReload() {
+    this.stop(); // every further call is refused too
+    this.status.renderStale(RELOAD_MESSAGE);
+    if (this.notification !== null) {
+      Notification.dismiss(this.notification);
+      this.notification = null;
+    }
+    Notification.emit(RELOAD_MESSAGE, 'warning', {
+      autoClose: false,
+      actions: [
+        {
+          label: 'Reload',
+          caption: 'Reload this page with a new token',
+          displayType: 'accent',
+          callback: () => window.location.reload()
+        }
+      ]
+    });
   }
 
   async update(server) {

@@ -46,6 +46,28 @@ def test_moving_from_the_events_of_a_hub_without_move_fields(tmp_path):
     assert got == f"Moving to a new host: reclaim notice, 15 s left. {PAUSE}"
 
 
+def test_a_notice_at_its_deadline_says_no_time_left(tmp_path):
+    server = {"state": "Floating", "move": {"reason": "reclaim notice", "deadline": NOW}}
+    got = run(f"m.movingMessage({json.dumps(server)}, {NOW})", tmp_path)
+    assert got == f"Moving to a new host: reclaim notice, no time left. {PAUSE}"
+
+
+def test_a_refused_token_after_a_resume_asks_to_reload(tmp_path):
+    cases = [
+        (403, {"worked": True, "away": False}),  # worked, then refused: the tab slept through
+        (401, {"worked": True, "away": True}),  # seen Suspended, then refused
+        (401, {"worked": True, "away": False}),  # a 401 alone: not enough
+        (403, {"worked": False, "away": False}),  # never worked: a setup problem, not a resume
+        (0, {"worked": True, "away": True}),  # the hub did not answer: keep polling
+        (500, {"worked": True, "away": True}),
+    ]
+    got = run(f"{json.dumps(cases)}.map(([s, seen]) => m.tokenReplaced(s, seen))", tmp_path)
+    assert got == [True, True, False, False, False, False]
+    assert run("m.RELOAD_MESSAGE", tmp_path) == (
+        "Your server was resumed on a new host: reload this page to reconnect."
+    )
+
+
 def test_a_requested_move_has_no_deadline_to_tell(tmp_path):
     server = {"move": {"reason": "requested by alice", "deadline": NOW + 3600}}
     got = run(f"m.movingMessage({json.dumps(server)}, {NOW})", tmp_path)

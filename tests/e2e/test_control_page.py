@@ -323,13 +323,24 @@ async def test_a_reclaim_notice_counts_down_on_the_page(hub, alice):
 @in_browser
 async def test_suspend_resume_and_cancel_from_the_page(hub, alice):
     page = alice
+    message = card(page).locator(".message")
     await card(page).locator("button[data-verb=suspend]").click()
     await until_state(page, "Suspended")
+    await page.wait_for_function(
+        "() => document.querySelector('article[data-key=\"alice/\"] .message')"
+        ".textContent.startsWith('Suspended: nothing runs')",
+    )
     # nothing held for a suspended server, and the page says what it kept
     assert await card(page).locator(".host").inner_text() == "—"
     assert await card(page).locator(".checkpoint").inner_text() != "—"
-    await card(page).locator("button[data-verb=resume]").click()
+    # resumed elsewhere (the CLI's resume, as the admin): the page's "Suspended: ..." goes
+    status, data = await hub.migrate_api("POST", "/servers/alice/resume")
+    assert status in (200, 202), data
     await until_state(page, "Running")
+    await page.wait_for_function(
+        "() => !document.querySelector('article[data-key=\"alice/\"] .message')"
+        ".textContent.includes('Suspended')",
+    )
     host = (await hub.server_info("alice"))["host_id"]
     await page.wait_for_function(
         "(host) => document.querySelector('article[data-key=\"alice/\"] .host')"
@@ -349,6 +360,9 @@ async def test_suspend_resume_and_cancel_from_the_page(hub, alice):
     await card(page).locator("button[data-verb=cancel]").click()
     await dialog.locator("button.confirm").click()
     await until_state(page, "Stopped")
+    # the API's own words, once ("Discarded: ..."), not "Cancelled. Lost: Discarded: ..."
+    said = await message.inner_text()
+    assert said.startswith("Discarded") and "Lost:" not in said, said
     info = await hub.server_info("alice")
     assert (info["state"], info["checkpoint_id"]) == ("Stopped", None)
     # the history has each of them (it is polled: the last one may come a poll later)

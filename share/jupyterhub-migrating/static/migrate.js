@@ -233,21 +233,29 @@
   // a verb's message until its outcome shows: a move (Floating, then Running), a resume
   function settle(card) {
     const s = card.data;
-    const message = card.el.querySelector(".message");
     // a move nobody here asked for (a reclaim notice): the last verb's words are old news
-    if (s.state === "Floating" && card.shown !== "Floating" && !card.awaiting) {
-      message.textContent = "";
-    }
+    if (s.state === "Floating" && card.shown !== "Floating" && !card.awaiting) say(card, "", null);
     card.shown = s.state;
     if (card.awaiting === "migrate" && s.state === "Floating") card.awaiting = "moving";
     if (card.awaiting === "moving" && s.state === "Running") {
-      message.textContent = "Moved to " + s.host_id + ".";
+      say(card, "Moved to " + s.host_id + ".", s.state);
       card.awaiting = null;
     }
     if (card.awaiting === "resume" && s.state === "Running") {
-      message.textContent = "Resumed on " + s.host_id + ".";
+      say(card, "Resumed on " + s.host_id + ".", s.state);
       card.awaiting = null;
     }
+    // the state changed since the message (e.g. the CLI resumed a server this page
+    // suspended): "Suspended: ..." would be stale
+    if (!card.awaiting && card.saidAt && s.state !== card.saidAt) say(card, "", null);
+  }
+
+  // a verb's message, and the state it is about (null: until the next verb)
+  function say(card, words, state, danger = false) {
+    const message = card.el.querySelector(".message");
+    message.className = "message small mb-2" + (danger ? " text-danger" : "");
+    message.textContent = words;
+    card.saidAt = state;
   }
 
   // the parts that change every second: the countdown while Floating, the uptime
@@ -415,22 +423,25 @@
     const key = card.el.dataset.key;
     if (!VERBS.includes(name) || busy.has(key)) return;
     if (name === "cancel" && !(await confirmCancel(s))) return;
-    const message = card.el.querySelector(".message");
-    message.className = "message small mb-2";
-    message.textContent = SENT[name];
+    card.awaiting = null;
+    say(card, SENT[name], null);
     busy.add(key);
     updateCard(card);
     try {
       const answer = await api(serverPath(s.user, s.server) + "/" + name, "POST");
-      card.awaiting = name;
-      message.textContent =
-        name === "cancel" && answer && answer.lost ? "Cancelled. Lost: " + answer.lost : SENT[name];
-      if (name === "suspend" && answer && answer.state === "Suspended") {
-        message.textContent = "Suspended: nothing runs or is billed until you resume it.";
+      const state = (answer && answer.state) || null;
+      // migrate and resume tell their outcome when the poll sees it (settle)
+      if (name === "migrate" || name === "resume") card.awaiting = name;
+      if (name === "cancel") {
+        // the API's words already say what went ("Discarded: ...")
+        say(card, (answer && answer.lost) || "Cancelled.", state);
+      } else if (name === "suspend" && state === "Suspended") {
+        say(card, "Suspended: nothing runs or is billed until you resume it.", state);
+      } else {
+        say(card, SENT[name], card.awaiting ? null : state);
       }
     } catch (e) {
-      message.className = "message small mb-2 text-danger";
-      message.textContent = capital(name) + " failed: " + e.message;
+      say(card, capital(name) + " failed: " + e.message, card.data.state, true);
     } finally {
       busy.delete(key);
       refresh();

@@ -17,6 +17,7 @@ from jupyterhub.proxy import ConfigurableHTTPProxy
 from traitlets import Enum, Float, Integer, Unicode
 
 from migrating_spawner.controller import MigratingController
+from migrating_spawner.tcpgateway.gateway import TCPGateway
 
 from .hold import HoldServer
 
@@ -155,6 +156,10 @@ class MigratingProxy(ConfigurableHTTPProxy):
         # JupyterHub awaits stop() through maybe_future, so it may be a coroutine.
         if self.proxy_process is not None:
             super().stop()
+            # the TCP gateway's HAProxy lives as CHP does: it outlives a hub that dies, and
+            # a hub that stops its proxy (cleanup_proxy) stops it too
+            if TCPGateway.initialized() and TCPGateway.instance().enabled:
+                TCPGateway.instance().stop()
         await self._stop_hold_server()
 
     async def check_routes(

@@ -169,7 +169,8 @@ class TCPGateway(SingletonConfigurable):
                 self.log.exception("TCP gateway: could not start HAProxy again")
 
     def stop(self) -> None:
-        """Stop HAProxy (not done at a hub stop: it outlives the hub, as CHP does)."""
+        """Stop HAProxy: when the hub stops its proxy (`cleanup_proxy`); a hub that dies
+        leaves it serving, as it leaves CHP."""
         if self._watch:
             self._watch.cancel()
         self.process.stop()

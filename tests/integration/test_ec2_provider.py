@@ -79,7 +79,7 @@ async def register(api_port, body):
             return r.status, await r.json()
 
 
-async def test_an_ec2_host_from_launch_to_interruption(world, tmp_path):
+async def test_an_ec2_host_from_launch_to_release(world, tmp_path):
     api_port = free_port()
     provider = make_provider(world, tmp_path, api_port)
     notices: list = []

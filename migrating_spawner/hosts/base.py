@@ -17,7 +17,16 @@ from ..agent.client import AgentClient, AgentTimeouts
 from ..agent.host import Host, HostError
 from .watcher import HostWatcher
 
-__all__ = ["Host", "HostError", "HostProvider", "ReclaimOnRequest"]
+__all__ = ["Host", "HostError", "HostProvider", "ReclaimOnRequest", "RegistrationError"]
+
+
+class RegistrationError(Exception):
+    """A host agent's registration the hub refuses (answered with `status`). Here, not in
+    a cloud's provider module, so the control API needs no cloud SDK to import it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class ReclaimOnRequest(Protocol):

@@ -35,7 +35,7 @@ from typing import Any
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
 from ..agent.client import AgentError
-from .base import Host, HostError, HostProvider
+from .base import Host, HostError, HostProvider, RegistrationError
 from .cloudevents import CloudEventsChannel
 
 try:
@@ -78,14 +78,6 @@ runcmd:
   - systemctl daemon-reload
   - systemctl enable --now jupyterhub-migrating-agent
 """
-
-
-class RegistrationError(Exception):
-    """A registration the hub refuses (answered with `status`)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 from tornado import web
 
-from ..hosts.ec2 import RegistrationError
+from ..hosts.base import RegistrationError
 
 REGISTER_FIELDS = {"host_id", "bootstrap_token", "instance_id", "address", "port", "disk"}
 

@@ -8,6 +8,8 @@ inside a function only hides one, so those are not allowed for project modules a
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import grimp
@@ -189,3 +191,22 @@ def test_no_project_module_is_imported_inside_a_function():
         for path in sorted((ROOT / package).rglob("*.py")):
             found += _nested_project_imports(path)
     assert found == []
+
+
+# What the hub imports when an operator turns the spawner, the proxy and the provisioner on
+# with the local provider: `make demo` installs no cloud SDK, so none of these may need one.
+HUB_ENTRY_POINTS = [
+    "migrating_spawner.spawner",
+    "migrating_spawner.service.api",
+    "proxy_plugin.proxy",
+    "kernel_provisioner.provisioner",
+]
+
+
+def test_the_hub_imports_without_the_aws_sdk():
+    blocked = "import sys\nfor m in ('boto3', 'botocore'):\n    sys.modules[m] = None\n"
+    code = blocked + "".join(f"import {m}\n" for m in HUB_ENTRY_POINTS)
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]

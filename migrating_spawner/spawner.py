@@ -594,9 +594,6 @@ class MigratingSpawner(Spawner):
         self.move_record = record.to_dict()
         self.save_state()  # one commit: the server row, the new host and the phase
         await self._proxy.add_user(self.user, self.name)
-
-    async def rearm_route(self) -> None:
-        await self._proxy.add_user(self.user, self.name)
         await self.tcp_gateway("retarget", host.address)  # releases held TCP connections
 
     async def tcp_gateway(self, verb: str, *args: Any) -> None:
@@ -610,6 +607,9 @@ class MigratingSpawner(Spawner):
             await getattr(gateway, verb)(self.user.name, self.name, *args)
         except Exception as e:
             self.log.error("TCP gateway %s for %s failed: %s", verb, self._log_name, e)
+
+    async def rearm_route(self) -> None:
+        await self._proxy.add_user(self.user, self.name)
 
     async def restore_kernels(self, host: Host, port: int, final: bool = True) -> None:
         """Re-create the kernels (same ids) on the server at host:port from the snapshots in

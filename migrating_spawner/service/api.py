@@ -494,7 +494,10 @@ class ResumeHandler(VerbHandler):
             await self.until(spawner, lambda: spawner.ready or not spawner.pending)
             if not spawner.ready:
                 raise error(500, f"{spawner.key} did not start: see its events")
-        self.write_json(self.describe(spawner), 200 if spawner.ready else 202)
+        # a Stopped server kept nothing (cancelled, or stopped without a checkpoint): it
+        # starts afresh, and the answer says so rather than "resumed"
+        answer = {**self.describe(spawner), "fresh": state == "Stopped"}
+        self.write_json(answer, 200 if spawner.ready else 202)
 
 
 class CancelHandler(VerbHandler):

@@ -155,9 +155,13 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         user, server = split_server(args.target)
         path = f"servers/{user}/{server}/resume" + ("?wait=true" if args.wait else "")
         data = client.call("POST", path, {}, timeout=600)
+        done, doing = (
+            ("started fresh", "starting fresh") if data.get("fresh") else ("resumed", "resuming")
+        )
+        kept = " (nothing was kept to resume)" if data.get("fresh") else ""
         if data["state"] == "Running":
-            return data, f"{args.target}: resumed on {data['host_id']} ({data['address']})"
-        return data, f"{args.target}: {data['state']} (resuming on a new host)"
+            return data, f"{args.target}: {done} on {data['host_id']} ({data['address']}){kept}"
+        return data, f"{args.target}: {data['state']} ({doing} on a new host){kept}"
     if args.verb == "cancel":
         user, server = split_server(args.target)
         data = client.call("POST", f"servers/{user}/{server}/cancel", {}, timeout=600)

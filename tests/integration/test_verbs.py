@@ -247,8 +247,10 @@ async def test_cancel_discards_the_checkpoint_and_says_what_is_lost(hub, capsys)
     [*_, entry] = await history(hub, "alice", token)
     assert (entry["kind"], entry["by"]) == ("cancel", "alice")
 
-    # the next start is fresh: no file, no kernel
-    await hub.spawn("alice")
+    # the next start is fresh: no file, no kernel; resume says it started afresh
+    code, out, err = await cli(capsys, hub, token, "resume", "alice", "--wait")
+    assert (code, err) == (0, "")
+    assert out.startswith("alice: started fresh on ") and "nothing was kept to resume" in out
     status, _ = await hub.request("GET", "/user/alice/api/contents/notes.txt", token)
     assert status == 404
     status, kernels = await hub.request("GET", "/user/alice/api/kernels", token)

@@ -2,7 +2,9 @@
 # `make demo-aws`: a hub on the ec2 provider in a simulated region (no AWS account):
 # moto's server plays AWS's APIs, jupyterhub-migrate-ec2-sim boots the instances moto
 # launches on 127.0.0.100 and up, and the hub runs jupyterhub_config.py against them.
-# Ctrl-C stops everything it started.
+# Ctrl-C stops everything it started: the hub first (its stop checkpoints the servers
+# through their agents), then the simulated region, which runs in sessions of its own
+# (setsid) so the terminal's Ctrl-C does not end it under the hub's feet.
 set -eu
 cd "$(dirname "$0")"
 mkdir -p var
@@ -13,12 +15,13 @@ export EC2SIM_DIR="$PWD/var/ec2sim"
 export JUPYTERHUB_MIGRATE_EC2SIM_DIR="$EC2SIM_DIR"
 rm -f "$EC2SIM_DIR/sim.json"
 
-moto_server -H 127.0.0.1 -p "$MOTO_PORT" >var/moto.log 2>&1 &
+setsid moto_server -H 127.0.0.1 -p "$MOTO_PORT" >var/moto.log 2>&1 &
 MOTO_PID=$!
 SIM_PID=""
-trap 'kill $SIM_PID $MOTO_PID 2>/dev/null; wait' EXIT INT TERM
+# the simulator ends its instances, then moto goes
+trap 'kill $SIM_PID 2>/dev/null; wait $SIM_PID 2>/dev/null; kill $MOTO_PID 2>/dev/null; wait' EXIT INT TERM
 until curl -s "$MOTO_URL/moto-api/" >/dev/null 2>&1; do sleep 0.2; done
-jupyterhub-migrate-ec2-sim run --moto-url "$MOTO_URL" >var/ec2sim.log 2>&1 &
+setsid jupyterhub-migrate-ec2-sim run --moto-url "$MOTO_URL" >var/ec2sim.log 2>&1 &
 SIM_PID=$!
 until [ -f "$EC2SIM_DIR/sim.json" ]; do sleep 0.2; done
 NOTICE_QUEUE_URL=$(python setup_region.py)

@@ -149,6 +149,15 @@ export const RELOAD_MESSAGE =
   'Your server was resumed on a new host: reload this page to reconnect.';
 
 /**
+ * Whether this tab is on a spawn that is gone: the server was seen Suspended or Stopped and
+ * is back (Starting, Running, ...). The new spawn's server refuses the page's old token
+ * (the service may still take it), so only a reload reconnects the tab.
+ */
+export function respawned(seen, server) {
+  return Boolean(seen && seen.away && server && !['Suspended', 'Stopped'].includes(server.state));
+}
+
+/**
  * Whether a failed service call means this page's token was replaced: JupyterHub re-creates
  * the server's OAuth client at each spawn, so after a Suspend/Resume (or Stop/Start) the
  * token in an open tab is refused. `seen` is {worked, away}: a call had succeeded before,

@@ -6,7 +6,13 @@
 
 import { Notification } from '@jupyterlab/apputils';
 
-import { moveOutcome, movingMessage, RELOAD_MESSAGE, tokenReplaced } from './messages';
+import {
+  moveOutcome,
+  movingMessage,
+  RELOAD_MESSAGE,
+  respawned,
+  tokenReplaced
+} from './messages';
 
 /** Poll periods, ms: normally, while a move is under way, and while the tab is hidden. */
 const INTERVAL = { idle: 3000, moving: 1000, hidden: 15000 };
@@ -50,6 +56,10 @@ export class MoveWatcher {
     let server = null;
     try {
       server = await this.service.server();
+      if (respawned(this.seen, server)) {
+        this.askToReload();
+        return;
+      }
       this.status.render(server);
       this.seen.worked = true;
       if (server.state === 'Suspended' || server.state === 'Stopped') {

@@ -172,6 +172,28 @@ async def test_widget_tells_a_reclaim_and_the_tab_keeps_working(hub_factory):
             watcher.cancel()
             assert not any("Server Connection Error" in d for d in dialogs), dialogs
 
+            # suspended and resumed elsewhere (the CLI): the new spawn's OAuth client refuses
+            # this tab's token, and the widget asks for a reload (not "host ?")
+            status, data = await hub.migrate_api("POST", "/servers/alice/suspend")
+            assert status in (200, 202), data
+            await wait_for(
+                page, STATUS_ITEM, None, lambda s: bool(s) and s.endswith(" · Suspended"), 30
+            )
+            status, data = await hub.migrate_api("POST", "/servers/alice/resume?wait=true")
+            assert status == 200, data
+            reload_toast = re.compile(r"resumed on a new host: reload this page to reconnect")
+            toasts = await wait_for(page, TOASTS, None, toast_matching(reload_toast), 30)
+            assert await page.evaluate(STATUS_ITEM) == "reload page", toasts
+            buttons = await page.evaluate(
+                "() => [...document.querySelectorAll('.Toastify__toast button')]"
+                ".map(b => b.innerText)"
+            )
+            assert "Reload" in buttons, buttons
+            await page.goto(hub.url + "/user/alice/lab")
+            await wait_for(
+                page, STATUS_ITEM, None, lambda s: bool(s) and s.endswith(" · Running"), 60
+            )
+
             # Suspend, once confirmed, leaves for the hub's migrate page (which resumes it)
             await page.click(".jp-MigratingStatus")
             await page.click(".jp-MigratingStatus-menu >> text=Suspend server…")

@@ -63,6 +63,13 @@ def test_a_refused_token_after_a_resume_asks_to_reload(tmp_path):
     ]
     got = run(f"{json.dumps(cases)}.map(([s, seen]) => m.tokenReplaced(s, seen))", tmp_path)
     assert got == [True, True, False, False, False, False]
+    # the service may still take the old token: seen away, then back, is a new spawn too
+    got = run(
+        "[['Running', true], ['Starting', true], ['Suspended', true], ['Running', false]]"
+        ".map(([state, away]) => m.respawned({worked: true, away}, {state}))",
+        tmp_path,
+    )
+    assert got == [True, True, False, False]
     assert run("m.RELOAD_MESSAGE", tmp_path) == (
         "Your server was resumed on a new host: reload this page to reconnect."
     )

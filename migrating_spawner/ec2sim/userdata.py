@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import re
 import shlex
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..agent.server import descendants
 
 log = logging.getLogger("migrating.ec2sim")
 
@@ -163,22 +164,3 @@ class Instance:
                 pids.append(proc.pid)
                 pids += descendants(proc.pid)
         return pids
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found

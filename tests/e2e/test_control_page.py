@@ -374,3 +374,13 @@ async def test_suspend_resume_and_cancel_from_the_page(hub, alice):
         }""",
         timeout=30_000,
     )
+    # the page's own Resume button: a Stopped server starts again (fresh) on a host
+    await card(page).locator("button[data-verb=resume]").click()
+    await until_state(page, "Running")
+    info = await hub.server_info("alice")
+    assert info["state"] == "Running" and info["host_id"], info
+    await page.wait_for_function(
+        "(host) => document.querySelector('article[data-key=\"alice/\"] .host')"
+        ".textContent === host",
+        arg=info["host_id"],
+    )

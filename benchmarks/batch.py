@@ -39,8 +39,9 @@ from jupyter_scheduler.models import CreateJob
 from jupyter_scheduler.orm import create_tables
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE)]
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
+from jobnotebook import counter_notebook, ran  # noqa: E402
 from results import replace_section  # noqa: E402
 
 from migrating_spawner.batch.scheduler import MigratingScheduler  # noqa: E402
@@ -50,23 +51,8 @@ NOTICE = 2.0
 
 
 def notebook(counter: Path, cells: int, seconds: float) -> nbformat.NotebookNode:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    for i in range(1, cells + 1):
-        code = (
-            f"open({str(counter)!r}, 'a').write('{i}\\n')\n"
-            f"import time; time.sleep({seconds})\nv{i} = {i}"
-        )
-        nb.cells.append(nbformat.v4.new_code_cell(code))
-    return nb
-
-
-def started(counter: Path) -> list[int]:
-    return [int(x) for x in counter.read_text().split()] if counter.exists() else []
+    bodies = [f"import time; time.sleep({seconds})\nv{i} = {i}" for i in range(1, cells + 1)]
+    return counter_notebook(bodies, counter)
 
 
 def kill_tree(pid: int) -> None:
@@ -84,7 +70,7 @@ def kill_tree(pid: int) -> None:
 
 
 async def wait_cell(counter: Path, cell: int) -> None:
-    while cell not in started(counter):
+    while cell not in ran(counter):
         await asyncio.sleep(0.02)
 
 
@@ -129,7 +115,7 @@ async def ours(work: Path, nb_of, cells: list[int]) -> tuple[float, int]:
         kill_tree(run.get("pid") or s.job_pid(job_id))
         s.resume_orphans(lambda job: "a reclaim", here_only=True)
     await wait_done(s, job_id)
-    return time.monotonic() - t0, len(started(counter))
+    return time.monotonic() - t0, len(ran(counter))
 
 
 async def plain_scheduler(work: Path, nb_of, cells: list[int]) -> tuple[float, int]:
@@ -142,7 +128,7 @@ async def plain_scheduler(work: Path, nb_of, cells: list[int]) -> tuple[float, i
         kill_tree(s.job_pid(job_id))  # the job stays IN_PROGRESS: created again by hand
         job_id = submit(s, nb_of(counter), f"plain{n}")
     await wait_done(s, job_id)
-    return time.monotonic() - t0, len(started(counter))
+    return time.monotonic() - t0, len(ran(counter))
 
 
 async def papermill(work: Path, nb_of, cells: list[int]) -> tuple[float, int]:
@@ -159,7 +145,7 @@ async def papermill(work: Path, nb_of, cells: list[int]) -> tuple[float, int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await asyncio.to_thread(proc.wait)
     assert proc.returncode == 0
-    return time.monotonic() - t0, len(started(counter))
+    return time.monotonic() - t0, len(ran(counter))
 
 
 async def main() -> None:

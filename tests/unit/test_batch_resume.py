@@ -14,6 +14,8 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+from jobnotebook import counter_notebook as job_notebook
+from jobnotebook import ran
 from jupyter_scheduler.environments import CondaEnvironmentManager
 from jupyter_scheduler.models import CreateJob
 from jupyter_scheduler.orm import create_tables
@@ -81,18 +83,9 @@ def counter_notebook(counter: Path, sleeps: dict[int, float], extra: dict[int, s
     }
     for i, code in (extra or {}).items():
         body[i] += "\n" + code
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    for i in range(1, 7):
-        code = f"open({str(counter)!r}, 'a').write('{i}\\n')\n" + body[i]
-        if i in sleeps:
-            code += f"\nimport time; time.sleep({sleeps[i]})"
-        nb.cells.append(nbformat.v4.new_code_cell(code))
-    return nb
+    for i, seconds in sleeps.items():
+        body[i] += f"\nimport time; time.sleep({seconds})"
+    return job_notebook([body[i] for i in range(1, 7)], counter)
 
 
 @pytest.fixture
@@ -151,10 +144,6 @@ async def wait_for(cond, timeout, what):
     raise AssertionError(f"timed out: {what}")
 
 
-def lines(path: Path) -> list[int]:
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
 async def wait_status(scheduler, job_id, status, timeout=60):
     def check():
         job = scheduler.get_job(job_id, job_files=False)
@@ -181,7 +170,7 @@ async def test_paused_at_a_boundary_then_interrupted_at_a_deadline_resumes_twice
     counter = tmp_path / "home" / "counter.txt"
     job_id = submit(scheduler, counter_notebook(counter, {2: 1.5, 4: 60}))
     # a freeze during cell 2 with time to spare: the job stops after it
-    await wait_for(lambda: 2 in lines(counter), 60, "cell 2 started")
+    await wait_for(lambda: 2 in ran(counter), 60, "cell 2 started")
     report = await scheduler.pause_running(time.time() + 20)
     assert report[job_id]["paused"] and report[job_id]["next_cell"] == 3, report
     assert "interrupted_cell" not in report[job_id]
@@ -189,7 +178,7 @@ async def test_paused_at_a_boundary_then_interrupted_at_a_deadline_resumes_twice
     assert [j.job_id for j in scheduler.orphans(here_only=True)] == [job_id]
     scheduler.resume_orphans(lambda job: "a move from h1", here_only=True)
     # a freeze during cell 4, which sleeps past the deadline: interrupted, re-run later
-    await wait_for(lambda: 4 in lines(counter), 60, "cell 4 started")
+    await wait_for(lambda: 4 in ran(counter), 60, "cell 4 started")
     report = await scheduler.pause_running(time.time() + 3)
     assert report[job_id] == {"name": "job", "paused": True, "next_cell": 4, "interrupted_cell": 4}
     kill_job(scheduler, job_id)
@@ -201,7 +190,7 @@ async def test_paused_at_a_boundary_then_interrupted_at_a_deadline_resumes_twice
     scheduler.resume_orphans(lambda job: "a move from h2", here_only=True)
     job = await wait_status(scheduler, job_id, "COMPLETED")
 
-    assert lines(counter) == [1, 2, 3, 4, 4, 5, 6]
+    assert ran(counter) == [1, 2, 3, 4, 4, 5, 6]
     out = output(scheduler, job_id)
     assert "sum 10" in stdout(out.cells[4]) and "done 3" in stdout(out.cells[5])
     assert all(c.execution_count for c in out.cells)
@@ -219,7 +208,7 @@ async def test_a_crash_resumes_from_the_last_kept_state_and_says_what_reruns(sch
     # cell 2 leaves an open socket: no state after it can be kept (nor rebuilt)
     nb = counter_notebook(counter, {4: 60}, {2: "import socket; s = socket.socket()"})
     job_id = submit(scheduler, nb)
-    await wait_for(lambda: 4 in lines(counter), 60, "cell 4 started")
+    await wait_for(lambda: 4 in ran(counter), 60, "cell 4 started")
     kill_job(scheduler, job_id)  # no notice: the process is simply gone
     folder = ResumeFolder(Path(scheduler.staging_path) / job_id)
     nb = folder.notebook()
@@ -228,7 +217,7 @@ async def test_a_crash_resumes_from_the_last_kept_state_and_says_what_reruns(sch
     assert scheduler.resume_orphans(lambda job: "its process ended", here_only=True) == [job_id]
     job = await wait_status(scheduler, job_id, "COMPLETED")
 
-    assert lines(counter) == [1, 2, 3, 4, 2, 3, 4, 5, 6]
+    assert ran(counter) == [1, 2, 3, 4, 2, 3, 4, 5, 6]
     assert "sum 10" in stdout(output(scheduler, job_id).cells[4])
     assert "at cell 2 after its process ended (cells 2-3 are re-run: the kernel state after " in (
         job.status_message
@@ -242,7 +231,7 @@ async def test_a_failing_cell_fails_the_job_with_its_output_and_is_not_resumed(s
     job_id = submit(scheduler, nb)
     job = await wait_status(scheduler, job_id, "FAILED")
     assert "bad input 7" in job.status_message
-    assert lines(counter) == [1, 2, 3]
+    assert ran(counter) == [1, 2, 3]
     out = output(scheduler, job_id)
     assert [o.output_type for o in out.cells[2].outputs] == ["error"]
     assert out.cells[2].outputs[0].evalue == "bad input 7"

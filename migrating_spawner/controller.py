@@ -20,7 +20,6 @@ from traitlets.config import SingletonConfigurable
 from .checkpoint import (
     CheckpointStore,
     LocalCheckpointStore,
-    Manifest,
     SignedCheckpoints,
 )
 from .checkpoint.gc import GarbageCollector
@@ -63,6 +62,20 @@ class MigratingController(SingletonConfigurable):
     @default("store")
     def _default_store(self) -> CheckpointStore:
         return self.store_class(parent=self, log=self.log)
+
+    store_call_timeout = Float(
+        60,
+        help="""Seconds one checkpoint-store call of the hub (a manifest's commit or read, a
+        listing, a delete) may take before it is tried again; the hub's event loop never
+        waits on the store, these calls run in threads. A store's own request retries
+        (S3CheckpointStore.max_attempts) happen within it.""",
+    ).tag(config=True)
+
+    store_call_tries = Integer(
+        2,
+        help="""Tries of a checkpoint-store call of the hub that did not answer within
+        `store_call_timeout` (then it fails with a CheckpointError).""",
+    ).tag(config=True)
 
     checkpoint_secret_file = Unicode(
         "jupyterhub_migrating_secret",
@@ -232,16 +245,13 @@ class MigratingController(SingletonConfigurable):
     def checkpoints(self) -> SignedCheckpoints:
         """Commits (signs, stores the manifest last) and loads (verifies) checkpoints."""
         if self._checkpoints is None or self._checkpoints.store is not self.store:
-            self._checkpoints = SignedCheckpoints(self.store, lambda: self.secret)
+            self._checkpoints = SignedCheckpoints(
+                self.store,
+                lambda: self.secret,
+                timeout=self.store_call_timeout,
+                tries=self.store_call_tries,
+            )
         return self._checkpoints
-
-    def commit_checkpoint(
-        self, key: str, files: dict[str, Any], parent: str | None, meta: dict[str, Any]
-    ) -> str:
-        return self.checkpoints.commit(key, files, parent=parent, meta=meta).id
-
-    def load_checkpoint(self, key: str, checkpoint_id: str) -> Manifest:
-        return self.checkpoints.load(key, checkpoint_id)
 
     # -- notices --------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from traitlets import Bool, Enum, Float, List, Unicode, default
 from . import profiles as profiles_mod
 from .agent.client import AgentClient, AgentError
 from .batch.messages import job_paused_message
-from .checkpoint import CheckpointError, Manifest, new_checkpoint_id
+from .checkpoint import CheckpointError, Manifest, checkpoint_time, new_checkpoint_id
 from .controller import MigratingController
 from .history import CANCEL, LOSS, SUSPEND, checkpoint_summary, human_bytes, requester
 from .hosts.base import Host, HostError
@@ -281,9 +281,9 @@ class MigratingSpawner(Spawner):
             self.orm_spawner.state = self.get_state()
             session.commit()
 
-    def delete_forever(self) -> None:
+    async def delete_forever(self) -> None:
         """The named server (or the user) is deleted: its checkpoints go too."""
-        self.controller.store.delete_checkpoints(self.key)
+        await self.controller.checkpoints.delete_async(self.key)
         self.controller.forget_events(self.key)
         self.controller.observer.history.forget(self.key)
 
@@ -433,7 +433,9 @@ class MigratingSpawner(Spawner):
         try:
             if self.home_mode == "synced" and self.checkpoint_id:
                 self.emit(f"Resuming from checkpoint {self.checkpoint_id}", 40)
-                manifest = self.controller.checkpoints.load(self.key, self.checkpoint_id)
+                manifest = await self.controller.checkpoints.load_async(
+                    self.key, self.checkpoint_id
+                )
                 await self.restore_home(host, manifest)
                 size = checkpoint_summary(manifest)
                 self.emit(
@@ -577,10 +579,8 @@ class MigratingSpawner(Spawner):
         self.save_state()
 
     def checkpoint_time(self, checkpoint_id: str) -> float | None:
-        try:
-            return self.controller.load_checkpoint(self.key, checkpoint_id).created
-        except CheckpointError:
-            return None
+        # read from the id (named when the snapshot began): no store call on the loop
+        return checkpoint_time(checkpoint_id)
 
     @property
     def _proxy(self):
@@ -815,7 +815,7 @@ class MigratingSpawner(Spawner):
             checkpoint_id=checkpoint_id,
         )
         stats = result["stats"]
-        self.controller.checkpoints.commit(
+        await self.controller.checkpoints.commit_async(
             self.key,
             result["files"],
             parent=parent,
@@ -848,7 +848,7 @@ class MigratingSpawner(Spawner):
         manifest = (
             checkpoint
             if isinstance(checkpoint, Manifest)
-            else self.controller.checkpoints.load(self.key, checkpoint)
+            else await self.controller.checkpoints.load_async(self.key, checkpoint)
         )
         current_id = current.id if isinstance(current, Manifest) else current
         await self.controller.provider.agent(host).restore_home(

@@ -7,6 +7,7 @@ make a host restore files the hub did not checkpoint.
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import hashlib
 import hmac
@@ -38,6 +39,22 @@ def new_checkpoint_id(now: float | None = None) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
     micros = int(round((now % 1) * 1_000_000)) % 1_000_000
     return f"{stamp}.{micros:06d}Z-{secrets.token_hex(4)}"
+
+
+_STAMP_RE = re.compile(r"^(\d{8}T\d{6})\.(\d{6})Z-")
+
+
+def checkpoint_time(checkpoint_id: str) -> float | None:
+    """When a checkpoint named by `new_checkpoint_id` was named (its snapshot began after):
+    read from the id, so no store is asked. None for an id of another shape."""
+    match = _STAMP_RE.match(checkpoint_id or "")
+    if match is None:
+        return None
+    try:
+        whole = calendar.timegm(time.strptime(match[1], "%Y%m%dT%H%M%S"))
+    except ValueError:
+        return None
+    return whole + int(match[2]) / 1_000_000
 
 
 def check_checkpoint_id(checkpoint_id: object) -> str:

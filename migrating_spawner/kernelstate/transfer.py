@@ -13,41 +13,13 @@ Never imported by kernels (they import `store.py` only).
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Protocol
-
+from ..agent.client import AgentClient
 from ..checkpoint import Manifest, SignedCheckpoints, get_blob, new_checkpoint_id
 
 #: manifests of a kernel's snapshots are kept under this server key (not a user's server)
 KEY_PREFIX = "kernel:"
 #: snapshots kept per kernel: the last good one, and the one before while a new one lands
 KEEP = 2
-
-
-class HomeAgent(Protocol):
-    """What this needs of a host's agent (AgentClient)."""
-
-    async def snapshot_home(
-        self,
-        root: str,
-        store: dict[str, Any],
-        exclude: list[str],
-        timeout: float,
-        *,
-        parent_id: str | None = None,
-        checkpoint_id: str | None = None,
-    ) -> dict[str, Any]: ...
-
-    async def restore_home(
-        self,
-        root: str,
-        files: dict[str, Any],
-        store: dict[str, Any],
-        timeout: float,
-        *,
-        current_id: str | None = None,
-        checkpoint_id: str | None = None,
-    ) -> dict[str, Any]: ...
 
 
 def key_of(kernel_id: str) -> str:
@@ -66,7 +38,7 @@ class KernelStateTransfer:
         self._last: dict[tuple[str, str], str] = {}
 
     async def save(
-        self, agent: HomeAgent, kernel_id: str, state_dir: str, reason: str = "snapshot"
+        self, agent: AgentClient, kernel_id: str, state_dir: str, reason: str = "snapshot"
     ) -> Manifest:
         """Upload `state_dir` (on the agent's host) and commit it as the kernel's latest
         snapshot; only what changed since the last save through this host's agent is read."""
@@ -81,8 +53,7 @@ class KernelStateTransfer:
             checkpoint_id=checkpoint_id,
         )
         key = key_of(kernel_id)
-        manifest = await asyncio.to_thread(
-            self.checkpoints.commit,
+        manifest = await self.checkpoints.commit_async(
             key,
             result["files"],
             parent=parent,
@@ -90,12 +61,12 @@ class KernelStateTransfer:
             checkpoint_id=checkpoint_id,
         )
         self._last[(kernel_id, state_dir)] = manifest.id
-        await asyncio.to_thread(self.checkpoints.store.delete_checkpoints, key, KEEP)
+        await self.checkpoints.delete_async(key, KEEP)
         return manifest
 
     async def load(
         self,
-        agent: HomeAgent,
+        agent: AgentClient,
         kernel_id: str,
         state_dir: str,
         checkpoint_id: str | None = None,
@@ -103,7 +74,7 @@ class KernelStateTransfer:
         """Write the kernel's snapshot (default: the latest) into `state_dir` on the agent's
         host, after verifying its manifest; CheckpointError if there is none or it was
         tampered with (nothing is written then)."""
-        manifest = await asyncio.to_thread(self.checkpoints.load, key_of(kernel_id), checkpoint_id)
+        manifest = await self.checkpoints.load_async(key_of(kernel_id), checkpoint_id)
         await agent.restore_home(
             state_dir,
             manifest.files,
@@ -123,11 +94,12 @@ class KernelStateTransfer:
         entry = manifest.files.get(path)
         if not entry or entry.get("type") != "file":
             return None
-        return await asyncio.to_thread(get_blob, self.checkpoints.store, entry["chunks"])
+        return await self.checkpoints.off_loop(
+            f"read of {path}", get_blob, self.checkpoints.store, entry["chunks"]
+        )
 
     async def forget(self, kernel_id: str) -> None:
         """The kernel shut down: its snapshots go (their chunks at the next gc)."""
         for where in [k for k in self._last if k[0] == kernel_id]:
             del self._last[where]
-        self.checkpoints.forget(key_of(kernel_id))
-        await asyncio.to_thread(self.checkpoints.store.delete_checkpoints, key_of(kernel_id))
+        await self.checkpoints.delete_async(key_of(kernel_id))

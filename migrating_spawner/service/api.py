@@ -243,7 +243,7 @@ class APIHandler(HubAuthenticated, JSONHandler):
             raise error(400, f"{username}/{server_name} does not use MigratingSpawner")
         return spawner
 
-    def describe(self, spawner: Any, events: bool = False) -> dict[str, Any]:
+    async def describe(self, spawner: Any, events: bool = False) -> dict[str, Any]:
         moving = self.controller.is_moving(spawner)
         state = server_state(spawner, moving)
         host = spawner.host
@@ -266,7 +266,7 @@ class APIHandler(HubAuthenticated, JSONHandler):
             "uptime": time.time() - started if host and started else None,
             "home_mode": spawner.home_mode,
             "checkpoint_id": spawner.checkpoint_id,
-            "last_checkpoint": self.last_checkpoint(spawner),
+            "last_checkpoint": await self.last_checkpoint(spawner),
             "suspended": spawner.suspended,
             "actions": ACTIONS.get(state, []),
         }
@@ -287,15 +287,16 @@ class APIHandler(HubAuthenticated, JSONHandler):
             info["events"] = spawner.events[-50:]
         return info
 
-    def last_checkpoint(self, spawner: Any) -> dict[str, Any] | None:
-        """Time and size of the server's last checkpoint (None: none, or unreadable)."""
+    async def last_checkpoint(self, spawner: Any) -> dict[str, Any] | None:
+        """Time and size of the server's last checkpoint (None: none, or unreadable); the
+        manifest is read off the hub's loop, once per checkpoint."""
         checkpoint_id = spawner.checkpoint_id
         if not checkpoint_id:
             return None
         cache_key = (spawner.key, checkpoint_id)
         if cache_key not in _summaries:
             try:
-                manifest = self.controller.checkpoints.load(spawner.key, checkpoint_id)
+                manifest = await self.controller.checkpoints.load_async(spawner.key, checkpoint_id)
                 _summaries[cache_key] = checkpoint_summary(manifest)
             except CheckpointError as e:
                 app_log.warning("checkpoint %s of %s: %s", checkpoint_id, spawner.key, e)
@@ -341,13 +342,14 @@ class ServersHandler(APIHandler):
                 continue
             spawner = self.controller.app.users[orm_spawner.user].spawners[orm_spawner.name]
             if hasattr(spawner, "checkpoint_home"):
-                servers.append(self.describe(spawner))
+                servers.append(await self.describe(spawner))
         self.write_json({"servers": servers})
 
 
 class ServerHandler(APIHandler):
     async def get(self, username: str, server_name: str | None = None) -> None:
-        self.write_json(self.describe(self.spawner(username, server_name or ""), events=True))
+        spawner = self.spawner(username, server_name or "")
+        self.write_json(await self.describe(spawner, events=True))
 
 
 class MigrateHandler(APIHandler):
@@ -364,9 +366,9 @@ class MigrateHandler(APIHandler):
                 result = await future
             except Exception as e:
                 raise error(500, f"move failed: {e}") from None
-            self.write_json({**self.describe(spawner), "move": result})
+            self.write_json({**(await self.describe(spawner)), "move": result})
         else:
-            self.write_json(self.describe(spawner), 202)
+            self.write_json(await self.describe(spawner), 202)
 
 
 class VerbHandler(APIHandler):
@@ -462,7 +464,7 @@ class SuspendHandler(VerbHandler):
 
     async def act(self, spawner: Any, state: str) -> None:
         await self.stop(spawner, {"reason": "request", "by": self.who})
-        self.write_json(self.describe(spawner))
+        self.write_json(await self.describe(spawner))
 
 
 class ResumeHandler(VerbHandler):
@@ -496,7 +498,7 @@ class ResumeHandler(VerbHandler):
                 raise error(500, f"{spawner.key} did not start: see its events")
         # a Stopped server kept nothing (cancelled, or stopped without a checkpoint): it
         # starts afresh, and the answer says so rather than "resumed"
-        answer = {**self.describe(spawner), "fresh": state == "Stopped"}
+        answer = {**(await self.describe(spawner)), "fresh": state == "Stopped"}
         self.write_json(answer, 200 if spawner.ready else 202)
 
 
@@ -511,8 +513,8 @@ class CancelHandler(VerbHandler):
             return "nothing to cancel (no work is kept)"
         return "wait until it is Running or Suspended"
 
-    def lost(self, spawner: Any, state: str) -> str:
-        kept = self.last_checkpoint(spawner)
+    async def lost(self, spawner: Any, state: str) -> str:
+        kept = await self.last_checkpoint(spawner)
         what = []
         if state == "Running":
             what.append("the running kernels and their variables")
@@ -533,7 +535,7 @@ class CancelHandler(VerbHandler):
         return text
 
     async def act(self, spawner: Any, state: str) -> None:
-        lost = self.lost(spawner, state)
+        lost = await self.lost(spawner, state)
         if state == "Running":
             await self.stop(spawner, {"reason": "request", "by": self.who, "discard": True})
         else:
@@ -545,9 +547,8 @@ class CancelHandler(VerbHandler):
                 spawner.key, "cancel", "request", by=self.who, detail=lost, lost_files=lost
             )
         # the checkpoints go from the store (their chunks at the next garbage collection)
-        self.controller.checkpoints.forget(spawner.key)
-        await asyncio.to_thread(self.controller.store.delete_checkpoints, spawner.key)
-        self.write_json({**self.describe(spawner), "lost": lost})
+        await self.controller.checkpoints.delete_async(spawner.key)
+        self.write_json({**(await self.describe(spawner)), "lost": lost})
 
 
 class HistoryHandler(APIHandler):

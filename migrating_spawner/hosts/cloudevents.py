@@ -9,8 +9,9 @@ channels feed the same cache, the provider's HostWatcher, which tells each notic
 - an interruption warning is a notice with a deadline (the event's time + 120 s, AWS's
   warning): `watcher.push_notice`, the same intake as the agent's push (the earlier
   deadline stands; the same one again is no news);
-- a rebalance recommendation goes to `on_rebalance(host)` (the provider decides whether to
-  move proactively: EC2HostProvider.move_on_rebalance);
+- a rebalance recommendation is `watcher.push_rebalance`, the same intake as the agent's
+  (its push and its status), so it is told once however it came; the provider decides
+  whether to move proactively (EC2HostProvider.move_on_rebalance);
 - a state change to shutting-down/terminated/stopping/stopped of a host with no notice
   means the host is gone without warning: `watcher.mark_lost` (the server comes back from
   its last checkpoint); with a notice standing the move already takes care of it.
@@ -229,12 +230,7 @@ class CloudEventsChannel(LoggingConfigurable):
 
     # -- what an event does ---------------------------------------------------------------
 
-    def handle(
-        self,
-        event: CloudEvent,
-        watcher: HostWatcher,
-        on_rebalance: Callable[[Host], Any] | None = None,
-    ) -> str:
+    def handle(self, event: CloudEvent, watcher: HostWatcher) -> str:
         """Feed one event to the watcher; returns what it did (for the log)."""
         host = host_of(watcher, event.instance_id)
         if host is None:
@@ -244,21 +240,15 @@ class CloudEventsChannel(LoggingConfigurable):
             news = watcher.push_notice(host.id, notice_of(event, self.notice_seconds))
             return "notice" if news else "notice known"
         if event.detail_type == REBALANCE:
-            if on_rebalance is None:
-                return "rebalance ignored"
-            result = on_rebalance(host)
-            if asyncio.iscoroutine(result):
-                asyncio.ensure_future(result)
-            return "rebalance"
+            info = {"time": event.time, "source": "eventbridge"}
+            return "rebalance" if watcher.push_rebalance(host.id, info) else "rebalance known"
         if event.state in GONE_STATES:
             if state is not None and state.notice:
                 return "ending after its notice"
             return "lost" if watcher.mark_lost(host.id) else "lost known"
         return "state ignored"
 
-    async def receive_once(
-        self, watcher: HostWatcher, on_rebalance: Callable[[Host], Any] | None = None
-    ) -> int:
+    async def receive_once(self, watcher: HostWatcher) -> int:
         """One long poll: handle what came and delete it; returns the number of messages."""
         reply = await in_daemon_thread(
             self.client.receive_message,
@@ -273,7 +263,7 @@ class CloudEventsChannel(LoggingConfigurable):
             if event is None:
                 self.log.warning("SQS %s: not an EC2 event, dropped", message.get("MessageId"))
             else:
-                self._take(event, watcher, on_rebalance)
+                self._take(event, watcher)
             done.append({"Id": str(len(done)), "ReceiptHandle": message["ReceiptHandle"]})
         if done:
             await asyncio.to_thread(
@@ -281,53 +271,45 @@ class CloudEventsChannel(LoggingConfigurable):
             )
         return len(messages)
 
-    def _take(
-        self, event: CloudEvent, watcher: HostWatcher, on_rebalance: Callable[[Host], Any] | None
-    ) -> None:
-        what = self.handle(event, watcher, on_rebalance)
+    def _take(self, event: CloudEvent, watcher: HostWatcher) -> None:
+        what = self.handle(event, watcher)
         self.handled.append((event, what))
         self.log.info("%s for %s: %s", event.detail_type, event.instance_id, what)
         if what == "not ours":
             self._pending.append((event, time.monotonic()))
 
-    def retry_pending(
-        self, watcher: HostWatcher, on_rebalance: Callable[[Host], Any] | None = None
-    ) -> None:
+    def retry_pending(self, watcher: HostWatcher) -> None:
         """Apply kept events whose instance is watched now; drop those kept too long."""
         now, keep = time.monotonic(), []
         for event, received in self._pending:
             if host_of(watcher, event.instance_id) is not None:
-                self._take(event, watcher, on_rebalance)
+                self._take(event, watcher)
             elif now - received < self.pending_seconds:
                 keep.append((event, received))
         self._pending = keep
 
-    async def run(
-        self, watcher: HostWatcher, on_rebalance: Callable[[Host], Any] | None = None
-    ) -> None:
+    async def run(self, watcher: HostWatcher) -> None:
         """Receive until cancelled; a failed receive is logged and tried again. Kept
         events are tried again every second meanwhile."""
 
         async def retry() -> None:
             while True:
                 await asyncio.sleep(1)
-                self.retry_pending(watcher, on_rebalance)
+                self.retry_pending(watcher)
 
         retrying = asyncio.create_task(retry())
         try:
             while True:
                 try:
-                    await self.receive_once(watcher, on_rebalance)
+                    await self.receive_once(watcher)
                 except (ClientError, BotoCoreError) as e:
                     self.log.warning("SQS receive from %s failed: %s", self.queue_url, e)
                     await asyncio.sleep(self.retry_seconds)
         finally:
             retrying.cancel()
 
-    def start(
-        self, watcher: HostWatcher, on_rebalance: Callable[[Host], Any] | None = None
-    ) -> list[asyncio.Task]:
+    def start(self, watcher: HostWatcher) -> list[asyncio.Task]:
         """The channel's task (none when `queue_url` is empty), for HostProvider.start()."""
         if not self.queue_url:
             return []
-        return [asyncio.create_task(self.run(watcher, on_rebalance))]
+        return [asyncio.create_task(self.run(watcher))]

@@ -37,6 +37,7 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from ..agent.client import AgentError
 from .base import Host, HostError, HostProvider, RegistrationError
 from .cloudevents import CloudEventsChannel
+from .watcher import NOTICE, REBALANCE, HostEvent
 
 try:
     import boto3
@@ -341,12 +342,13 @@ class EC2HostProvider(HostProvider):
     # -- the provider ------------------------------------------------------------------
 
     def start(self, notify_url: str = "") -> list:
-        """Agents push notices to `notify_url`; a notice marks its type/zone interrupted;
+        """Agents push notices (and rebalance recommendations) to `notify_url`; a notice
+        marks its type/zone interrupted, a rebalance recommendation goes to `on_rebalance`;
         with `CloudEventsChannel.queue_url` set, EC2's events come through SQS too."""
         self.notify_url = notify_url
         self.watcher.subscribe(self._on_event)
         channel = CloudEventsChannel(parent=self, log=self.log)
-        return channel.start(self.watcher, self.on_rebalance if self.move_on_rebalance else None)
+        return channel.start(self.watcher)
 
     @property
     def simulated_cloud(self) -> FISReclaim | None:
@@ -354,18 +356,32 @@ class EC2HostProvider(HostProvider):
         Without: None (the hub refuses to reclaim an ec2 host on request)."""
         return FISReclaim(self) if self.fis_role_arn else None
 
-    def on_rebalance(self, host: Host) -> None:
-        """A rebalance recommendation: move off the host now, to another type/zone (its own
-        is marked interrupted), before AWS maybe interrupts it."""
+    def on_rebalance(self, host: Host) -> bool:
+        """A rebalance recommendation (once per host, from the agent or EventBridge): with
+        `move_on_rebalance`, move off the host now, to another type/zone (its own is marked
+        interrupted), before AWS maybe interrupts it. True if a move was asked for."""
+        if not self.move_on_rebalance:
+            self.log.info(
+                "rebalance recommendation for %s: not moving (move_on_rebalance is off)", host.id
+            )
+            return False
         meta = host.meta
         self.note_interrupted(meta.get("ec2_type", ""), meta.get("zone", ""))
         deadline = time.time() + self.rebalance_move_seconds
-        self.watcher.push_notice(host.id, {"deadline": deadline, "rebalance": True})
+        self.log.warning(
+            "rebalance recommendation for %s (%s in %s): moving its servers to another type/zone",
+            host.id,
+            meta.get("ec2_type", "?"),
+            meta.get("zone", "?"),
+        )
+        return self.watcher.push_notice(host.id, {"deadline": deadline, "rebalance": True})
 
-    def _on_event(self, event: Any) -> None:
-        if event.kind == "notice":
+    def _on_event(self, event: HostEvent) -> None:
+        if event.kind == NOTICE:
             meta = event.host.meta
             self.note_interrupted(meta.get("ec2_type", ""), meta.get("zone", ""))
+        elif event.kind == REBALANCE:
+            self.on_rebalance(event.host)
 
     @property
     def api_url(self) -> str:

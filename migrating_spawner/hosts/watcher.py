@@ -6,7 +6,9 @@ for its status once per `interval`, keeps the answer, counts failed polls once p
 tells subscribers when a host gets a reclaim notice (`notice`) or is lost (`lost`: its
 record is gone, or `lost_after` polls in a row went unanswered). A notice the agent pushes
 to the hub goes into the same cache (`push_notice`), so it is told once, whichever came
-first.
+first. A cloud's rebalance recommendation (EC2: the host is at higher risk of
+interruption) is told once per host too (`rebalance`), from the agent's status, its push
+or the cloud's own channel (`push_rebalance`); the provider decides what it means.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 NOTICE = "notice"
 LOST = "lost"
+REBALANCE = "rebalance"
 
 
 class WatchedProvider(Protocol):
@@ -45,6 +48,8 @@ class HostState:
     status: dict[str, Any] | None = None
     #: the reclaim notice ({"deadline", "time", ...}), from a poll or the agent's push
     notice: dict[str, Any] | None = None
+    #: the cloud's rebalance recommendation (what the agent or the cloud said of it)
+    rebalance: dict[str, Any] | None = None
     #: polls in a row the agent did not answer
     failures: int = 0
     #: the host is gone (its record vanished, or `lost_after` polls failed); no more polls
@@ -59,8 +64,9 @@ class HostState:
 
 @dataclasses.dataclass(frozen=True)
 class HostEvent:
-    kind: str  # NOTICE or LOST
+    kind: str  # NOTICE, LOST or REBALANCE
     host: Host
+    #: the notice (NOTICE, and LOST after one), the recommendation (REBALANCE)
     notice: dict[str, Any] | None = None
 
 
@@ -141,6 +147,11 @@ class HostWatcher:
         state = self._states.get(host_id)
         return state is not None and self._note_notice(state, notice)
 
+    def push_rebalance(self, host_id: str, info: dict[str, Any]) -> bool:
+        """A rebalance recommendation (the agent's push, the cloud's event); True if news."""
+        state = self._states.get(host_id)
+        return state is not None and self._note_rebalance(state, info)
+
     def mark_lost(self, host_id: str) -> bool:
         """The cloud says the host is gone (terminated without notice): lost now, without
         waiting for polls to fail; True if it is news."""
@@ -158,6 +169,13 @@ class HostWatcher:
             return False  # the same notice again (or a later one: the earlier stands)
         state.notice = dict(notice)
         self._publish(HostEvent(NOTICE, state.host, state.notice))
+        return True
+
+    def _note_rebalance(self, state: HostState, info: dict[str, Any] | None) -> bool:
+        if info is None or state.lost or state.rebalance is not None:
+            return False  # once per host, whichever channel told first
+        state.rebalance = dict(info) if isinstance(info, dict) else {"detail": info}
+        self._publish(HostEvent(REBALANCE, state.host, state.rebalance))
         return True
 
     def _note_lost(self, state: HostState) -> None:
@@ -195,6 +213,7 @@ class HostWatcher:
         if error is None:
             state.status, state.failures = status, 0
             self._note_notice(state, status.get("notice"))
+            self._note_rebalance(state, status.get("rebalance"))
             return
         state.failures += 1
         log.debug("poll %d of %s failed: %s", state.failures, state.host.id, error)

@@ -578,6 +578,12 @@ class NoticeHandler(JSONHandler):
             self.token().encode(), host.agent_token.encode()
         ):
             raise error(403, "unknown host or wrong host secret")
+        rebalance = body.get("rebalance")
+        if "deadline" not in body and isinstance(rebalance, dict):
+            # a cloud's rebalance recommendation (EC2 metadata): the provider decides
+            self.controller.provider.watcher.push_rebalance(host.id, rebalance)
+            self.write_json({"rebalance": True}, 202)
+            return
         deadline = body.get("deadline")
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
             raise error(400, "deadline (epoch seconds) is required")

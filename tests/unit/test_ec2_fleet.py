@@ -149,3 +149,37 @@ async def test_reclaim_is_an_fis_experiment_only_with_a_role(region, moto_server
     assert spec["targets"]["instance"]["resourceArns"] == [
         f"arn:aws:ec2:us-east-1:123456789012:instance/{instance['InstanceId']}"
     ]
+
+
+@pytest.mark.parametrize("move", [True, False])
+async def test_a_rebalance_recommendation_moves_only_with_move_on_rebalance(move, tmp_path):
+    """Told once however it came (the agent's status or push, EventBridge): a move off the
+    host to another type when move_on_rebalance, nothing when it is off."""
+    provider = EC2HostProvider(
+        move_on_rebalance=move, watch_interval=3600, secret_file=str(tmp_path / "secret")
+    )
+    assert provider.start() == []  # no queue_url: no SQS channel
+    host = Host(
+        id="ec2-rebal",
+        address="127.0.0.1",
+        agent_url="http://127.0.0.1:9",
+        agent_token="t",
+        meta={"instance_id": "i-0rebal", "ec2_type": "m5.large", "zone": "us-east-1a"},
+    )
+    watcher = provider.watcher
+    watcher.watch(host)
+    try:
+        notices = []
+        watcher.subscribe(lambda e: notices.append(e.notice) if e.kind == "notice" else None)
+        assert watcher.push_rebalance(host.id, {"source": "agent"})
+        assert not watcher.push_rebalance(host.id, {"source": "eventbridge"})  # once
+        notice = watcher.state(host.id).notice
+        if move:
+            assert notice["rebalance"] is True and notices == [notice]
+            assert notice["deadline"] > time.time() + provider.rebalance_move_seconds - 5
+            assert provider.avoided_types() == {"m5.large"}  # the move goes elsewhere
+        else:
+            assert notice is None and notices == []
+            assert provider.avoided_types() == set()
+    finally:
+        await watcher.stop()

@@ -169,8 +169,10 @@ class EC2HostProvider(HostProvider):
 
     interrupted_type_ttl = Float(
         600,
-        help="""Seconds an instance type / zone that was just interrupted is avoided by new
-        launches (unless it is the only choice left).""",
+        help="""Seconds a spot pool (instance type in an availability zone) that was just
+        interrupted is avoided by new launches, unless nothing else has capacity: with
+        `subnet_ids` the type stays welcome in the other zones; without (zones unknown), the
+        type is avoided everywhere.""",
     ).tag(config=True)
 
     move_on_rebalance = Bool(
@@ -265,6 +267,7 @@ class EC2HostProvider(HostProvider):
         self._client: Any = None
         self._bootstraps: dict[str, _Bootstrap] = {}
         self._interrupted: dict[tuple[str, str], float] = {}
+        self._zones: dict[str, str] | None = None
         self._key: bytes | None = None
         self._warned: set[str] = set()
 
@@ -394,15 +397,34 @@ class EC2HostProvider(HostProvider):
         spec = self.instance_types.get(profile_type) or {}
         return list(spec.get("types") or [profile_type])
 
-    def avoided_types(self) -> set[str]:
-        """Types interrupted less than `interrupted_type_ttl` ago: asked for only when no
-        other type of the profile has capacity."""
+    def avoided_pools(self) -> set[tuple[str, str]]:
+        """(type, zone) pools interrupted less than `interrupted_type_ttl` ago: asked for
+        only when no other pool of the profile has capacity."""
         now = time.time()
         return {
-            t
-            for (t, _), when in self._interrupted.items()
+            pool
+            for pool, when in self._interrupted.items()
             if now - when < self.interrupted_type_ttl
         }
+
+    def avoided_types(self) -> set[str]:
+        """The types of the avoided pools."""
+        return {t for t, _ in self.avoided_pools()}
+
+    async def subnet_zones(self) -> dict[str, str]:
+        """The availability zone of each of `subnet_ids` (asked once)."""
+        if self._zones is None and self.subnet_ids:
+            found = await self.call("describe_subnets", SubnetIds=list(self.subnet_ids))
+            self._zones = {n["SubnetId"]: n.get("AvailabilityZone", "") for n in found["Subnets"]}
+        return self._zones or {}
+
+    def _avoided(self, pool: tuple[str, str | None], zones: dict[str, str]) -> bool:
+        ec2_type, subnet = pool
+        zone = zones.get(subnet or "", "")
+        avoided = self.avoided_pools()
+        if zone:  # a pool whose zone is known: that very pool, or the type in an unknown zone
+            return (ec2_type, zone) in avoided or (ec2_type, "") in avoided
+        return ec2_type in {t for t, _ in avoided}
 
     def note_interrupted(self, ec2_type: str, zone: str) -> None:
         self._interrupted[(ec2_type, zone)] = time.time()
@@ -507,12 +529,14 @@ class EC2HostProvider(HostProvider):
             )
 
     async def _fleet(
-        self, template: str, version: str, types: list[str], market: str, tags: dict[str, str]
+        self,
+        template: str,
+        version: str,
+        pools: list[tuple[str, str | None]],
+        market: str,
+        tags: dict[str, str],
     ) -> dict[str, Any]:
-        subnets = list(self.subnet_ids) or [None]
-        overrides = [
-            {"InstanceType": t, **({"SubnetId": s} if s else {})} for t in types for s in subnets
-        ]
+        overrides = [{"InstanceType": t, **({"SubnetId": s} if s else {})} for t, s in pools]
         request: dict[str, Any] = {
             "Type": "instant",
             "ClientToken": secrets.token_hex(16),
@@ -554,14 +578,17 @@ class EC2HostProvider(HostProvider):
         """One instance of the first type with capacity: (instance id, type, market)."""
         markets = [market] + (["on-demand"] if market == "spot" and self.on_demand_fallback else [])
         last = f"no instance types to launch ({types})"
-        avoided = self.avoided_types()
+        zones = await self.subnet_zones()
+        subnets: list[str | None] = list(self.subnet_ids) or [None]
         for current in markets:
             left = list(types)
             while left:
-                # one fleet of the types not interrupted lately (spot picks among them);
-                # the others once those have no capacity
-                batch = [t for t in left if t not in avoided] or left
-                answer = await self._fleet(template, version, batch, current, tags)
+                # one fleet of the pools (type x subnet) not interrupted lately (spot picks
+                # among them); the others once those have no capacity
+                pools = [(t, s) for t in left for s in subnets]
+                fresh = [p for p in pools if not self._avoided(p, zones)] or pools
+                batch = list(dict.fromkeys(t for t, _ in fresh))
+                answer = await self._fleet(template, version, fresh, current, tags)
                 instances = [i for i in answer.get("Instances", []) if i.get("InstanceIds")]
                 failed = []
                 for error in answer.get("Errors", []):

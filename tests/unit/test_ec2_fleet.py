@@ -104,13 +104,25 @@ async def test_capacity_error_falls_back_to_the_next_type_then_on_demand(region)
         await launch(provider)
 
 
-async def test_interrupted_types_are_avoided_for_a_while(region):
-    provider, errors, _ = region
+async def test_interrupted_pools_are_avoided_for_a_while(region):
+    """A spot pool is a type in a zone: the one just interrupted is left out, the type
+    stays welcome in the other zone; the pools left out are asked for when nothing else
+    has capacity."""
+    provider, errors, ec2 = region
+
+    def zone(instance_id):
+        found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
+        return found["Instances"][0]["Placement"]["AvailabilityZone"]
+
     provider.note_interrupted("m6i.large", "us-east-1a")
+    assert provider.avoided_pools() == {("m6i.large", "us-east-1a")}
     assert provider.avoided_types() == {"m6i.large"}
+    (instance_id, ec2_type, _), said, _ = await launch(provider)
+    assert (ec2_type, zone(instance_id), said) == ("m6i.large", "us-east-1b", [])
+    provider.note_interrupted("m6i.large", "us-east-1b")
     (_, ec2_type, _), said, _ = await launch(provider)
     assert (ec2_type, said) == ("m5.large", [])
-    # when nothing else has capacity, the interrupted type is asked for after all
+    # when nothing else has capacity, the interrupted pools are asked for after all
     errors.set("m5.large")
     errors.set("m5a.large")
     (_, ec2_type, lifecycle), said, _ = await launch(provider)

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from realhub import RealHub  # noqa: E402
+from realhub import RealHub, print_logs  # noqa: E402
 
 
 @pytest.fixture
@@ -29,18 +29,28 @@ async def hub_factory(tmp_path, request):
 
     yield make
 
-    failed = getattr(request.node, "rep_call", None)
     for hub in hubs:
-        if failed is not None and failed.failed:
-            print(f"\n===== hub log ({hub.workdir}) =====\n{hub.tail(150)}")
-            for log in sorted((hub.workdir / "hosts" / "logs").glob("*.log")):
-                print(f"===== agent log {log.name} =====\n{log.read_text()[-3000:]}")
-            for log in sorted((hub.workdir / "hosts" / "disks").glob("*/logs/*.log")):
-                print(f"===== server log {log} =====\n{log.read_text()[-3000:]}")
+        if failed(request):
+            print_logs(hub)
         hub.stop()
         hub.kill_proxy()
         hub.release_all_hosts()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def failed(request) -> bool:
+    rep = getattr(request.node, "rep_call", None)
+    return rep is not None and rep.failed
+
+
+@pytest.fixture(autouse=True)
+def hub_log_on_failure(request):
+    """After a failed test that used a module's `hub` fixture (realhub.module_hub), its
+    hub, agent and server logs."""
+    yield
+    hub = request.node.funcargs.get("hub") if hasattr(request.node, "funcargs") else None
+    if isinstance(hub, RealHub) and failed(request):
+        print_logs(hub, server_lines=6000)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -12,10 +12,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest_asyncio
 
 from migrating_spawner.service.page import template_path
 
@@ -265,6 +267,68 @@ c.JupyterHub.template_paths = ["{template_path()}"]
         status, data = await self.migrate_api("GET", f"/servers/{name}/{server}")
         assert status == 200, data
         return data
+
+
+def print_logs(hub: RealHub, server_lines: int = 3000) -> None:
+    """The hub's log, its agents' and its servers' logs (each server log's last
+    `server_lines` characters, status polls left out): what a failed test prints."""
+    print(f"\n===== hub log ({hub.workdir}) =====\n{hub.tail(150)}")
+    for log in sorted((hub.workdir / "hosts" / "logs").glob("*.log")):
+        print(f"===== agent log {log.name} =====\n{log.read_text()[-3000:]}")
+    for log in sorted((hub.workdir / "hosts" / "disks").glob("*/logs/*.log")):
+        text = "\n".join(x for x in log.read_text().splitlines() if "api/status" not in x)
+        print(f"===== server log {log} =====\n{text[-server_lines:]}")
+
+
+def module_hub(
+    config: str | Callable[[Path], str] = "",
+    folder: str = "hub",
+    cleanup: Callable[[Path], None] | None = None,
+):
+    """A module-scoped `hub` fixture: one RealHub for every test of the module.
+
+        hub = module_hub(CONFIG, "verbs")
+        hub = module_hub(config, "apps-hub", cleanup=lambda workdir: ...)
+
+    `config` is the hub's extra config, or a function of the hub's folder that returns it;
+    `cleanup(workdir)` runs after the hub, its proxy and its hosts are stopped. The module
+    needs `pytest.mark.asyncio(loop_scope="module")` in its pytestmark. After a failed test
+    that used `hub`, conftest's autouse `hub_log_on_failure` prints its logs.
+    """
+
+    @pytest_asyncio.fixture(name="hub", scope="module", loop_scope="module")
+    async def hub(tmp_path_factory):
+        workdir = tmp_path_factory.mktemp(folder)
+        real = RealHub(workdir, config(workdir) if callable(config) else config)
+        real.start()
+        try:
+            await real.wait_up()
+            yield real
+        finally:
+            real.stop()
+            real.kill_proxy()
+            real.release_all_hosts()
+            if cleanup is not None:
+                cleanup(workdir)
+
+    return hub
+
+
+async def until(
+    predicate: Callable[[], Awaitable[Any]],
+    timeout: float = 60,
+    what: str = "condition",
+    interval: float = 0.2,
+) -> Any:
+    """Await `predicate()` every `interval` seconds until it returns something true; that
+    value, or AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _alive(pid: int) -> bool:

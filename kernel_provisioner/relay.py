@@ -14,12 +14,18 @@ sockets or reply bookkeeping. The three DEALERs share one routing id because ipy
 ``input_request`` on stdin to the *shell* idents of the request, as it does for a real client
 whose shell and stdin sockets share an identity.
 
-Re-signing works on the raw frames: check the HMAC with one key, sign the same four frames
-with the other. This is what a Session deserialize/serialize round trip does, minus re-encoding
-JSON, so headers, dates, msg_ids and parent headers reach the other side byte for byte.
+Signatures: a kernel started with the relay's own key (``MovableKernel`` starts every kernel
+so) gets the clients' frames as they are, and its frames go to the clients as they are: the
+relay checks the HMAC of what clients send and signs nothing. A target with another key (a
+kernel started elsewhere, an Enterprise Gateway kernel, one moved to from such) gets re-signed
+frames: check the HMAC with one key, sign the same four frames with the other. This is what a
+Session deserialize/serialize round trip does, minus re-encoding JSON, so headers, dates,
+msg_ids and parent headers reach the other side byte for byte.
 
-Run it in the process that owns the kernel's lifecycle (the provisioner); everything is
-zmq.asyncio and never blocks the event loop.
+Run it in the process that owns the kernel's lifecycle (the provisioner). The sockets are read
+by the event loop itself (``_Port``: a reader on each socket's descriptor that drains it
+without blocking, and sends that never block), not through zmq.asyncio futures: per message
+that is a few microseconds instead of tens, which is most of what a relay costs on loopback.
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ import json
 import logging
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from jupyter_client.session import DELIM, Session, new_id_bytes
+from zmq.backend import Socket as _RawSocket
 
 ROUTED = ("shell", "control", "stdin")
 CHANNELS = (*ROUTED, "iopub", "hb")
@@ -50,19 +57,127 @@ def _as_bytes(key: str | bytes | None) -> bytes:
     return key.encode() if isinstance(key, str) else key
 
 
-def _split(frames: list[bytes], session: Session) -> tuple[list[bytes], list[bytes]] | None:
-    """Idents and message parts (header, parent, metadata, content, buffers...) of a signed
-    message, or None if it is malformed or its signature does not match ``session``'s key."""
+# the sugar layer of pyzmq (enum flags, checks, futures) costs tens of microseconds per
+# message; the relay calls the Cython socket's methods with plain int flags
+_send = _RawSocket.send
+_recv = _RawSocket.recv
+_get = _RawSocket.get
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+# messages one socket hands over per turn of the event loop before the others get theirs
+_BURST = 64
+
+
+def _send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """Send a multipart message without blocking; zmq.Again if the socket cannot take it now
+    (then none of it was sent: once the first frame is taken, zmq takes the rest)."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _send(sock, frame, _SNDMORE_NOBLOCK if i < last else _NOBLOCK)
+
+
+def _recv_frames(sock: zmq.Socket) -> list[bytes]:
+    """A whole multipart message, or zmq.Again if none is waiting."""
+    frames = [_recv(sock, _NOBLOCK)]
+    while _get(sock, _RCVMORE):
+        frames.append(_recv(sock, _NOBLOCK))
+    return frames
+
+
+class _Port:
+    """One zmq socket read by the event loop: when its descriptor says something may have
+    changed, every waiting message goes to ``on_message`` (up to _BURST per turn); ``send``
+    never blocks (a message the socket cannot take now waits here, in order).
+
+    A zmq socket's descriptor is edge-triggered: after any operation on the socket it must be
+    looked at again (``_recheck``), or a message that arrived meanwhile would wait for the
+    next edge."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        on_message: Callable[[list[bytes]], None] | None,
+        log: logging.Logger,
+    ) -> None:
+        self.sock = sock
+        self.on_message = on_message
+        self.log = log
+        self.closed = False
+        self._out: deque[list[bytes]] = deque()
+        self._scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.get(zmq.FD)
+        self._loop.add_reader(self._fd, self._ready)
+        self._recheck()
+
+    def send(self, frames: list[bytes]) -> None:
+        if not self._out:
+            try:
+                _send_frames(self.sock, frames)
+            except zmq.Again:
+                self._out.append(frames)
+        else:
+            self._out.append(frames)
+        self._recheck()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._loop.remove_reader(self._fd)
+            self.sock.close(linger=0)
+
+    def _recheck(self) -> None:
+        if self._scheduled or self.closed:
+            return
+        events = _get(self.sock, _EVENTS)
+        if (events & _POLLIN and self.on_message is not None) or (self._out and events & _POLLOUT):
+            self._scheduled = True
+            self._loop.call_soon(self._ready)
+
+    def _ready(self) -> None:
+        self._scheduled = False
+        if self.closed:
+            return
+        while self._out:
+            try:
+                _send_frames(self.sock, self._out[0])
+            except zmq.Again:
+                break
+            self._out.popleft()
+        if self.on_message is not None:
+            for _ in range(_BURST):
+                try:
+                    frames = _recv_frames(self.sock)
+                except zmq.Again:
+                    break
+                try:
+                    self.on_message(frames)
+                except Exception:
+                    self.log.exception("relay: a message could not be handled")
+                if self.closed:  # the handler closed this socket (a retarget)
+                    return
+        self._recheck()
+
+
+def _split(frames: list[bytes]) -> tuple[list[bytes], bytes, list[bytes]] | None:
+    """Idents, signature and message parts (header, parent, metadata, content, buffers...)
+    of a message, or None if it is malformed."""
     try:
         i = frames.index(DELIM)
     except ValueError:
         return None
-    idents, parts = frames[:i], frames[i + 2 :]
-    if len(parts) < 4:
+    if len(frames) < i + 6:
         return None
-    if session.auth is not None and not hmac.compare_digest(frames[i + 1], session.sign(parts[:4])):
-        return None
-    return idents, parts
+    return frames[:i], frames[i + 1], frames[i + 2 :]
+
+
+def _signed(session: Session, sig: bytes, parts: list[bytes]) -> bool:
+    """Whether ``sig`` is ``session``'s signature of the message ``parts``."""
+    return session.auth is None or hmac.compare_digest(sig, session.sign(parts[:4]))
 
 
 def _msg_id(frame: bytes) -> str | None:
@@ -121,22 +236,22 @@ class KernelRelay:
         self.log = log or logging.getLogger(__name__)
         self.session = Session(key=self.key, signature_scheme=signature_scheme)
 
-        self._ctx = zmq.asyncio.Context.instance()
-        self._front: dict[str, zmq.asyncio.Socket] = {}
-        self._back: dict[str, zmq.asyncio.Socket] = {}
-        self._front_tasks: list[asyncio.Task] = []
-        self._back_tasks: list[asyncio.Task] = []
+        self._ctx = zmq.Context.instance()
+        self._front: dict[str, _Port] = {}
+        self._back: dict[str, _Port] = {}
         self._target: dict[str, Any] | None = None
         self._target_session: Session | None = None
+        # the target has the relay's key: frames pass as they are, nothing is re-signed
+        self._same_key = False
         self._iopub_seen = asyncio.Event()
         # the gate: requests go straight to the kernel only while open; otherwise they queue
         self._open = False
         self._gen = 0  # bumped by pause/retarget so a stale flush stops
-        self._queue: deque[tuple[str, list[bytes], list[bytes]]] = deque()
+        self._queue: deque[tuple[str, list[bytes], bytes, list[bytes]]] = deque()
         self._recent: OrderedDict[str, None] = OrderedDict()
         # shell requests forwarded and not answered yet: a kernel that dies without notice
         # takes them along, and they go to its successor instead (requeue_unanswered)
-        self._unanswered: OrderedDict[str, tuple[list[bytes], list[bytes]]] = OrderedDict()
+        self._unanswered: OrderedDict[str, tuple[list[bytes], bytes, list[bytes]]] = OrderedDict()
         self._own: set[str] = set()  # ids of the relay's own nudges, never shown to clients
         self._target_alive: bool | None = None
         self._flush_task: asyncio.Task | None = None
@@ -173,6 +288,11 @@ class KernelRelay:
         return not self._open
 
     @property
+    def resigning(self) -> bool:
+        """Whether frames are re-signed for the current target (it has another key)."""
+        return self._target is not None and not self._same_key
+
+    @property
     def stats(self) -> dict[str, int]:
         return {**self._stats, "queued": len(self._queue)}
 
@@ -204,6 +324,11 @@ class KernelRelay:
 
     async def start(self) -> None:
         """Bind the client-facing sockets. Requests queue until the first ``retarget()``."""
+        handlers = {
+            **{ch: self._client_handler(ch) for ch in ROUTED},
+            "iopub": self._on_subscription,
+            "hb": self._on_ping,
+        }
         for ch, kind in [(ch, zmq.ROUTER) for ch in ROUTED] + [
             ("iopub", zmq.XPUB),
             ("hb", zmq.ROUTER),
@@ -217,26 +342,23 @@ class KernelRelay:
                 # see every subscription, so each subscriber gets its iopub_welcome
                 sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             port = self.ports[f"{ch}_port"]
-            sock.bind(f"tcp://{self.ip}:{port or '*'}")
+            try:
+                sock.bind(f"tcp://{self.ip}:{port or '*'}")
+            except zmq.ZMQError:
+                sock.close(linger=0)
+                raise
             self.ports[f"{ch}_port"] = int(sock.last_endpoint.rsplit(b":", 1)[1])
-            self._front[ch] = sock
-        self._front_tasks = [
-            *(asyncio.create_task(self._client_loop(ch)) for ch in ROUTED),
-            asyncio.create_task(self._subscription_loop()),
-            asyncio.create_task(self._hb_loop()),
-        ]
+            self._front[ch] = _Port(sock, handlers[ch], self.log)
 
     async def stop(self) -> None:
         self._open = False
         self._gen += 1
-        tasks, self._front_tasks = [*self._close_back(), *self._front_tasks], []
+        self._close_back()
         if self._flush_task is not None:
-            tasks.append(self._flush_task)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for sock in self._front.values():
-            sock.close(linger=0)
+            self._flush_task.cancel()
+            await asyncio.gather(self._flush_task, return_exceptions=True)
+        for port in self._front.values():
+            port.close()
         self._front = {}
 
     def pause(self) -> None:
@@ -266,12 +388,12 @@ class KernelRelay:
         if self._target is None:
             raise RuntimeError("resume() without a target before the first retarget()")
         self._gen += 1
-        return self._keep(self._flush(self._gen))
+        return self._keep(self._flush_later(self._gen))
 
     def requeue_unanswered(self) -> int:
         """Queue again the shell requests the current kernel never answered (it died): the
         next target runs them. Call while paused, before ``retarget()``. Returns how many."""
-        pending = [("shell", idents, parts) for idents, parts in self._unanswered.values()]
+        pending = [("shell", *entry) for entry in self._unanswered.values()]
         self._unanswered.clear()
         self._queue.extendleft(reversed(pending))
         return len(pending)
@@ -307,12 +429,10 @@ class KernelRelay:
         self._holding, self._interrupted, self._held = False, None, []
         shown = False
         if parent is not None and text:
-            await self._publish_stream(parent, text)
+            self._publish_stream(parent, text)
             shown = True
         for topic, parts in held:
-            await self._front["iopub"].send_multipart(
-                [*topic, DELIM, self.session.sign(parts[:4]), *parts]
-            )
+            self._front["iopub"].send([*topic, DELIM, self.session.sign(parts[:4]), *parts])
         return shown
 
     def _keep(self, coro: Any) -> asyncio.Task:
@@ -327,12 +447,17 @@ class KernelRelay:
             return False
         sock = self._ctx.socket(zmq.REQ)
         sock.linger = 0
+        sock.connect(self._url(self._target, "hb"))
+        pong = asyncio.get_running_loop().create_future()
+        port = _Port(sock, lambda _: pong.done() or pong.set_result(True), self.log)
         try:
-            sock.connect(self._url(self._target, "hb"))
-            await sock.send(b"ping")
-            self._target_alive = bool(await sock.poll(int(timeout * 1000)))
+            port.send([b"ping"])
+            await asyncio.wait_for(pong, timeout)
+            self._target_alive = True
+        except asyncio.TimeoutError:
+            self._target_alive = False
         finally:
-            sock.close(linger=0)
+            port.close()
         return self._target_alive
 
     # -- kernel side -----------------------------------------------------------------------
@@ -343,41 +468,33 @@ class KernelRelay:
 
     def _connect(self, target: dict[str, Any]) -> None:
         self._target = dict(target)
-        self._target_session = Session(
-            key=_as_bytes(target.get("key")),
-            signature_scheme=target.get("signature_scheme", "hmac-sha256"),
-        )
+        scheme = target.get("signature_scheme", "hmac-sha256")
+        key = _as_bytes(target.get("key"))
+        self._target_session = Session(key=key, signature_scheme=scheme)
+        self._same_key = hmac.compare_digest(key, self.key) and scheme == self.signature_scheme
         # a fresh routing id per kernel, the same on all three (see the module docstring)
         routing_id = f"relay-{uuid.uuid4().hex}".encode()
         self._back = {}
+        self._iopub_seen = asyncio.Event()
+        self._own = set()
         for ch in ROUTED:
             sock = self._ctx.socket(zmq.DEALER)
             sock.linger = 0
             sock.routing_id = routing_id
             sock.connect(self._url(target, ch))
-            self._back[ch] = sock
+            self._back[ch] = _Port(sock, self._kernel_handler(ch), self.log)
         sub = self._ctx.socket(zmq.SUB)
         sub.linger = 0
         # everything: clients' own subscriptions are applied by our XPUB
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(self._url(target, "iopub"))
-        self._back["iopub"] = sub
-        self._iopub_seen = asyncio.Event()
-        self._own = set()
-        self._back_tasks = [
-            asyncio.create_task(self._kernel_loop(ch, sock, self._target_session))
-            for ch, sock in self._back.items()
-        ]
+        self._back["iopub"] = _Port(sub, self._kernel_handler("iopub"), self.log)
 
-    def _close_back(self) -> list[asyncio.Task]:
-        """Drop the kernel-side sockets; returns their (cancelled) tasks to await."""
-        tasks, self._back_tasks = self._back_tasks, []
-        for task in tasks:
-            task.cancel()
-        for sock in self._back.values():
-            sock.close(linger=0)
-        self._back = {}
-        return tasks
+    def _close_back(self) -> None:
+        """Drop the kernel-side sockets."""
+        back, self._back = self._back, {}
+        for port in back.values():
+            port.close()
 
     async def _open_when_ready(self, gen: int) -> None:
         """Wait until the new kernel's iopub reaches us, then flush. Requests sent earlier
@@ -387,42 +504,44 @@ class KernelRelay:
         while not self._iopub_seen.is_set() and gen == self._gen:
             # ipykernel answers a subscription with iopub_welcome; other kernels (IRkernel)
             # need a nudge: any request makes them publish a status
-            await self._nudge()
+            self._nudge()
             try:
                 await asyncio.wait_for(self._iopub_seen.wait(), 0.2)
             except asyncio.TimeoutError:
                 if loop.time() > deadline:
                     self.log.warning("relay: no iopub from %s; flushing anyway", self._target)
                     break
-        await self._flush(gen)
+        self._flush(gen)
 
     async def interrupt_kernel(self) -> bool:
         """Send the current kernel an interrupt_request of the relay's own, on the control
         socket already connected to it: no new connection to wait for, and it reaches the
         kernel before any shutdown_request a client sends after it (its reply, addressed
         to no client, is dropped). False if there is no kernel to send it to."""
-        sock = self._back.get("control")
-        if sock is None or self._target_session is None:
+        port = self._back.get("control")
+        if port is None or self._target_session is None:
             return False
         msg = self._target_session.msg("interrupt_request", content={})
-        await sock.send_multipart(self._target_session.serialize(msg))
+        port.send(self._target_session.serialize(msg))
         return True
 
-    async def _nudge(self) -> None:
+    def _nudge(self) -> None:
         assert self._target_session is not None
         msg = self._target_session.msg("kernel_info_request")
         self._own.add(msg["header"]["msg_id"])
-        await self._back["shell"].send_multipart(self._target_session.serialize(msg))
+        self._back["shell"].send(self._target_session.serialize(msg))
 
-    async def _flush(self, gen: int) -> None:
+    async def _flush_later(self, gen: int) -> None:
+        self._flush(gen)
+
+    def _flush(self, gen: int) -> None:
+        # no await in here: nothing a client sends meanwhile can overtake the queue
         while self._queue and gen == self._gen:
-            ch, idents, parts = self._queue.popleft()
-            await self._to_kernel(ch, idents, parts)
+            self._to_kernel(*self._queue.popleft())
         if gen == self._gen:
-            # no await between the empty check and opening: arrival order is kept
             self._open = True
 
-    async def _to_kernel(self, ch: str, idents: list[bytes], parts: list[bytes]) -> None:
+    def _to_kernel(self, ch: str, idents: list[bytes], sig: bytes, parts: list[bytes]) -> None:
         assert self._target_session is not None
         msg_id = _msg_id(parts[0])
         if msg_id:
@@ -430,7 +549,7 @@ class KernelRelay:
             if len(self._recent) > _RECENT_IDS:
                 self._recent.popitem(last=False)
             if ch == "shell":
-                self._unanswered[msg_id] = (idents, parts)
+                self._unanswered[msg_id] = (idents, sig, parts)
                 if len(self._unanswered) > _RECENT_IDS:
                     self._unanswered.popitem(last=False)
         if b'"shutdown_request"' in parts[0]:
@@ -438,16 +557,17 @@ class KernelRelay:
         if ch == "shell" and b'"execute_request"' in parts[0]:
             self._executes += 1
             if self._announcement:
-                await self._publish_announcement(parts[0])
-        sig = self._target_session.sign(parts[:4])
-        await self._back[ch].send_multipart([*idents, DELIM, sig, *parts])
+                self._publish_announcement(parts[0])
+        if not self._same_key:
+            sig = self._target_session.sign(parts[:4])
+        self._back[ch].send([*idents, DELIM, sig, *parts])
         self._stats["to_kernel"] += 1
 
-    async def _publish_announcement(self, request_header: bytes) -> None:
+    def _publish_announcement(self, request_header: bytes) -> None:
         text, self._announcement = self._announcement, ""
-        await self._publish_stream(request_header, text)
+        self._publish_stream(request_header, text)
 
-    async def _publish_stream(self, parent_header: bytes, text: str) -> None:
+    def _publish_stream(self, parent_header: bytes, text: str) -> None:
         """stderr output of our own, in the output of the request ``parent_header`` names."""
         try:
             parent = json.loads(parent_header)
@@ -456,26 +576,33 @@ class KernelRelay:
         msg = self.session.msg(
             "stream", content={"name": "stderr", "text": text.rstrip() + "\n"}, parent=parent
         )
-        await self._front["iopub"].send_multipart([b"stream", *self.session.serialize(msg)])
+        self._front["iopub"].send([b"stream", *self.session.serialize(msg)])
 
-    async def _kernel_loop(self, ch: str, sock: zmq.asyncio.Socket, session: Session) -> None:
-        """What the kernel sends on `ch`, re-signed, to the clients: replies and stdin
-        input_requests to the client their idents name, iopub to every subscriber; what
-        `_keep_back` says the clients must not see is dropped."""
+    def _kernel_handler(self, ch: str) -> Callable[[list[bytes]], None]:
+        """What the kernel sends on `ch`, to the clients (re-signed if the kernel has another
+        key): replies and stdin input_requests to the client their idents name, iopub to
+        every subscriber; what `_keep_back` says the clients must not see is dropped."""
         keep_back = self._keep_back_iopub if ch == "iopub" else self._keep_back_reply
-        while True:
-            frames = await sock.recv_multipart()
-            split = _split(frames, session)
-            if split is None:
+
+        def on_message(frames: list[bytes]) -> None:
+            split = _split(frames)
+            session = self._target_session
+            if split is None or session is None:
                 self._stats["dropped"] += 1
-                continue
-            idents, parts = split
+                return
+            idents, sig, parts = split
+            if not self._same_key:
+                # with the relay's own key, the clients check the kernel's signature
+                if not _signed(session, sig, parts):
+                    self._stats["dropped"] += 1
+                    return
+                frames = [*idents, DELIM, self.session.sign(parts[:4]), *parts]
             if keep_back(ch, idents, parts):
-                continue
-            await self._front[ch].send_multipart(
-                [*idents, DELIM, self.session.sign(parts[:4]), *parts]
-            )
+                return
+            self._front[ch].send(frames)
             self._stats["to_clients"] += 1
+
+        return on_message
 
     def _keep_back_reply(self, ch: str, idents: list[bytes], parts: list[bytes]) -> bool:
         if not idents:  # a reply to the relay's own nudge
@@ -517,34 +644,31 @@ class KernelRelay:
 
     # -- client side -----------------------------------------------------------------------
 
-    async def _client_loop(self, ch: str) -> None:
-        sock = self._front[ch]
-        while True:
-            frames = await sock.recv_multipart()
-            split = _split(frames, self.session)
-            if split is None:
+    def _client_handler(self, ch: str) -> Callable[[list[bytes]], None]:
+        def on_message(frames: list[bytes]) -> None:
+            split = _split(frames)
+            # the relay only passes on what a client holding the key signed
+            if split is None or not _signed(self.session, split[1], split[2]):
                 self.log.warning("relay: dropped an unsigned or malformed %s message", ch)
                 self._stats["dropped"] += 1
-                continue
+                return
             if self._open:
-                await self._to_kernel(ch, *split)
+                self._to_kernel(ch, *split)
             else:
                 self._queue.append((ch, *split))
 
-    async def _subscription_loop(self) -> None:
-        """Welcome each iopub subscriber, as ipykernel does (JEP 65)."""
-        sock = self._front["iopub"]
-        while True:
-            event = await sock.recv()
-            if event[:1] != b"\x01":
-                continue
-            topic = event[1:]
-            msg = self.session.msg("iopub_welcome", content={"subscription": topic.decode()})
-            frames = self.session.serialize(msg)
-            await sock.send_multipart([topic, *frames] if topic else frames)
+        return on_message
 
-    async def _hb_loop(self) -> None:
+    def _on_subscription(self, frames: list[bytes]) -> None:
+        """Welcome each iopub subscriber, as ipykernel does (JEP 65)."""
+        event = frames[0]
+        if event[:1] != b"\x01":
+            return
+        topic = event[1:]
+        msg = self.session.msg("iopub_welcome", content={"subscription": topic.decode()})
+        out = self.session.serialize(msg)
+        self._front["iopub"].send([topic, *out] if topic else out)
+
+    def _on_ping(self, frames: list[bytes]) -> None:
         """Echo every ping: during a move the kernel is alive as far as clients know."""
-        sock = self._front["hb"]
-        while True:
-            await sock.send_multipart(await sock.recv_multipart())
+        self._front["hb"].send(frames)

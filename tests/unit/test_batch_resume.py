@@ -20,9 +20,9 @@ from jupyter_scheduler.environments import CondaEnvironmentManager
 from jupyter_scheduler.models import CreateJob
 from jupyter_scheduler.orm import create_tables
 
-from migrating_spawner.batch.executor import parameterize
+from migrating_spawner.batch.executor import ResumableExecutionManager, parameterize
 from migrating_spawner.batch.messages import job_paused_message
-from migrating_spawner.batch.progress import Progress, ResumeFolder, resume_message
+from migrating_spawner.batch.progress import MAX_ATTEMPTS, Progress, ResumeFolder, resume_message
 from migrating_spawner.batch.scheduler import MigratingScheduler
 
 # -- pure ----------------------------------------------------------------------------------
@@ -53,6 +53,23 @@ def test_a_stop_or_move_says_where_each_job_paused():
     assert job_paused_message(
         {"name": "n", "paused": False, "reason": "no cell boundary in time"}
     ) == ("Batch job n: no cell boundary in time; it resumes with the server")
+
+
+def test_a_process_that_keeps_dying_at_one_cell_fails_the_job_instead_of_looping():
+    manager = ResumableExecutionManager.__new__(ResumableExecutionManager)  # no job needed
+    p = Progress(done=3, kept={"cell": 2, "state": "state-a"})
+    for _ in range(MAX_ATTEMPTS):
+        manager._check_not_looping(p)  # resumed: it died without a pause
+    with pytest.raises(RuntimeError, match=f"ended {MAX_ATTEMPTS} times at cell 4"):
+        manager._check_not_looping(p)
+    # a pause (a move, a stop) is the server's doing, not the cell's: never counted
+    paused = Progress(done=3, kept={"cell": 2, "state": "state-a"}, paused={"cell": 2})
+    for _ in range(MAX_ATTEMPTS + 2):
+        manager._check_not_looping(paused)
+    assert paused.attempts == {}
+    # a job whose cell failed is not run again
+    with pytest.raises(RuntimeError, match="cell 2 failed: not run again"):
+        manager._check_not_looping(Progress(done=1, failed={"cell": 1, "error": "E: x"}))
 
 
 def test_parameters_go_after_the_parameters_cell_or_on_top_with_a_warning():

@@ -176,20 +176,30 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
 
 def run_tcp_gateway(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
     """`gateway connect|disconnect|list|info`: ports of the port-pool TCP gateway."""
-    columns = ["address", "user", "server", "target_port", "state"]
+    columns = ["address", "user", "server", "target_port", "state", "allowed"]
     if args.gateway_verb == "list":
         data = client.call("GET", "gateway")
-        return data, table(data["ports"], columns)
+        return data, table(gateway_rows(data["ports"]), columns)
     user, server = split_server(args.target)
     if args.gateway_verb == "connect":
-        body = {"target_port": args.target_port}
+        body: dict[str, Any] = {"target_port": args.target_port}
+        if args.allowed_cidrs:
+            body["allowed_cidrs"] = [c.strip() for c in args.allowed_cidrs.split(",") if c]
         data = client.call("POST", f"gateway/{user}/{server}", body)
-        return data, f"{args.target} port {args.target_port}: connect to {data['address']}"
+        return data, (
+            f"{args.target} port {args.target_port}: connect to {data['address']}"
+            f" (from {', '.join(data['allowed_cidrs'])})"
+        )
     if args.gateway_verb == "disconnect":
         data = client.call("DELETE", f"gateway/{user}/{server}/{args.port}")
         return data, f"{args.target}: gateway port {args.port} given back"
     data = client.call("GET", f"gateway/{user}/{server}")
-    return data, table(data["ports"], columns) if data["ports"] else "no gateway ports"
+    rows = gateway_rows(data["ports"])
+    return data, table(rows, columns) if rows else "no gateway ports"
+
+
+def gateway_rows(ports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**p, "allowed": ",".join(p.get("allowed_cidrs") or [])} for p in ports]
 
 
 def run_gateway(args: argparse.Namespace) -> tuple[Any, str]:
@@ -310,6 +320,12 @@ def parser() -> argparse.ArgumentParser:
     )
     connect.add_argument("target", metavar="USER[/SERVER]")
     connect.add_argument("--target-port", type=int, required=True, help="the server's port")
+    connect.add_argument(
+        "--allowed-cidrs",
+        metavar="CIDR[,CIDR]",
+        help="who may reach the port (networks within the gateway's allowed_cidrs, its "
+        "default); connecting a connected port again with it changes them",
+    )
     disconnect = tcp_verbs.add_parser("disconnect", parents=flags, help="give a port back")
     disconnect.add_argument("target", metavar="USER[/SERVER]")
     disconnect.add_argument("port", type=int, help="the gateway port")

@@ -1,7 +1,9 @@
 """The TCP gateway's REST routes under /services/migrate/api/ (see tcpgateway/):
 
     GET    gateway                        the caller's gateway ports (an admin's: all)
-    POST   gateway/USER[/SERVER]          {"target_port": P}: a pool port for port P
+    POST   gateway/USER[/SERVER]          {"target_port": P, "allowed_cidrs": [...]}: a pool
+                                          port for port P (the sources that may reach it:
+                                          within the gateway's allowed_cidrs, its default)
     GET    gateway/USER[/SERVER]          that server's gateway ports
     DELETE gateway/USER[/SERVER]/PORT     give the pool port back
 
@@ -59,13 +61,18 @@ class ServerPortsMixin(GatewayMixin):
 
     async def post(self, username: str, server_name: str | None = None) -> None:
         spawner = self.spawner(username, server_name or "")
-        body = self.body({"target_port"})
+        body = self.body({"target_port", "allowed_cidrs"})
         port = body.get("target_port")
         if not isinstance(port, int) or isinstance(port, bool):
             raise web.HTTPError(400, "%s", "target_port must be an integer port number")
+        cidrs = body.get("allowed_cidrs")
+        if cidrs is not None and not (
+            isinstance(cidrs, list) and all(isinstance(c, str) for c in cidrs)
+        ):
+            raise web.HTTPError(400, "%s", "allowed_cidrs must be a list of networks")
         address = spawner.host.address if spawner.host else None
         info = await self.call(
-            self.gateway().connect(spawner.user.name, spawner.name, port, address)
+            self.gateway().connect(spawner.user.name, spawner.name, port, address, cidrs)
         )
         self.write_json(info, status=201)
 

@@ -22,7 +22,7 @@ from typing import Any
 from traitlets import Bool, Float, List, Unicode, default, validate
 from traitlets.config import SingletonConfigurable
 
-from .haproxy import HAProxyProcess, Route, RuntimeAPI, render_config
+from .haproxy import HAProxyProcess, Route, RuntimeAPI, acl_path, render_config
 
 
 class GatewayError(Exception):
@@ -44,6 +44,28 @@ def parse_range(text: str) -> tuple[int, int]:
     return ports
 
 
+def narrow_cidrs(requested: list[str], bounds: list[str]) -> list[str]:
+    """A port's own allowed source networks: each must lie within one of the gateway's
+    (`bounds`); returned normalized. ValueError says which does not."""
+    if not requested:
+        raise ValueError("allowed_cidrs must name at least one network")
+    limits = [ipaddress.ip_network(b, strict=False) for b in bounds]
+    out = []
+    for cidr in requested:
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except (TypeError, ValueError):
+            message = f"allowed_cidrs: {cidr!r} is not a network (e.g. 10.0.0.0/8)"
+            raise ValueError(message) from None
+        if not any(net.version == b.version and net.subnet_of(b) for b in limits):
+            raise ValueError(
+                f"allowed_cidrs: {net} is outside the gateway's allowed networks "
+                f"({', '.join(bounds)})"
+            )
+        out.append(str(net))
+    return out
+
+
 class TCPGateway(SingletonConfigurable):
     enabled = Bool(
         False,
@@ -61,7 +83,9 @@ class TCPGateway(SingletonConfigurable):
         Unicode(),
         ["0.0.0.0/0", "::/0"],
         help="""Source networks that may connect to gateway ports (others are refused at
-        once). Restrict it to your users' networks, e.g. ["10.0.0.0/8"].""",
+        once). Restrict it to your users' networks, e.g. ["10.0.0.0/8"]. It is also each
+        port's default: a connect may narrow a port to networks within it
+        (`--allowed-cidrs`).""",
     ).tag(config=True)
 
     bind_ip = Unicode("0.0.0.0", help="The address gateway ports listen on.").tag(config=True)
@@ -113,6 +137,7 @@ class TCPGateway(SingletonConfigurable):
             self.haproxy_command, root / "haproxy.cfg", root / "haproxy.pid"
         )
         self.api = RuntimeAPI(str(root / "admin.sock"))
+        self.acl_dir = root / "acl"
         self.routes: dict[int, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
         self._started: asyncio.Future | None = None
@@ -138,14 +163,12 @@ class TCPGateway(SingletonConfigurable):
         config = self._config()
         pid = self.process.pid()
         path = self.process.config_path
-        if pid and await self.api.alive():
-            if path.exists() and path.read_text() == config:
-                return
-            path.write_text(config)
-            await asyncio.to_thread(self.process.start, pid)
-        else:
-            path.write_text(config)
-            await asyncio.to_thread(self.process.start)
+        running = bool(pid) and await self.api.alive()
+        if running and path.exists() and path.read_text() == config:
+            return
+        self._write_acls(self.routes, range(*self._pool()))  # HAProxy loads them at start
+        path.write_text(config)
+        await asyncio.to_thread(self.process.start, pid if running else None)
         await self._wait_alive()
         for route in self._routes().values():
             await self.api.set_route(route)
@@ -177,31 +200,59 @@ class TCPGateway(SingletonConfigurable):
 
     # -- the table ----------------------------------------------------------------------
 
-    def _routes(self) -> dict[int, Route]:
+    def _routes(self, table: dict[int, dict[str, Any]] | None = None) -> dict[int, Route]:
         return {
             port: Route(port, r.get("address"), r["target_port"], bool(r.get("held")))
-            for port, r in self.routes.items()
+            for port, r in (self.routes if table is None else table).items()
         }
 
-    def _config(self) -> str:
+    def _config(self, table: dict[int, dict[str, Any]] | None = None) -> str:
         return render_config(
             self.api.socket_path,
             self.bind_ip,
             parse_range(self.port_range),
             self.allowed_cidrs,
             self.hold_timeout,
-            self._routes(),
+            self._routes(table),
+            str(self.acl_dir),
         )
 
-    async def _save(self, ports: list[int]) -> None:
-        """Apply the routes of `ports` through the runtime API; keep table and config."""
-        tmp = self.table_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.routes, indent=1))
-        os.replace(tmp, self.table_path)
-        self.process.config_path.write_text(self._config())
-        routes = self._routes()
+    def _pool(self) -> tuple[int, int]:
+        """The pool as a range's arguments (high + 1)."""
+        low, high = parse_range(self.port_range)
+        return low, high + 1
+
+    def cidrs(self, record: dict[str, Any] | None) -> list[str]:
+        """The sources a port allows: its own, or the gateway's (a port not in use: none)."""
+        if record is None:
+            return []
+        return record.get("allowed_cidrs") or list(self.allowed_cidrs)
+
+    def _write_acls(self, table: dict[int, dict[str, Any]], ports: Any) -> None:
+        self.acl_dir.mkdir(parents=True, exist_ok=True)
         for port in ports:
-            await self.api.set_route(routes.get(port) or Route(port, None, 1))
+            text = "".join(c + "\n" for c in self.cidrs(table.get(port)))
+            Path(acl_path(str(self.acl_dir), port)).write_text(text)
+
+    async def _save(self, table: dict[int, dict[str, Any]], ports: list[int]) -> None:
+        """Make `table` the port table: written first (the table file and HAProxy's
+        configuration, so a restarted HAProxy has it), applied to `ports` through the
+        runtime API, and only then the table the gateway answers from (`describe`, `list`):
+        a port it says is moving already holds new connections in HAProxy."""
+        tmp = self.table_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, self.table_path)
+        self.process.config_path.write_text(self._config(table))
+        self._write_acls(table, ports)
+        routes = self._routes(table)
+        try:
+            for port in ports:
+                await self.api.set_route(routes.get(port) or Route(port, None, 1))
+                cidrs = self.cidrs(table.get(port))
+                if cidrs != self.cidrs(self.routes.get(port)):
+                    await self.api.set_acl(acl_path(str(self.acl_dir), port), cidrs)
+        finally:  # applied, or HAProxy unreachable (a restart applies the table)
+            self.routes = table
 
     def describe(self, port: int) -> dict[str, Any]:
         r = self.routes[port]
@@ -212,6 +263,7 @@ class TCPGateway(SingletonConfigurable):
             "user": r["user"],
             "server": r["server"],
             "target_port": r["target_port"],
+            "allowed_cidrs": self.cidrs(r),
             "state": state,
             "created": r.get("created"),
         }
@@ -231,15 +283,31 @@ class TCPGateway(SingletonConfigurable):
     # -- verbs --------------------------------------------------------------------------
 
     async def connect(
-        self, user: str, server: str, target_port: int, address: str | None
+        self,
+        user: str,
+        server: str,
+        target_port: int,
+        address: str | None,
+        allowed_cidrs: list[str] | None = None,
     ) -> dict[str, Any]:
-        """A pool port for `target_port` of user/server (the same one if it has one)."""
+        """A pool port for `target_port` of user/server (the same one if it has one).
+        `allowed_cidrs` narrows who may reach it (within the gateway's `allowed_cidrs`,
+        the default); connecting a connected port again with a list changes it."""
         if not 1 <= target_port <= 65535:
             raise GatewayError(f"target_port must be 1-65535, not {target_port}")
+        own = None
+        if allowed_cidrs is not None:
+            try:
+                own = narrow_cidrs(allowed_cidrs, self.allowed_cidrs)
+            except ValueError as e:
+                raise GatewayError(str(e)) from None
         await self.ensure_started()
         async with self._lock:
             for port in self.ports_of(user, server):
                 if self.routes[port]["target_port"] == target_port:
+                    if own is not None and own != self.cidrs(self.routes[port]):
+                        changed = {**self.routes[port], "allowed_cidrs": own}
+                        await self._save({**self.routes, port: changed}, [port])
                     return self.describe(port)
             low, high = parse_range(self.port_range)
             free = next((p for p in range(low, high + 1) if p not in self.routes), None)
@@ -249,14 +317,16 @@ class TCPGateway(SingletonConfigurable):
                     f"({high - low + 1} ports in use): disconnect a port first",
                     503,
                 )
-            self.routes[free] = {
+            record = {
                 "user": user,
                 "server": server,
                 "target_port": target_port,
                 "address": address,
                 "created": time.time(),
             }
-            await self._save([free])
+            if own is not None:
+                record["allowed_cidrs"] = own
+            await self._save({**self.routes, free: record}, [free])
             return self.describe(free)
 
     async def disconnect(self, user: str, server: str, port: int) -> None:
@@ -264,8 +334,7 @@ class TCPGateway(SingletonConfigurable):
         async with self._lock:
             if port not in self.ports_of(user, server):
                 raise GatewayError(f"{user}/{server} has no gateway port {port}", 404)
-            del self.routes[port]
-            await self._save([port])
+            await self._save({p: r for p, r in self.routes.items() if p != port}, [port])
 
     async def _set(self, user: str, server: str, **fields: Any) -> None:
         if not self.enabled:
@@ -275,9 +344,8 @@ class TCPGateway(SingletonConfigurable):
             ports = self.ports_of(user, server)
             if not ports:
                 return
-            for port in ports:
-                self.routes[port].update(fields)
-            await self._save(ports)
+            table = {p: {**r, **fields} if p in ports else r for p, r in self.routes.items()}
+            await self._save(table, ports)
 
     async def retarget(self, user: str, server: str, address: str) -> None:
         """The server runs at `address` (started, or moved there): open its ports,
@@ -299,7 +367,6 @@ class TCPGateway(SingletonConfigurable):
         await self.ensure_started()
         async with self._lock:
             ports = self.ports_of(user, server)
-            for port in ports:
-                del self.routes[port]
             if ports:
-                await self._save(ports)
+                table = {p: r for p, r in self.routes.items() if p not in ports}
+                await self._save(table, ports)

@@ -29,6 +29,12 @@ class Route:
     held: bool = False  # the server is moving
 
 
+def acl_path(acl_dir: str, port: int) -> str:
+    """The file of pool port `port`'s allowed source networks (one CIDR a line): loaded
+    by HAProxy at its start, changed at runtime (`RuntimeAPI.set_acl`)."""
+    return os.path.join(acl_dir, f"p{port}.lst")
+
+
 def render_config(
     socket_path: str,
     bind_ip: str,
@@ -36,8 +42,12 @@ def render_config(
     allowed_cidrs: list[str],
     hold_timeout: float,
     routes: dict[int, Route],
+    acl_dir: str,
 ) -> str:
-    """haproxy.cfg for the pool `ports` (inclusive) with `routes` by pool port."""
+    """haproxy.cfg for the pool `ports` (inclusive) with `routes` by pool port.
+
+    `allowed_cidrs` bounds every port; each port's own sources (within it) are its ACL
+    file in `acl_dir`, so a connect changes them without a reload."""
     low, high = ports
     hold_ms = int(hold_timeout * 1000)
     lines = [
@@ -54,6 +64,11 @@ def render_config(
         "frontend gateway",
         f"  bind {bind_ip}:{low}-{high}",
         f"  tcp-request connection reject unless {{ src {' '.join(allowed_cidrs)} }}",
+        *(
+            f"  tcp-request connection reject if {{ dst_port {port} }}"
+            f" !{{ src -f {acl_path(acl_dir, port)} }}"
+            for port in range(low, high + 1)
+        ),
         # the hold: at most hold_timeout, released early when the server is ready again
         f"  tcp-request inspect-delay {hold_ms + 1000}ms",
         f"  tcp-request content lua.hold {hold_ms}",
@@ -104,6 +119,20 @@ class RuntimeAPI:
             return
         await self.command(f"set server {backend} addr {route.address} port {route.target_port}")
         await self.command(f"set server {backend} state {'drain' if route.held else 'ready'}")
+
+    async def set_acl(self, path: str, cidrs: list[str]) -> None:
+        """Replace the sources of the ACL file `path` (loaded at start) in one step."""
+        answer = await self.command(f"prepare acl {path}")
+        if not answer.startswith("New version created:"):
+            raise RuntimeError(f"HAProxy: prepare acl {path}: {answer}")
+        version = answer.split(":")[1].strip()
+        for cidr in cidrs:
+            answer = await self.command(f"add acl @{version} {path} {cidr}")
+            if answer:
+                raise RuntimeError(f"HAProxy: add acl {path} {cidr}: {answer}")
+        answer = await self.command(f"commit acl @{version} {path}")
+        if answer:
+            raise RuntimeError(f"HAProxy: commit acl {path}: {answer}")
 
 
 class HAProxyProcess:

@@ -1,6 +1,7 @@
 """The TCP gateway's HAProxy on its own (no hub): routes, the hold during a move, the pool,
-allowed_cidrs, and a gateway restarted as a hub restart does (HAProxy and its connections
-stay). Through a real hub and a reclaim: tests/integration/test_apps.py."""
+allowed_cidrs (the gateway's and a port's own), and a gateway restarted as a hub restart
+does (HAProxy and its connections stay). Through a real hub and a reclaim:
+tests/integration/test_apps.py."""
 
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ async def talk(port: int, source: str = "127.0.0.1", timeout: float = 30) -> byt
         writer.write(b"ping\n")
         await writer.drain()
         return banner + await asyncio.wait_for(reader.readline(), timeout)
+    except ConnectionResetError:  # refused (a reset after the kernel accepted)
+        return b""
     finally:
         writer.close()
 
@@ -103,10 +106,13 @@ async def test_ports_hold_during_a_move_and_survive_a_restart(gateway):
     # a port not in use closes at once
     assert await talk(port + 1) == b""
 
-    # a move: new connections wait, then reach the new host
-    await gw.hold("alice", "")
-    assert gw.describe(port)["state"] == "moving"
+    # a move: new connections wait, then reach the new host; the port reads as moving
+    # only once HAProxy holds it (a connection made at once is held, not answered by old)
+    holding = asyncio.ensure_future(gw.hold("alice", ""))
+    while gw.describe(port)["state"] != "moving":
+        await asyncio.sleep(0)
     attempt = asyncio.ensure_future(talk(port))
+    await holding
     for _ in range(200):
         if await held_sessions(gw):
             break
@@ -123,6 +129,26 @@ async def test_ports_hold_during_a_move_and_survive_a_restart(gateway):
         await gw.connect("carol", "", 22, "127.0.0.6")
     assert e.value.status == 503
     await gw.disconnect("bob", "", port + 2)
+
+    # a port's own allowed_cidrs (within the gateway's): bob's port to the new service
+    # from 127.0.0.7 only, then 127.0.0.8 only (changed at runtime: the same HAProxy)
+    pid = gw.process.pid()
+    bobs = await gw.connect("bob", "", target, "127.0.0.4", ["127.0.0.7/32"])
+    assert bobs["allowed_cidrs"] == ["127.0.0.7/32"] and bobs["port"] == port + 2
+    assert await talk(port + 2, source="127.0.0.1") == b""
+    assert await talk(port + 2, source="127.0.0.7") == b"SSH-new\nping\n"
+    assert await talk(port, source="127.0.0.7") == b"SSH-new\nping\n"  # alice's: all of 127/8
+    assert gw.describe(port)["allowed_cidrs"] == ["127.0.0.0/8"]
+    await gw.connect("bob", "", target, "127.0.0.4", ["127.0.0.8"])
+    assert await talk(port + 2, source="127.0.0.7") == b""
+    assert await talk(port + 2, source="127.0.0.8") == b"SSH-new\nping\n"
+    assert gw.process.pid() == pid
+    for bad in (["10.0.0.0/8"], ["not-a-network"], []):
+        with pytest.raises(GatewayError) as e:
+            await gw.connect("bob", "", target, "127.0.0.4", bad)
+        assert e.value.status == 400
+    await gw.disconnect("bob", "", port + 2)
+    assert await talk(port + 2, source="127.0.0.8") == b""
 
     # a hub restart: a new gateway object finds HAProxy running, an open connection stays
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -149,12 +149,33 @@ export const RELOAD_MESSAGE =
   'Your server was resumed on a new host: reload this page to reconnect.';
 
 /**
- * Whether this tab is on a spawn that is gone: the server was seen Suspended or Stopped and
- * is back (Starting, Running, ...). The new spawn's server refuses the page's old token
- * (the service may still take it), so only a reload reconnects the tab.
+ * Whether this tab is on a spawn that is gone: the server is back (Starting, Running, ...)
+ * after it was seen Suspended or Stopped, or it runs a spawn started at another time than
+ * the one this tab first saw (`seen.started`: the hub's start time of the spawn, which a
+ * move keeps and a Resume or Start sets anew), so a Suspend and Resume between two polls is
+ * not missed. The new spawn's server refuses the page's old token (the service may still
+ * take it), so only a reload reconnects the tab.
  */
 export function respawned(seen, server) {
-  return Boolean(seen && seen.away && server && !['Suspended', 'Stopped'].includes(server.state));
+  if (!seen || !server || ['Suspended', 'Stopped'].includes(server.state)) {
+    return false;
+  }
+  if (seen.away) {
+    return true;
+  }
+  return Boolean(seen.started && server.started && server.started !== seen.started);
+}
+
+/**
+ * What a successful poll of `server` adds to `seen` ({worked, away, started}; see
+ * respawned and tokenReplaced): the first spawn start time this tab saw is kept.
+ */
+export function saw(seen, server) {
+  return {
+    worked: true,
+    away: Boolean(seen.away) || ['Suspended', 'Stopped'].includes(server.state),
+    started: seen.started || server.started || null
+  };
 }
 
 /**

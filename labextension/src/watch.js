@@ -11,6 +11,7 @@ import {
   movingMessage,
   RELOAD_MESSAGE,
   respawned,
+  saw,
   tokenReplaced
 } from './messages';
 
@@ -27,7 +28,8 @@ export class MoveWatcher {
     this.timer = null;
     this.stopped = false;
     // what the polls saw, to tell a replaced page token from a passing error
-    this.seen = { worked: false, away: false };
+    // (and the start time of the spawn this tab is on, from the first poll)
+    this.seen = { worked: false, away: false, started: null };
   }
 
   start() {
@@ -61,10 +63,7 @@ export class MoveWatcher {
         return;
       }
       this.status.render(server);
-      this.seen.worked = true;
-      if (server.state === 'Suspended' || server.state === 'Stopped') {
-        this.seen.away = true;
-      }
+      this.seen = saw(this.seen, server);
     } catch (error) {
       if (tokenReplaced(error.status, this.seen)) {
         this.askToReload();

@@ -75,6 +75,34 @@ def test_a_refused_token_after_a_resume_asks_to_reload(tmp_path):
     )
 
 
+def test_a_suspend_and_resume_between_two_polls_is_seen_by_the_spawn_start_time(tmp_path):
+    # the polls of one tab: its spawn (started T1), a move (a new host, the same spawn:
+    # the hub's start time stays), then a Suspend and Resume that no poll saw (a new spawn,
+    # started T2). Each poll is checked against what the polls before it saw.
+    polls = [
+        {"state": "Running", "host_id": "local-1", "started": NOW},
+        {"state": "Floating", "host_id": "local-1", "started": NOW},
+        {"state": "Running", "host_id": "local-2", "started": NOW},
+        {"state": "Running", "host_id": "local-3", "started": NOW + 30},
+    ]
+    got = run(
+        f"(() => {{ let seen = {{worked: false, away: false, started: null}};"
+        f" return {json.dumps(polls)}.map(s => {{ const r = m.respawned(seen, s);"
+        " seen = m.saw(seen, s); return r; }); })()",
+        tmp_path,
+    )
+    assert got == [False, False, False, True]
+    # a tab opened while the server was away learns its start time from the spawn it gets
+    got = run(
+        "(() => { let seen = m.saw({worked: false, away: false, started: null},"
+        " {state: 'Suspended', started: null});"
+        " const back = m.respawned(seen, {state: 'Running', started: 5});"
+        " return [seen.away, seen.started, back]; })()",
+        tmp_path,
+    )
+    assert got == [True, None, True]
+
+
 def test_a_requested_move_has_no_deadline_to_tell(tmp_path):
     server = {"move": {"reason": "requested by alice", "deadline": NOW + 3600}}
     got = run(f"m.movingMessage({json.dumps(server)}, {NOW})", tmp_path)

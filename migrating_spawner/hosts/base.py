@@ -15,6 +15,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..agent.client import AgentClient, AgentTimeouts
 from ..agent.host import Host, HostError
+from .pool import SparePool
 from .watcher import HostWatcher
 
 __all__ = ["Host", "HostError", "HostProvider", "ReclaimOnRequest", "RegistrationError"]
@@ -96,10 +97,23 @@ class HostProvider(LoggingConfigurable):
         the host lost (a host whose record is gone is lost at the first failed poll).""",
     ).tag(config=True)
 
+    spare_hosts = Dict(
+        value_trait=Integer(),
+        default_value={},
+        help="""Spare hosts to keep ready, per instance type: {"small": 1}. Each is acquired
+        ahead with its agent up, so a move (or a start) takes it at once instead of waiting
+        for a host to boot, and a replacement is acquired in the background. None by
+        default. On ec2, where a spot instance boots in ~40 s out of a 120 s reclaim notice,
+        one per instance type that servers move between is the usual choice; each costs
+        what a running instance of its type costs (benchmarks/results.md, "Warm hosts").
+        A restarted hub finds its spare hosts again (their owner is "spare:<type>").""",
+    ).tag(config=True)
+
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._agents: dict[str, AgentClient] = {}
         self._watcher: HostWatcher | None = None
+        self.spares = SparePool(self, log=self.log)
 
     def agent(self, host: Host) -> AgentClient:
         """The one client of `host`'s agent (cached per host, with this provider's timeouts)."""
@@ -152,6 +166,28 @@ class HostProvider(LoggingConfigurable):
         cloud falling back to another instance type).
         """
         raise NotImplementedError
+
+    async def take(
+        self,
+        instance_type: str = "",
+        market: str = "",
+        owner: str = "",
+        progress: Callable[[str], None] | None = None,
+    ) -> Host:
+        """A host for `owner`: a spare one at once if `spare_hosts` keeps one of that type
+        (replaced in the background), else a new one (`acquire`). What moves and starts
+        call."""
+        instance_type = self.check_instance_type(instance_type)
+        self.spares.start()  # (idempotent; the hub starts it after adopting its spares)
+        host = await self.spares.take(instance_type, market or self.market, owner)
+        if host is not None:
+            return host
+        return await self.acquire(instance_type, market, owner=owner, progress=progress)
+
+    async def label(self, host: Host, owner: str) -> None:
+        """Record that `host` now belongs to `owner` (a spare host taken). Providers whose
+        records outlive the hub write it there too."""
+        host.meta["owner"] = owner
 
     async def get(self, host_id: str) -> Host | None:
         """Find a host again by id (after a hub restart); None if it is gone."""

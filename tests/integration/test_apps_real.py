@@ -60,3 +60,6 @@ async def test_vscode_answers_at_the_same_url_after_a_reclaim(hub_factory):
     hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
     await hub.spawn("vera", options={"profile": "vscode"})
     await reclaim_and_check(hub, "vera", "vscode/", "vscode")
+    # code-server's user data (its hot-exit backups of unsaved editors) moved with the home
+    homes = list((hub.workdir / "hosts" / "disks").glob("*/home/vera"))
+    assert any((h / ".local/share/code-server").is_dir() for h in homes)

@@ -52,6 +52,14 @@ DEFAULT_PROFILES: list[dict[str, Any]] = [
         "requires": "code-server",
         "requires_module": "jupyter_vscode_proxy",
     },
+    {
+        # headless notebook jobs (jupyterhub-migrate submit): not on the spawn page
+        "slug": "batch",
+        "display_name": "Batch job",
+        "description": "a headless notebook job on a spot host of its own",
+        "instance_type": "small",
+        "batch": True,
+    },
 ]
 
 
@@ -86,8 +94,17 @@ def choose_profile(profiles: list[dict[str, Any]], slug: str | None) -> dict[str
     raise ProfileError(f"Unknown profile {slug!r}. Choose one of: {offered}.")
 
 
+def batch_profile(profiles: list[dict[str, Any]], slug: str | None) -> dict[str, Any]:
+    """The profile of a headless job: `slug` (any profile offered), else the first batch
+    profile (`"batch": True`), else the default one."""
+    if slug:
+        return choose_profile(profiles, slug)
+    return next((p for p in profiles if p.get("batch")), None) or choose_profile(profiles, None)
+
+
 def render_form(profiles: list[dict[str, Any]]) -> str:
-    """The spawn page's form: one radio button a profile."""
+    """The spawn page's form: one radio button a profile (batch profiles are for jobs)."""
+    profiles = [p for p in profiles if not p.get("batch")]
     if len(profiles) < 2:
         return ""
     default = choose_profile(profiles, None)["slug"]

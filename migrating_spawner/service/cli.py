@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from ..batch.jobs import FINISHED, is_job_id, resolve_value
 from .http import CLIError, JSONClient
 from .kernels import KernelHosts
 
@@ -162,6 +163,14 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         if data["state"] == "Running":
             return data, f"{args.target}: {done} on {data['host_id']} ({data['address']}){kept}"
         return data, f"{args.target}: {data['state']} ({doing} on a new host){kept}"
+    if args.verb == "submit":
+        return submit(client, args)
+    if args.verb == "jobs":
+        data = client.call("GET", "jobs" + (f"?user={args.user}" if args.user else ""))
+        return data, table(job_rows(data["jobs"]), JOB_COLUMNS)
+    if args.verb == "cancel" and is_job_id(args.target):
+        data = client.call("POST", f"jobs/{args.target}/cancel", {}, timeout=600)
+        return data, f"{args.target}: {data['status']}. {data['message']}"
     if args.verb == "cancel":
         user, server = split_server(args.target)
         data = client.call("POST", f"servers/{user}/{server}/cancel", {}, timeout=600)
@@ -172,6 +181,55 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         columns = ["time", "kind", "reason", "from", "to", "hold", "bytes", "lost"]
         return data, table(history_rows(data["history"]), columns)
     raise CLIError(f"unknown verb {args.verb}")
+
+
+JOB_COLUMNS = ["id", "user", "name", "status", "submitted", "took", "moves", "cost", "message"]
+
+
+def job_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for j in jobs:
+        took = j.get("duration")
+        cost = j.get("cost")
+        rows.append(
+            {
+                **j,
+                "submitted": when(j["submitted"]),
+                "took": f"{took:.0f} s" if took is not None else None,
+                "cost": f"{cost:.4f}" if cost is not None else None,
+                "message": (j.get("error") or j.get("message") or "")[:60],
+            }
+        )
+    return rows
+
+
+def job_text(job: dict[str, Any]) -> str:
+    lines = [f"{job['id']}: {job['status']} ({job['notebook']} of {job['user']})"]
+    lines += [f"warning: {w}" for w in job.get("warnings", [])]
+    if job.get("error"):
+        lines.append(f"error: {job['error']}")
+    if job.get("output") or job.get("log"):
+        lines.append(f"output: {job.get('output') or '-'}; log: {job.get('log') or '-'}")
+    return "\n".join(lines)
+
+
+def submit(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    """`submit NOTEBOOK [-p name value ...]`: values read as papermill's -p does."""
+    body: dict[str, Any] = {"notebook": args.notebook}
+    if args.profile:
+        body["profile"] = args.profile
+    if args.name:
+        body["name"] = args.name
+    if args.user:
+        body["user"] = args.user
+    if args.parameters:
+        body["parameters"] = {name: resolve_value(value) for name, value in args.parameters}
+    job = client.call("POST", "jobs", body)
+    if args.wait:
+        while job["status"] not in FINISHED:
+            time.sleep(1)
+            job = client.call("GET", f"jobs/{job['id']}")
+    return job, job_text(job)
 
 
 def run_tcp_gateway(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
@@ -304,9 +362,44 @@ def parser() -> argparse.ArgumentParser:
     cancel = verbs.add_parser(
         "cancel",
         parents=flags,
-        help="stop and discard the checkpoint: the next start is fresh (says what is lost)",
+        help="a server: stop and discard the checkpoint, the next start is fresh (says what "
+        "is lost); a job (JOB, job-XXXXXXXX): stop it and remove its server",
+        description="USER[/SERVER] cancels a server: it stops and its checkpoint is discarded. "
+        "A job id (job- and 8 hex digits, as `submit` and `jobs` show) cancels that headless "
+        "job: its named server is stopped and removed. A user whose name looks like a job id "
+        "is written with a slash: NAME/ for the default server.",
     )
-    cancel.add_argument("target", metavar="USER[/SERVER]")
+    cancel.add_argument("target", metavar="USER[/SERVER] | JOB")
+    submit = verbs.add_parser(
+        "submit",
+        parents=flags,
+        help="run a notebook of your home headless on a spot host of its own (a named server)",
+        description="Run NOTEBOOK (a path relative to your home) as a job on a named server "
+        "with a batch profile, cell by cell: it moves with its server at a reclaim and resumes "
+        "at the next cell. The output notebook and a log land next to NOTEBOOK "
+        "(NAME.JOB.ipynb, NAME.JOB.log); the server stops when it is done.",
+    )
+    submit.add_argument("notebook", metavar="NOTEBOOK")
+    submit.add_argument("--profile", help="the server's profile (default: the batch profile)")
+    submit.add_argument(
+        "-p",
+        "--parameter",
+        dest="parameters",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="a parameter, injected after the cell tagged `parameters` (papermill's way: "
+        "numbers, True/False/None, else a string)",
+    )
+    submit.add_argument("--name", help="the job's name (default: the notebook's)")
+    submit.add_argument("--user", help="submit for this user (admins)")
+    submit.add_argument("--wait", action="store_true", help="wait until the job has ended")
+    jobs = verbs.add_parser(
+        "jobs",
+        parents=flags,
+        help="headless jobs: status, timings, moves, cost (yours; an admin's: all)",
+    )
+    jobs.add_argument("user", nargs="?", metavar="USER", help="only this user's jobs")
     history = verbs.add_parser(
         "history", parents=flags, help="moves, suspends, resumes and losses of a server"
     )

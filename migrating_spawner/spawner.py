@@ -165,6 +165,8 @@ class MigratingSpawner(Spawner):
     fresh_start = False  # a cancel discarded the work: the next start restores nothing
     # why the next stop happens and who asked (the API's verbs say; else found out)
     stop_request: dict[str, Any] | None = None
+    # what the last freeze said of the server's batch jobs (a Suspend's answer tells it)
+    jobs_paused: list[str] = []
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -553,8 +555,10 @@ class MigratingSpawner(Spawner):
             timeout=timeout + 10,
         )
         self.controller.observer.history.note_snapshot(self.key, report)  # interrupted cells
-        for job in (report.get("jobs") or {}).values():  # jupyter-scheduler jobs (batch/)
-            self.emit(job_paused_message(job))
+        # jupyter-scheduler jobs (batch/): each paused at a cell boundary, or interrupted
+        self.jobs_paused = [job_paused_message(j) for j in (report.get("jobs") or {}).values()]
+        for message in self.jobs_paused:
+            self.emit(message)
         for note in (report.get("apps") or {}).get("notes", []):
             self.emit(note, level="warning")  # e.g. RStudio force-suspended
         return report
@@ -707,6 +711,7 @@ class MigratingSpawner(Spawner):
         # what became of the kernels, for the stop's event
         kernels: str | None = None
         kernel_error = ""
+        self.jobs_paused = []
         if keep:
             try:
                 # kernels first: their snapshot lives in the home the next line copies
@@ -740,6 +745,8 @@ class MigratingSpawner(Spawner):
             message = f"Stopped: files on shared storage{kept}"
         elif self.home_mode == "synced":
             level, message = "warning", "Stopped without a checkpoint: files and kernels not kept"
+        if self.jobs_paused:
+            message += f"; {len(self.jobs_paused)} batch job(s) paused: they resume with it"
         try:
             await self.controller.provider.agent(host).stop_process(
                 SERVER_PROCESS, 0 if now else self.stop_grace

@@ -464,7 +464,8 @@ class SuspendHandler(VerbHandler):
 
     async def act(self, spawner: Any, state: str) -> None:
         await self.stop(spawner, {"reason": "request", "by": self.who})
-        self.write_json(await self.describe(spawner))
+        # batch jobs paused with the server: where each stopped, and that it resumes with it
+        self.write_json({**(await self.describe(spawner)), "jobs": spawner.jobs_paused})
 
 
 class ResumeHandler(VerbHandler):

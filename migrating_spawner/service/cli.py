@@ -75,7 +75,8 @@ def suspended_text(target: str, data: dict[str, Any]) -> str:
         what = f"checkpoint {kept['id']} ({size(kept['bytes'])}, {when(kept['time'])})"
     else:
         what = "its kernels' state in the home (files on shared storage)"
-    return f"{target}: {data['state']}, host released; kept {what}"
+    text = f"{target}: {data['state']}, host released; kept {what}"
+    return "\n".join([text, *data.get("jobs", [])])  # batch jobs paused with it
 
 
 def lost_text(lost: dict[str, Any]) -> str:

@@ -192,7 +192,10 @@ async def fake_service():
         "last_checkpoint": {"id": "c1", "time": 1_700_000_000, "bytes": 2_500_000, "files": 3},
     }
     answers = {
-        ("POST", "servers/alice/suspend"): suspended,
+        ("POST", "servers/alice/suspend"): {
+            **suspended,
+            "jobs": ["Batch job six paused before cell 5: it resumes with the server"],
+        },
         ("POST", "servers/alice/resume"): {**suspended, "state": "Starting"},
         ("POST", "servers/alice/cancel"): {
             **suspended,
@@ -246,6 +249,9 @@ async def test_verbs_call_the_service_and_say_what_happened(fake_service, capsys
     code, out, err = await run_cli(capsys, "suspend", "alice", "--url", url, "--token", "t")
     assert (code, err) == (0, "")
     assert out.strip().startswith("alice: Suspended, host released; kept checkpoint c1 (2.5 MB, ")
+    # and where each batch job paused
+    paused = "Batch job six paused before cell 5: it resumes with the server"
+    assert out.splitlines()[1:] == [paused]
     code, out, _ = await run_cli(capsys, "--url", url, "--token", "t", "resume", "alice")
     assert code == 0 and out.strip() == "alice: Starting (resuming on a new host)"
     code, out, _ = await run_cli(capsys, "--url", url, "--token", "t", "cancel", "alice")

@@ -89,6 +89,13 @@ class MigratingController(SingletonConfigurable):
         4, help="Moves run at once; more wait, the nearest deadline first."
     ).tag(config=True)
 
+    urgent_move_lead = Float(
+        60,
+        help="""Seconds before a notice's deadline at which a move still waiting for one of
+        the `max_concurrent_moves` workers starts anyway, beside the others: the limit bounds
+        the load of a reclaim storm, it must never cost a server its final checkpoint.""",
+    ).tag(config=True)
+
     final_checkpoint_margin = Float(
         3,
         help="""Seconds before a notice's deadline at which the old server is frozen: its
@@ -127,6 +134,7 @@ class MigratingController(SingletonConfigurable):
         self.scheduler = MoveScheduler(
             make_move=self._make_move,
             workers=self.max_concurrent_moves,
+            urgent_lead=self.urgent_move_lead,
             log=self.log,
             hub_started=lambda: self.hub_started,
             wait_hub_started=self._wait_hub_started,

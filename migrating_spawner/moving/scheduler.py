@@ -34,6 +34,7 @@ class MoveScheduler:
         *,
         make_move: Callable[[MovableServer, str, float], MoveRun],
         workers: int = 4,
+        urgent_lead: float = 60.0,
         clock: Clock | None = None,
         log: logging.Logger | None = None,
         hub_started: Callable[[], bool] = lambda: True,
@@ -42,6 +43,9 @@ class MoveScheduler:
         self.routes: RouteHold = NoRouteHold()  # the proxy hands itself in (see controller)
         self._make_move = make_move
         self.workers = workers
+        # a notice's move still queued this many seconds before its deadline starts anyway:
+        # the worker limit bounds load, it must never cost a server its final checkpoint
+        self.urgent_lead = urgent_lead
         self.clock = clock or Clock()
         self.log = log or logging.getLogger(__name__)
         self.hub_started = hub_started
@@ -50,6 +54,8 @@ class MoveScheduler:
         self._moves: dict[str, asyncio.Future] = {}
         self._deadlines: dict[str, float] = {}  # of queued and running moves
         self._running: dict[str, MoveRun] = {}
+        self._taken: set[str] = set()  # keys whose queued move a worker (or urgency) took
+        self._urgent: set[asyncio.Task] = set()  # timers of notice moves still queued
         # called with (server, move, result, error) as each move ends (history, metrics)
         self.listeners: list[Callable[[MovableServer, MoveRun, Any, Any], None]] = []
         self._runs: dict[str, asyncio.Future] = {}  # the task of each running move
@@ -86,9 +92,10 @@ class MoveScheduler:
             self._tasks = [asyncio.ensure_future(self._worker()) for _ in range(self.workers)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = self._tasks + list(self._urgent)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
 
     async def wait_checked(self, server: MovableServer, timeout: float = 120) -> None:
@@ -101,39 +108,47 @@ class MoveScheduler:
         await self._wait_hub_started()
         while True:
             deadline, _, server, reason, future = await self._queue.get()
-            if self._moves.get(server.key) is not future:
-                continue  # cancelled while it waited
+            await self._run(server, reason, deadline, future)
+
+    async def _run(
+        self, server: MovableServer, reason: str, deadline: float, future: asyncio.Future
+    ) -> None:
+        """Run one queued move, unless it was cancelled or already taken."""
+        if self._moves.get(server.key) is not future or server.key in self._taken:
+            return  # cancelled while it waited, or started early by its deadline
+        self._taken.add(server.key)
+        try:
+            if not server.movable:
+                # a stop began while the move waited: the stop ends the server, with
+                # its own checkpoint; a move would race it for the host
+                raise MoveError(f"{server.key} is stopping; not moved")
+            await self.wait_checked(server)
+            move = self._make_move(server, reason, self._deadlines.get(server.key, deadline))
+            self._running[server.key] = move
+            run = self._runs[server.key] = asyncio.ensure_future(move.run())
             try:
-                if not server.movable:
-                    # a stop began while the move waited: the stop ends the server, with
-                    # its own checkpoint; a move would race it for the host
-                    raise MoveError(f"{server.key} is stopping; not moved")
-                await self.wait_checked(server)
-                move = self._make_move(server, reason, self._deadlines.get(server.key, deadline))
-                self._running[server.key] = move
-                run = self._runs[server.key] = asyncio.ensure_future(move.run())
-                try:
-                    result = await run
-                except asyncio.CancelledError:
-                    if not run.cancelled() or asyncio.current_task().cancelling():
-                        raise  # the scheduler stops (its own cancel reaches the move too)
-                    raise MoveError(f"the move of {server.key} was cancelled") from None
-            except Exception as e:
-                self.log.exception("move of %s failed", server.key)
-                server.emit(f"Move failed: {e}", level="error")
-                self._tell(server, self._running.get(server.key), None, e)
-                if not future.done():
-                    future.set_exception(e if isinstance(e, MoveError) else MoveError(str(e)))
-                    future.exception()  # retrieved: callers may not await it
-            else:
-                self._tell(server, self._running.get(server.key), result, None)
-                if not future.done():
-                    future.set_result(result)
-            finally:
-                self._runs.pop(server.key, None)
-                self._running.pop(server.key, None)
-                self._deadlines.pop(server.key, None)
-                self._moves.pop(server.key, None)
+                result = await run
+            except asyncio.CancelledError:
+                if not run.cancelled() or asyncio.current_task().cancelling():
+                    raise  # the scheduler stops (its own cancel reaches the move too)
+                raise MoveError(f"the move of {server.key} was cancelled") from None
+        except Exception as e:
+            self.log.exception("move of %s failed", server.key)
+            server.emit(f"Move failed: {e}", level="error")
+            self._tell(server, self._running.get(server.key), None, e)
+            if not future.done():
+                future.set_exception(e if isinstance(e, MoveError) else MoveError(str(e)))
+                future.exception()  # retrieved: callers may not await it
+        else:
+            self._tell(server, self._running.get(server.key), result, None)
+            if not future.done():
+                future.set_result(result)
+        finally:
+            self._runs.pop(server.key, None)
+            self._running.pop(server.key, None)
+            self._deadlines.pop(server.key, None)
+            self._moves.pop(server.key, None)
+            self._taken.discard(server.key)
 
     def _tell(self, server: MovableServer, move: Any, result: Any, error: Any) -> None:
         """A move ended: its listeners hear it (history, metrics) before its callers."""
@@ -159,6 +174,32 @@ class MoveScheduler:
         self._deadlines[server.key] = deadline
         self._queue.put_nowait((deadline, next(self._order), server, reason, future))
         return future
+
+    def _start_by_deadline(self, server: MovableServer, reason: str) -> None:
+        """A notice's move waits for a worker at most until `urgent_lead` seconds before
+        its deadline; then it runs beside the others, past the worker limit."""
+        future = self._moves[server.key]
+
+        async def start_by() -> None:
+            await self._wait_hub_started()
+            while self._moves.get(server.key) is future and server.key not in self._taken:
+                left = self._deadlines.get(server.key, 0) - self.clock.time() - self.urgent_lead
+                if left <= 0:
+                    self.log.warning(
+                        "%d moves running (max %d): starting the move of %s now, %.0f s "
+                        "before its host is reclaimed",
+                        len(self._taken),
+                        self.workers,
+                        server.key,
+                        self._deadlines.get(server.key, 0) - self.clock.time(),
+                    )
+                    await self._run(server, reason, self._deadlines[server.key], future)
+                    return
+                await self.clock.sleep(min(left, 1.0))  # re-read: a notice may tighten it
+
+        task = asyncio.ensure_future(start_by())
+        self._urgent.add(task)
+        task.add_done_callback(self._urgent.discard)
 
     def _tighten(self, key: str, deadline: float) -> None:
         """A notice for a server already moving: its move freezes by the nearer deadline."""
@@ -222,7 +263,9 @@ class MoveScheduler:
                     f"Host {host_id} will be reclaimed {when}: moving",
                     level="warning",
                 )
-                self.schedule(server, f"reclaim notice for {host_id}", intake["deadline"])
+                reason = f"reclaim notice for {host_id}"
+                self.schedule(server, reason, intake["deadline"])
+                self._start_by_deadline(server, reason)
             # moving now (also a `migrate`, or a notice taken a moment ago): every caller
             # hears of it
             if server.key not in moving:

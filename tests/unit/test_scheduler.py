@@ -602,3 +602,31 @@ async def test_cancel_drops_a_queued_move_and_aborts_a_running_one(hub, world, c
     # only the move that was not cancelled ran
     assert len(hub.moves) == 2 and third.host.id in world.running
     assert not await hub.scheduler.cancel(third.key)  # nothing to cancel any more
+
+
+async def test_a_notice_move_starts_past_the_worker_limit_before_its_deadline(hub, world, clock):
+    """Two workers busy: a third notice's move waits only until `urgent_lead` seconds before
+    its deadline, so its old host still answers for the final checkpoint."""
+    servers = [hub.add(await FakeServer.running(world, f"u{i}/")) for i in range(3)]
+    world.gate("acquire")
+    for server in servers[:2]:
+        hub.scheduler.on_notice(server.host.id, clock.time() + 100)
+
+    async def settle() -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    await settle()
+    assert world.log.count("acquire") == 2
+    third = servers[2]
+    old = third.host
+    hub.scheduler.on_notice(old.id, clock.time() + 100)
+    await settle()
+    assert world.log.count("acquire") == 2, "queued: 100 s left, more than urgent_lead"
+    clock.advance(100 - hub.scheduler.urgent_lead + 1)
+    await settle()
+    assert world.log.count("acquire") == 3, "started beside the two running moves"
+    world.open("acquire")
+    await hub.scheduler.wait_for(third)
+    assert third.host.id != old.id
+    assert [reason for reason, _ in world.committed].count("move final") == 3

@@ -41,8 +41,9 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 # Debian packages some tests need: chromium (browser tests), R with IRkernel (R kernel state),
-# Shiny (a web app behind jupyter-server-proxy), HAProxy (the TCP port gateway)
-SYSTEM_DEPS := chromium r-base-core r-cran-irkernel r-cran-shiny r-cran-httpuv haproxy
+# Shiny (a web app behind jupyter-server-proxy), HAProxy (the TCP port gateway), iptables (the
+# EC2 hosts' metadata firewall, run by the machine simulator in test_ec2_security)
+SYSTEM_DEPS := chromium r-base-core r-cran-irkernel r-cran-shiny r-cran-httpuv haproxy iptables
 system-deps:
 	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -490,7 +490,9 @@ class MigratingSpawner(Spawner):
         agent = self.controller.provider.agent(host)
         port = await agent.free_port()
         spec = build_server_spec(self.server_settings(), host, port)
-        await agent.start_process(SERVER_PROCESS, spec.cmd, spec.env, cwd=spec.cwd)
+        await agent.start_process(
+            SERVER_PROCESS, spec.cmd, spec.env, cwd=spec.cwd, user=self.user.name
+        )
         return port
 
     async def wait_ready(self, host: Host, port: int, timeout: float | None = None) -> None:
@@ -865,6 +867,7 @@ class MigratingSpawner(Spawner):
             timeout=self.checkpoint_timeout,
             current_id=current_id if isinstance(current_id, str) else None,
             checkpoint_id=manifest.id,
+            user=self.user.name,
         )
         if self.precopy_id is None:  # a resume: the next pre-copy starts from this one
             self.precopy_id = manifest.id

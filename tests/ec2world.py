@@ -9,6 +9,14 @@
 Instances get 127.0.0.2 up (local hosts of test hubs use 127.0.0.20 and up); their
 metadata services and agents listen on ports free on all of them. Stopping the world stops
 the simulator, which kills every simulated instance's processes.
+
+The instances' folders are in a folder of their own under /tmp that others may traverse
+(pytest's are root's alone), since their agents run users' servers as unprivileged unix
+users; the users they made (`useradd`, comment "jupyterhub user ...") are deleted when the
+world stops. Their servers run this venv's Python: folders above the interpreter that keep
+others out (here /root, pyenv's home) let others through (o+x, not listing) while the
+world runs, and get their mode back after. `firewall=True` lets the simulator run the user
+data's iptables rule for each instance's metadata address (removed at the instance's end).
 """
 
 from __future__ import annotations
@@ -16,8 +24,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +50,7 @@ class World:
     moto: MotoServer
     root: Path
     agent_port: int
+    imds_port: int = 0
     proc: subprocess.Popen | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -83,11 +95,43 @@ class World:
 
 
 @contextlib.contextmanager
-def ec2_world(root: Path) -> Iterator[World]:
+def interpreter_reachable() -> Iterator[None]:
+    """Let unprivileged users through the folders above this venv's Python (o+x) for a
+    while; their modes are restored after."""
+    changed = []
+    for folder in Path(os.path.realpath(sys.executable)).parents:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod((mode & 0o7777) | 0o001)
+            changed.append((folder, mode & 0o7777))
+    try:
+        yield
+    finally:
+        for folder, mode in changed:
+            folder.chmod(mode)
+
+
+@contextlib.contextmanager
+def ec2_world(root: Path, firewall: bool = False) -> Iterator[World]:
+    users_before = {u.pw_name for u in pwd.getpwall()}
+    machines = Path(tempfile.mkdtemp(prefix="ec2sim-machines-"))
+    machines.chmod(0o711)  # users' servers reach their homes inside, nothing else
+    try:
+        with interpreter_reachable(), _ec2_world(root, machines, firewall) as world:
+            yield world
+    finally:
+        shutil.rmtree(machines, ignore_errors=True)
+        for user in pwd.getpwall():
+            if user.pw_name not in users_before and user.pw_gecos.startswith("jupyterhub user "):
+                subprocess.run(["userdel", user.pw_name], capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def _ec2_world(root: Path, machines: Path, firewall: bool) -> Iterator[World]:
     with running_moto() as moto:
         moto.reset()  # moto's servers in one process share their state: start clean
         world = World(moto, root, agent_port=free_port(*ADDRESSES))
-        imds_port = free_port(*ADDRESSES)
+        imds_port = world.imds_port = free_port(*ADDRESSES)
         root.mkdir(parents=True, exist_ok=True)
         with open(root / "sim.log", "ab") as out:
             world.proc = subprocess.Popen(
@@ -102,6 +146,9 @@ def ec2_world(root: Path) -> Iterator[World]:
                     FIRST_ADDRESS,
                     "--imds-port",
                     str(imds_port),
+                    "--machines-dir",
+                    str(machines),
+                    *(["--firewall"] if firewall else []),
                 ],
                 env=world.env(),
                 stdout=out,

@@ -5,12 +5,17 @@ gives it the provider's documented timeouts. Every call has a timeout; idempoten
 retried with `jupyterhub.utils.exponential_backoff` for up to `retry` seconds. A caller that
 only wants a quick look (is the process there, is there a notice) says `quick=True`: one try
 with the short `probe` timeout, so a dead host costs seconds, not a retry budget.
+
+An `https` agent URL is reached only when the agent presents the certificate pinned at its
+registration (`host.agent_fingerprint`, `aiohttp.Fingerprint`; agent/tls.py); plain HTTP
+only to a loopback address (the local provider's agents).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import random
 import weakref
 from collections.abc import Coroutine
@@ -41,6 +46,39 @@ class AgentError(HostError):
 
 class AgentUnreachable(AgentError):
     """No answer from the agent: the host may be gone."""
+
+
+class AgentCertificateError(AgentError):
+    """The agent's address answered with a certificate other than the one pinned at its
+    registration (or there is no pin, or plain HTTP to a host on a network): refused,
+    never retried."""
+
+
+def transport(host: Host) -> aiohttp.Fingerprint | None:
+    """How to reach `host`'s agent: its pinned certificate for https, None for plain HTTP
+    (loopback only); AgentCertificateError for anything else."""
+    scheme = host.agent_url.partition("://")[0].lower()
+    if scheme == "https":
+        try:
+            digest = bytes.fromhex(host.agent_fingerprint)
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise AgentCertificateError(
+                f"agent on host {host.id}: no certificate pinned at its registration "
+                f"(agent_fingerprint {host.agent_fingerprint!r}): refusing {host.agent_url}"
+            )
+        return aiohttp.Fingerprint(digest)
+    try:
+        loopback = scheme == "http" and ipaddress.ip_address(host.address).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise AgentCertificateError(
+            f"agent on host {host.id}: refusing {host.agent_url}: plain HTTP is for loopback "
+            "agents only (a host on a network is reached over HTTPS with a pinned certificate)"
+        )
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,9 +173,23 @@ class AgentClient:
 
     async def _once(self, method: str, url: str, body: Any, timeout: float) -> Any:
         headers = {"Authorization": f"token {self.host.agent_token}"}
-        resp = await send(
-            method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-        )
+        pin = transport(self.host)  # checked before the secret goes anywhere
+        kw: dict[str, Any] = {"ssl": pin} if pin is not None else {}
+        try:
+            resp = await send(
+                method,
+                url,
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                **kw,
+            )
+        except aiohttp.ServerFingerprintMismatch as e:
+            raise AgentCertificateError(
+                f"agent on host {self.host.id}: {e.host}:{e.port} presented a certificate "
+                f"with SHA-256 {e.got.hex()}, not the one pinned at its registration "
+                f"({e.expected.hex()}): refused (a man in the middle, or not this host's agent)"
+            ) from None
         async with resp:
             text = await resp.text()
             if resp.status >= 400:
@@ -211,11 +263,16 @@ class AgentClient:
         env: dict[str, str],
         cwd: str,
         files: dict[str, str] | None = None,
+        user: str | None = None,
     ) -> dict[str, Any]:
-        """Start `cmd`; `files` ({path relative to the host's disk: text}) are written first."""
+        """Start `cmd`; `files` ({path relative to the host's disk: text}) are written first.
+        `user`: the hub user it is for (an agent that runs processes as users runs it as
+        that user's unix user, owning `cwd`; others run it as themselves)."""
         body: dict[str, Any] = {"cmd": cmd, "env": env, "cwd": cwd}
         if files:
             body["files"] = files
+        if user is not None:
+            body["user"] = user
         return await self.request("POST", f"/processes/{name}", body)
 
     async def process(self, name: str, quick: bool = False) -> dict[str, Any] | None:
@@ -275,13 +332,17 @@ class AgentClient:
         *,
         current_id: str | None = None,
         checkpoint_id: str | None = None,
+        user: str | None = None,
     ) -> dict[str, Any]:
-        """Restore a verified file table; `current_id`: the checkpoint restored there before."""
-        body = {
+        """Restore a verified file table; `current_id`: the checkpoint restored there before.
+        `user`: whose home it is (an agent that runs processes as users gives them the files)."""
+        body: dict[str, Any] = {
             "root": root,
             "files": files,
             "store": store,
             "current_id": current_id,
             "checkpoint_id": checkpoint_id,
         }
+        if user is not None:
+            body["user"] = user
         return await self.request("POST", "/home/restore", body, timeout=timeout)

@@ -25,6 +25,9 @@ class Host:
     instance_type: str = ""
     market: str = "spot"
     disk: str = ""  # the host's own disk (lost when it is reclaimed)
+    #: SHA-256 (hex) of the certificate the agent registered: an https agent_url is
+    #: reached only when the agent presents exactly that one (agent/tls.py)
+    agent_fingerprint: str = ""
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,8 +6,11 @@ hub wrote into the user data: `register_url` (the hub's `.../api/hosts/register`
 `secret_file`. It reads its instance id and private address from instance metadata
 (IMDSv2), registers (the hub checks the token and that it launched this instance and the
 instance is running) and gets the host's secret, which it keeps in `secret_file` (mode
-0600, root's; a restarted agent reuses it: the bootstrap token works once). Then it runs
-the usual agent on that address, and polls metadata for interruption notices and
+0600, root's; a restarted agent reuses it: the bootstrap token works once). At first boot
+it also makes its TLS key and self-signed certificate beside it (agent/tls.py, 0600) and
+sends the certificate with the registration: the hub pins it and reaches this agent only
+over HTTPS with exactly that certificate. Then it runs the usual agent on that address
+(HTTPS), and polls metadata for interruption notices and
 rebalance recommendations every 2 s (agent/imds.py), pushing notices to the hub.
 
     python -m migrating_spawner.agent.register --config /etc/jupyterhub-migrating/agent.json
@@ -29,6 +32,7 @@ import aiohttp
 
 from .imds import IMDSClient, watch_notices
 from .server import Agent, serve
+from .tls import ensure_certificate, server_context
 
 log = logging.getLogger("migrating.agent.register")
 
@@ -37,15 +41,26 @@ class RegistrationRefused(Exception):
     """The hub said no (a 4xx): trying again would not help."""
 
 
+def tls_paths(config: dict[str, Any]) -> tuple[Path, Path]:
+    """The agent's certificate and key: beside its secret (root's, 0600)."""
+    folder = Path(config["secret_file"]).parent
+    return folder / "agent-cert.pem", folder / "agent-key.pem"
+
+
 async def register(config: dict[str, Any], imds: IMDSClient, timeout: float) -> dict[str, Any]:
-    """POST the registration; retried (connection errors, 5xx) until `timeout`."""
+    """POST the registration with the agent's certificate (made now at first boot, for the
+    hub to pin); retried (connection errors, 5xx) until `timeout`."""
+    address = await imds.get("local-ipv4")
+    cert_path, key_path = tls_paths(config)
+    certificate = ensure_certificate(cert_path, key_path, address or "", config["host_id"])
     body = {
         "host_id": config["host_id"],
         "bootstrap_token": config["bootstrap_token"],
         "instance_id": await imds.get("instance-id"),
-        "address": await imds.get("local-ipv4"),
+        "address": address,
         "port": config["port"],
         "disk": config["disk"],
+        "certificate": certificate.decode(),
     }
     deadline = time.monotonic() + timeout
     delay = 0.5
@@ -97,7 +112,10 @@ async def run(config_path: Path, register_timeout: float) -> None:
         token=saved["secret"],
         disk=disk,
         notify_url=saved.get("notify_url", ""),
+        # users' servers as unprivileged unix users, never as root (agent/users.py)
+        run_as_users=bool(config.get("run_as_users", True)),
     )
+    ssl_context = server_context(*tls_paths(config))
 
     async def on_notice(deadline: float, action: dict[str, Any]) -> None:
         log.warning("metadata: interruption %s", action)
@@ -112,7 +130,7 @@ async def run(config_path: Path, register_timeout: float) -> None:
         watch_notices(imds, on_notice, on_rebalance, float(config.get("poll_interval", 2)))
     )
     try:
-        await serve(agent, int(config["port"]))
+        await serve(agent, int(config["port"]), ssl_context)
     finally:
         watcher.cancel()
         await imds.close()

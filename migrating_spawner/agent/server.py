@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections import OrderedDict
@@ -34,6 +35,7 @@ from aiohttp import web
 from ..checkpoint import CheckpointError, restore_tree, snapshot_tree, store_from_config
 from ..checkpoint.home import check_table
 from ..checkpoint.manifest import check_checkpoint_id
+from .users import PREFIX, UserError, ensure_user, give_tree
 
 log = logging.getLogger("migrating.agent")
 
@@ -265,8 +267,15 @@ class Agent:
         registry_file: Path | None = None,
         notify_url: str = "",
         token_file: Path | None = None,
+        run_as_users: bool = False,
+        user_prefix: str = PREFIX,
     ):
         self.host_id = host_id
+        #: run each process as the unix user of the hub user it names (agent/users.py),
+        #: never as root; off: processes run as the agent does (the local provider's)
+        self.run_as_users = run_as_users
+        self.user_prefix = user_prefix
+        self._users_lock = asyncio.Lock()
         self.address = address
         self.token = token
         self.disk = disk
@@ -450,15 +459,26 @@ class Agent:
             raise RequestError("cwd must be an absolute path")
         # checked before anything else happens: a bad path is refused with 400
         files = check_files(self.disk, body.get("files"))
+        owner = self._owner_of(body, cwd)
         if self.notice is not None:
             raise Conflict("this host is being reclaimed")
         old = self.processes.get(name)
         if old and old.proc.returncode is None:
             raise Conflict(f"process {name} is already running")
+        user = await self._user(owner, cwd) if owner else None
         write_files(files)  # before the start: a kernel reads its connection file at once
         env = {k: os.environ[k] for k in HOST_ENV_KEYS if k in os.environ}
         env.update({str(k): str(v) for k, v in given_env.items()})
         Path(cwd).mkdir(parents=True, exist_ok=True)
+        as_user: dict[str, Any] = {}
+        if user is not None:
+            env.setdefault("USER", user.pw_name)
+            env.setdefault("LOGNAME", user.pw_name)
+            env.setdefault("HOME", cwd)
+            await asyncio.to_thread(give_tree, Path(cwd), user.pw_uid, user.pw_gid)
+            for path, _ in files:
+                os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+            as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
         log_dir = self.disk / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
@@ -472,12 +492,38 @@ class Agent:
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,  # its own group: a kill reaches its kernels
+                    **as_user,
                 )
             except OSError as e:
                 raise RequestError(f"cannot start {cmd[0]}: {e}") from None
         self.processes[name] = ManagedProcess(name, proc, cmd, log_path)
-        log.info("started %s (pid %d): %s", name, proc.pid, " ".join(cmd))
+        who = f" as {user.pw_name} (uid {user.pw_uid})" if user else ""
+        log.info("started %s (pid %d)%s: %s", name, proc.pid, who, " ".join(cmd))
         return web.json_response(self.processes[name].status(), status=201)
+
+    def _owner_of(self, body: dict[str, Any], home: str) -> str:
+        """The hub user whose unix user runs a process or owns a restored home (`user`),
+        when this agent runs processes as users; '' when it does not."""
+        owner = body.get("user")
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise RequestError("user must be a non-empty string")
+        if not self.run_as_users:
+            return ""
+        if owner is None:
+            raise RequestError("this agent runs processes as users: say whose (user)")
+        home_path = Path(os.path.normpath(home))
+        if home_path == self.disk or home_path in self.disk.parents:
+            # its whole tree becomes the user's: never the host's disk or above it
+            raise RequestError(f"{home} cannot be a user's home: it holds the host's disk")
+        return owner
+
+    async def _user(self, owner: str, home: str) -> Any:
+        """The unix user of hub user `owner` (made if missing; one useradd at a time)."""
+        async with self._users_lock:
+            try:
+                return await asyncio.to_thread(ensure_user, owner, home, self.user_prefix)
+            except UserError as e:
+                raise RequestError(str(e)) from None
 
     async def stop_process(self, request: web.Request) -> web.Response:
         managed = self._process(request)
@@ -556,9 +602,13 @@ class Agent:
         current_id = optional_id(body, "current_id")
         current = self._table(root, current_id) if current_id else given_table(body, "current")
         checkpoint_id = optional_id(body, "checkpoint_id")
+        owner = self._owner_of(body, str(root))
+        user = await self._user(owner, str(root)) if owner else None
         try:
             await asyncio.to_thread(lambda: root.mkdir(parents=True, exist_ok=True))
             stats = await asyncio.to_thread(restore_tree, root, files, store, current)
+            if user is not None:  # restored as root: the files are the user's
+                await asyncio.to_thread(give_tree, root, user.pw_uid, user.pw_gid)
         except (OSError, KeyError, TypeError) as e:  # KeyError/TypeError: a malformed entry
             raise CheckpointError(f"cannot restore into {root}: {e!r}") from None
         stats["current"] = current_id if current is not None else None
@@ -566,12 +616,17 @@ class Agent:
         return web.json_response({"stats": stats})
 
 
-async def serve(agent: Agent, port: int) -> None:
+async def serve(agent: Agent, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Serve until terminated; HTTPS with `ssl_context` (a cloud host's agent: its own
+    certificate, pinned by the hub at registration, agent/tls.py), else plain HTTP."""
     runner = web.AppRunner(agent.app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, agent.address, port)
+    site = web.TCPSite(runner, agent.address, port, ssl_context=ssl_context)
     await site.start()
-    log.info("agent for host %s listening on %s:%d", agent.host_id, agent.address, port)
+    scheme = "https" if ssl_context else "http"
+    log.info(
+        "agent for host %s listening on %s://%s:%d", agent.host_id, scheme, agent.address, port
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.terminated.set)
@@ -588,6 +643,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--disk", required=True, help="the host's own disk folder")
     parser.add_argument("--registry-file", default="", help="removed when the host goes away")
     parser.add_argument("--notify-url", default="", help="where to push reclaim notices")
+    parser.add_argument(
+        "--run-as-users",
+        action="store_true",
+        help="run each process as the unix user of the hub user it names, never as root",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -606,6 +666,7 @@ def main(argv: list[str] | None = None) -> None:
         registry_file=Path(args.registry_file) if args.registry_file else None,
         notify_url=args.notify_url,
         token_file=Path(args.token_file),
+        run_as_users=args.run_as_users,
     )
     asyncio.run(serve(agent, args.port))
 

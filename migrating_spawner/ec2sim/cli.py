@@ -60,6 +60,18 @@ def parser() -> argparse.ArgumentParser:
         help="run the user data's install steps (pip, apt-get, packages) too; by default "
         "they are skipped, as on an AMI with the package baked in",
     )
+    run.add_argument(
+        "--machines-dir",
+        default="",
+        help="folder of the instances' folders (default: STATE_DIR/instances); servers run "
+        "as unprivileged users need every folder above it to let others through",
+    )
+    run.add_argument(
+        "--firewall",
+        action="store_true",
+        help="run the user data's iptables rules for the metadata service, for each "
+        "instance's own metadata address (needs root and iptables; deleted at its end)",
+    )
     run.add_argument("--log-level", default="INFO")
     i = sub.add_parser("interrupt", help="spot interruption: notice now, terminate at deadline")
     i.add_argument("instance_id")
@@ -116,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
             imds_port=args.imds_port,
             skip_install=not args.run_install_steps,
             region=args.region,
+            machines_dir=Path(args.machines_dir) if args.machines_dir else None,
+            firewall=args.firewall,
         )
         asyncio.run(sim.serve(args.control_port, args.ec2_port))
         return

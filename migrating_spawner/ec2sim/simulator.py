@@ -66,6 +66,8 @@ class Simulator:
         skip_install: bool = True,
         region: str = "us-east-1",
         poll_interval: float = 0.5,
+        machines_dir: Path | None = None,
+        firewall: bool = False,
     ):
         self.moto_url = moto_url
         self.root = root
@@ -74,6 +76,11 @@ class Simulator:
         self.skip_install = skip_install
         self.region = region
         self.poll_interval = poll_interval
+        #: where the instances' folders (their `/`) are: `root/instances` unless given (a
+        #: folder other users may traverse, for servers run as unprivileged users)
+        self.machines_dir = machines_dir or root / "instances"
+        #: run the user data's iptables rules for the metadata service (userdata.py)
+        self.firewall = firewall
         self.instances: dict[str, SimInstance] = {}
         self.errors = CapacityErrors()
         self.proxy = EC2Proxy(moto_url, self.errors)
@@ -124,7 +131,7 @@ class Simulator:
     async def boot(self, item: dict[str, Any]) -> None:
         iid = item["InstanceId"]
         address = self._free_address()
-        root = self.root / "instances" / iid
+        root = self.machines_dir / iid
         root.mkdir(parents=True, exist_ok=True)
         attr = await asyncio.to_thread(
             self.ec2.describe_instance_attribute, InstanceId=iid, Attribute="userData"
@@ -132,7 +139,12 @@ class Simulator:
         encoded = (attr.get("UserData") or {}).get("Value") or ""
         user_data = base64.b64decode(encoded) if encoded else b""
         metadata = MetadataService(item, address, user_data)
-        machine = Instance(root, self.instance_env(address, root), self.skip_install)
+        machine = Instance(
+            root,
+            self.instance_env(address, root),
+            self.skip_install,
+            (address, self.imds_port) if self.firewall else None,
+        )
         inst = self.instances[iid] = SimInstance(iid, address, metadata, machine)
         inst.runner = web.AppRunner(metadata.app(), access_log=None)
         await inst.runner.setup()
@@ -160,6 +172,7 @@ class Simulator:
                 pass
         if inst.runner is not None:
             await inst.runner.cleanup()
+        await asyncio.to_thread(inst.machine.remove_rules)
         shutil.rmtree(inst.machine.root, ignore_errors=True)
 
     # -- what happens to them -------------------------------------------------------

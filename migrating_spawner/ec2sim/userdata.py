@@ -8,7 +8,10 @@ service (`enable --now`, `start`: the unit's `ExecStart` runs as a detached proc
 `/opt`, `/root` and `/home` in files and commands are mapped into the instance's folder.
 What a simulated instance cannot do is skipped and logged: `packages` and install commands
 (pip, apt-get, dnf, yum) when `skip_install` (an AMI with the package baked in), and
-`iptables` (loopback instances share one network stack).
+`iptables` unless `firewall`. With `firewall`, an `iptables` rule for the metadata
+service (169.254.169.254, port 80) is run for this instance's own metadata address and
+port instead (loopback instances share one network stack: a rule must name its
+instance's address), and deleted again when the instance ends (`remove_rules`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ log = logging.getLogger("migrating.ec2sim")
 MAPPED = re.compile(r"(?<![\w./-])/(etc|var|opt|root|home)(?=/|\b)")
 INSTALL = re.compile(r"^\s*(sudo\s+)?(pip3?|python3?\s+-m\s+pip|apt-get|apt|dnf|yum)\s")
 NEVER = re.compile(r"^\s*(sudo\s+)?(iptables|ip6tables)\s")
+IPTABLES = re.compile(r"^\s*(sudo\s+)?iptables\s")
+#: EC2's metadata service, as user data names it
+METADATA_ADDRESS = "169.254.169.254"
 
 
 class UserDataError(Exception):
@@ -66,10 +72,21 @@ def parse_unit(text: str) -> tuple[list[str], dict[str, str]]:
 class Instance:
     """One simulated instance's processes and its folder standing for `/`."""
 
-    def __init__(self, root: Path, env: dict[str, str], skip_install: bool = True):
+    def __init__(
+        self,
+        root: Path,
+        env: dict[str, str],
+        skip_install: bool = True,
+        firewall: tuple[str, int] | None = None,
+    ):
         self.root = root
         self.env = env
         self.skip_install = skip_install
+        #: (address, port) of this instance's metadata service: iptables rules for
+        #: 169.254.169.254:80 are run for it (None: iptables is skipped)
+        self.firewall = firewall
+        #: the iptables rules added (argument lists), deleted by `remove_rules`
+        self.rules: list[list[str]] = []
         self.processes: list[subprocess.Popen] = []
         self.log_dir = root / "var" / "log" / "ec2sim"
 
@@ -105,6 +122,9 @@ class Instance:
         target.chmod(int(str(entry.get("permissions", "0644")), 8))
 
     def run(self, command: str, number: int = 0) -> None:
+        if self.firewall and IPTABLES.match(command):
+            self.add_rule(shlex.split(command))
+            return
         if NEVER.match(command) or (self.skip_install and INSTALL.match(command)):
             log.info("%s: skipped %s", self.root.name, command)
             return
@@ -124,6 +144,46 @@ class Instance:
             )
         if done.returncode:
             log.warning("%s: %r exited %d (see %s)", self.root.name, command, done.returncode, out)
+
+    def metadata_rule(self, words: list[str]) -> list[str]:
+        """An iptables command for EC2's metadata service made this instance's: its
+        address and port; anything else is refused (the machine is shared)."""
+        assert self.firewall is not None
+        address, port = self.firewall
+        words = [w for w in words if w != "sudo"]
+        dests = {words[i + 1] for i, w in enumerate(words[:-1]) if w in {"-d", "--destination"}}
+        if dests not in ({METADATA_ADDRESS}, {METADATA_ADDRESS + "/32"}):
+            raise UserDataError(f"iptables rule not for the metadata service: {shlex.join(words)}")
+        mapped = []
+        for i, word in enumerate(words):
+            if word in {METADATA_ADDRESS, METADATA_ADDRESS + "/32"}:
+                word = f"{address}/32"
+            elif i and words[i - 1] == "--dport" and word == "80":
+                word = str(port)
+            mapped.append(word)
+        return mapped
+
+    def add_rule(self, words: list[str]) -> None:
+        rule = self.metadata_rule(words)
+        verb = next((w for w in rule if w in {"-I", "-A", "--insert", "--append"}), None)
+        if verb is None:
+            raise UserDataError(f"only -I/-A iptables rules are simulated: {shlex.join(rule)}")
+        subprocess.run(rule, check=True, capture_output=True, timeout=30)
+        self.rules.append(rule)
+        log.info("%s: firewall %s", self.root.name, shlex.join(rule))
+
+    def remove_rules(self) -> None:
+        """Delete the rules this instance added (the machine outlives it)."""
+        while self.rules:
+            rule = self.rules.pop()
+            at = next(i for i, w in enumerate(rule) if w in {"-I", "-A", "--insert", "--append"})
+            rest = rule[at + 2 :]
+            if rest and rest[0].isdigit():  # -I CHAIN N: a position, not part of the rule
+                rest = rest[1:]
+            delete = [*rule[:at], "-D", rule[at + 1], *rest]
+            done = subprocess.run(delete, capture_output=True, text=True, timeout=30)
+            if done.returncode:
+                log.warning("%s: could not delete %s: %s", self.root.name, rule, done.stderr)
 
     def systemctl(self, args: list[str]) -> None:
         verbs = [a for a in args if not a.startswith("-")]

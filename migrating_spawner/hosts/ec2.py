@@ -35,6 +35,7 @@ from typing import Any
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
 from ..agent.client import AgentError
+from ..agent.tls import certificate_fingerprint
 from .base import Host, HostError, HostProvider, RegistrationError
 from .cloudevents import CloudEventsChannel
 from .watcher import NOTICE, REBALANCE, HostEvent
@@ -53,6 +54,13 @@ TAG = "jupyterhub-migrating:"
 USER_DATA_LIMIT = 16 * 1024
 LIVE_STATES = ["pending", "running"]
 RETRYABLE_CODES = {"RequestLimitExceeded", "Throttling", "InternalError", "Unavailable"}
+#: the instance metadata service refused to every uid but root's (the agent): users'
+#: servers run as unprivileged users (agent/users.py), so their code cannot read the user
+#: data (the bootstrap token) or the instance role's credentials
+METADATA_FIREWALL = (
+    "iptables -I OUTPUT -d 169.254.169.254/32 -p tcp --dport 80"
+    " -m owner ! --uid-owner 0 -j REJECT --reject-with tcp-reset"
+)
 
 DEFAULT_USER_DATA = """#cloud-config
 # jupyterhub-migrating host {host_id}: starts the agent, which registers at the hub
@@ -76,6 +84,8 @@ write_files:
       WantedBy=multi-user.target
 runcmd:
   - {install_command}
+  # users' code (every uid but root's) reaches neither user data nor the role's credentials
+  - {metadata_firewall}
   - systemctl daemon-reload
   - systemctl enable --now jupyterhub-migrating-agent
 """
@@ -217,10 +227,11 @@ class EC2HostProvider(HostProvider):
         DEFAULT_USER_DATA,
         help="""The cloud-config each instance boots with, a `str.format` template of
         {host_id}, {agent_config} (the agent's JSON config, one line: register URL, host id,
-        one-time bootstrap token, port, disk), {python} and {install_command}. It must
-        start the agent (`python -m migrating_spawner.agent.register --config FILE`) as
-        root. The result must stay under 16 KB (AWS's limit); a bigger one fails the
-        spawn.""",
+        one-time bootstrap token, port, disk), {python}, {install_command} and
+        {metadata_firewall} (the iptables rule that refuses the metadata service to every
+        uid but root's; the AMI needs iptables). It must start the agent (`python -m
+        migrating_spawner.agent.register --config FILE`) as root, after that rule. The
+        result must stay under 16 KB (AWS's limit); a bigger one fails the spawn.""",
     ).tag(config=True)
 
     boot_timeout = Float(
@@ -443,6 +454,7 @@ class EC2HostProvider(HostProvider):
             agent_config=json.dumps(agent_config),
             python=self.python,
             install_command=self.install_command,
+            metadata_firewall=METADATA_FIREWALL,
         )
         size = len(text.encode())
         if size >= USER_DATA_LIMIT:
@@ -672,8 +684,9 @@ class EC2HostProvider(HostProvider):
             host = Host(
                 id=host_id,
                 address=registered["address"],
-                agent_url=f"http://{registered['address']}:{self.agent_port}",
+                agent_url=f"https://{registered['address']}:{self.agent_port}",
                 agent_token=self.host_secret(host_id),
+                agent_fingerprint=registered["fingerprint"],
                 instance_type=profile_type,
                 market="spot" if lifecycle == "spot" else "on-demand",
                 disk=registered["disk"],
@@ -764,6 +777,10 @@ class EC2HostProvider(HostProvider):
             raise RegistrationError(400, f"bad address {address!r}") from None
         if not loopback and address != instance.get("PrivateIpAddress"):
             raise RegistrationError(403, f"{address} is not the address of {instance_id}")
+        try:  # pinned: the hub reaches this agent only when it presents this certificate
+            fingerprint = certificate_fingerprint(str(body.get("certificate") or ""))
+        except ValueError as e:
+            raise RegistrationError(400, f"certificate (the agent's, PEM): {e}") from None
         disk = str(body.get("disk") or self.agent_disk)
         await self.call(
             "create_tags",
@@ -771,11 +788,14 @@ class EC2HostProvider(HostProvider):
             Tags=[
                 {"Key": TAG + "address", "Value": address},
                 {"Key": TAG + "disk", "Value": disk},
+                {"Key": TAG + "tls-sha256", "Value": fingerprint},
             ],
         )
         zone = instance.get("Placement", {}).get("AvailabilityZone", "")
         if not boot.registered.done():
-            boot.registered.set_result({"address": address, "disk": disk, "zone": zone})
+            boot.registered.set_result(
+                {"address": address, "disk": disk, "zone": zone, "fingerprint": fingerprint}
+            )
         return {"secret": self.host_secret(host_id), "notify_url": self.notify_url}
 
     # -- finding hosts again -------------------------------------------------------------
@@ -790,8 +810,9 @@ class EC2HostProvider(HostProvider):
         return Host(
             id=host_id,
             address=address,
-            agent_url=f"http://{address}:{self.agent_port}",
+            agent_url=f"https://{address}:{self.agent_port}",
             agent_token=self.host_secret(host_id),
+            agent_fingerprint=tags.get(TAG + "tls-sha256", ""),
             instance_type=tags.get(TAG + "profile", ""),
             # InstanceLifecycle is only there for spot: the describe filter cannot say
             # "on-demand", so it is read here

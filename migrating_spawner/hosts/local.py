@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from traitlets import Float, Integer, Unicode, default, validate
+from traitlets import Bool, Float, Integer, Unicode, default, validate
 
 from ..agent.client import AgentError
 from .base import Host, HostError, HostProvider
@@ -71,6 +71,13 @@ class LocalHostProvider(HostProvider):
     agent_start_timeout = Float(20, help="Seconds to wait for a new host's agent to answer.").tag(
         config=True
     )
+
+    run_as_users = Bool(
+        False,
+        help="""Run each user's server as an unprivileged unix user named after the hub user
+        (`jupyter-<name>`, made by the agent if missing, owning the home), as ec2 hosts do.
+        Needs the hub to run as root. False: servers run as the hub's own user.""",
+    ).tag(config=True)
 
     boot_delay = Float(
         0,
@@ -233,6 +240,8 @@ class LocalHostProvider(HostProvider):
         ]
         if self.notify_url:
             cmd.append(f"--notify-url={self.notify_url}")
+        if self.run_as_users:
+            cmd.append("--run-as-users")
         with open(log_dir / f"{host.id}.log", "ab") as out:
             # a session of its own: the agent outlives the hub, as a cloud host would
             proc = subprocess.Popen(

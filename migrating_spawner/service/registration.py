@@ -2,7 +2,8 @@
 
 No hub token here: the agent proves itself with the one-time bootstrap token its user data
 carried, bound to its host id; the provider checks the token (unused, unexpired) and that
-it launched this instance and the instance is running, and answers the host's secret.
+it launched this instance and the instance is running, pins the agent's certificate (the
+hub then reaches it only over HTTPS presenting that one) and answers the host's secret.
 A refusal is a 403 with a JSON message (the agent logs it and gives up). api.py's
 `make_app` adds these handlers (this module imports nothing from api.py).
 """
@@ -16,7 +17,15 @@ from tornado import web
 
 from ..hosts.base import RegistrationError
 
-REGISTER_FIELDS = {"host_id", "bootstrap_token", "instance_id", "address", "port", "disk"}
+REGISTER_FIELDS = {
+    "host_id",
+    "bootstrap_token",
+    "instance_id",
+    "address",
+    "port",
+    "disk",
+    "certificate",  # the agent's own (PEM): the hub pins it (agent/tls.py)
+}
 
 
 class RegisterHandler(web.RequestHandler):

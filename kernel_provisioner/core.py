@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.session import new_id_bytes
 
 from migrating_spawner import kernelstate as state
 from migrating_spawner.agent.client import AgentError
@@ -206,7 +205,7 @@ class MovableKernel:
         await self.start_relay()
         fresh_host = self.host is None
         if fresh_host:
-            self.host = await self.provider.acquire(owner=self.kernel_id)
+            self.host = await self.provider.take(owner=self.kernel_id)
         try:
             self.target = await self.launch_on(self.host)
         except BaseException:
@@ -572,8 +571,9 @@ class MovableKernel:
     # -- the target kernel -----------------------------------------------------------------
 
     async def launch_on(self, host: Host) -> dict[str, Any]:
-        """Start the kernel process on ``host`` with fresh ports and key; wait until it
-        answers kernel_info. Returns its connection info."""
+        """Start the kernel process on ``host`` with fresh ports and the relay's key (the
+        relay then passes frames as they are, without re-signing); wait until it answers
+        kernel_info. Returns its connection info."""
         agent = self.provider.agent(host)
         ports: list[int] = []
         for _ in range(20):
@@ -582,7 +582,7 @@ class MovableKernel:
                 ports.append(port)
             if len(ports) == len(PORT_NAMES):
                 break
-        info = build_connection_info(host.address, ports, new_id_bytes().decode())
+        info = build_connection_info(host.address, ports, self.relay.key.decode())
         rel = f"kernels/{self.process}.json"
         path = os.path.join(host.disk, rel)
         argv = kernel_argv(self.argv, path)

@@ -26,6 +26,7 @@ from .checkpoint.gc import GarbageCollector
 from .history import ServerHistory
 from .hosts.base import HostError, HostProvider
 from .hosts.local import LocalHostProvider
+from .hosts.pool import is_spare
 from .move import Move
 from .moving import MovableServer, MoveError, MoveScheduler, RouteHold
 from .observe import Observer
@@ -222,7 +223,8 @@ class MigratingController(SingletonConfigurable):
         self.log.info("migrate API at http://%s:%d%s", self.api_ip, self.api_port, self.base_url)
 
     async def _release_orphans(self, started: float) -> None:
-        """Release hosts no server knows about, left by a hub that died mid-acquire.
+        """Release hosts no server knows about, left by a hub that died mid-acquire, except
+        spare hosts (adopted by the provider's pool, which starts filling from there).
 
         Only hosts older than this hub process count: younger ones may be moves in flight.
         """
@@ -236,14 +238,21 @@ class MigratingController(SingletonConfigurable):
             for host in (state.get("host"), move.get("new_host"), move.get("old_host")):
                 if host:
                     known.add(host["id"])
+        spares = []
         for host in await self.provider.list_hosts():
             created = host.meta.get("created", started)
-            if host.id not in known and created < started:
-                self.log.warning("releasing orphan host %s (no server refers to it)", host.id)
-                try:
-                    await self.provider.release(host)
-                except HostError as e:
-                    self.log.error("could not release orphan host %s: %s", host.id, e)
+            if host.id in known or created >= started:
+                continue
+            if is_spare(host):
+                spares.append(host)  # a spare of the hub before this one: the pool's
+                continue
+            self.log.warning("releasing orphan host %s (no server refers to it)", host.id)
+            try:
+                await self.provider.release(host)
+            except HostError as e:
+                self.log.error("could not release orphan host %s: %s", host.id, e)
+        # the spare hosts kept (HostProvider.spare_hosts): found again, then kept filled
+        await self.provider.spares.adopt(spares)
 
     # -- checkpoints -------------------------------------------------------------
 

@@ -7,7 +7,7 @@ route. If the old host dies first, the server comes back from the last good chec
 the user is told what was lost.
 
 A move sees its server, the proxy and the provider only through the protocols in
-moving/protocol.py (and HostProvider.acquire).
+moving/protocol.py (and HostProvider.take: a spare host at once, if one is kept).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class Move:
             # of getting the proxy's 503 (the freeze re-checks and saves what it still can)
             await self._hold()
         instance_type = self.old.instance_type if self.old else ""
-        self.new = await self.provider.acquire(instance_type, owner=server.key)
+        self.new = await self.provider.take(instance_type, owner=server.key)
         self.record = MoveRecord(self.reason, self.deadline, self.old, self.new)
         server.persist_move(self.record)
         self.steps.append("acquired")

@@ -426,7 +426,7 @@ class MigratingSpawner(Spawner):
         restore_kernels = self.checkpoint_on_stop and not self.fresh_start
         self.emit(f"Requesting a {profile.get('instance_type', 'default')} host", 10)
         try:
-            host = await self.controller.provider.acquire(
+            host = await self.controller.provider.take(
                 profile.get("instance_type", ""), owner=self.key, progress=self.emit
             )
         except HostError as e:

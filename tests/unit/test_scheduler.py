@@ -102,7 +102,7 @@ class FakeProvider:
     def __init__(self, world: World) -> None:
         self.world = world
 
-    async def acquire(self, instance_type: str = "", market: str = "", owner: str = "") -> Host:
+    async def take(self, instance_type: str = "", market: str = "", owner: str = "") -> Host:
         await self.world.step("acquire")
         return self.world.new_host()
 

@@ -105,7 +105,7 @@ class HostProvider(LoggingConfigurable):
         for a host to boot, and a replacement is acquired in the background. None by
         default. On ec2, where a spot instance boots in ~40 s out of a 120 s reclaim notice,
         one per instance type that servers move between is the usual choice; each costs
-        what a running instance of its type costs (benchmarks/results.md, "Warm hosts").
+        what a running instance of its type costs (benchmarks/results.md, "Spare hosts").
         A restarted hub finds its spare hosts again (their owner is "spare:<type>").""",
     ).tag(config=True)
 

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from .imds import IMDSClient, watch_notices
+from .logsetup import setup_logging
 from .server import Agent, serve
 from .tls import ensure_certificate, server_context
 
@@ -122,9 +123,14 @@ async def run(config_path: Path, register_timeout: float) -> None:
         # the cloud ends this instance: the agent only tells
         agent.take_notice(deadline, terminate=False)
 
+    pushes: set[asyncio.Task] = set()  # kept until done (the metadata poll goes on meanwhile)
+
     async def on_rebalance(data: dict[str, Any]) -> None:
         log.warning("metadata: rebalance recommendation %s", data)
-        agent.rebalance = data
+        agent.rebalance = data  # in its status, which the hub polls; pushed for speed
+        task = asyncio.create_task(agent.push({"host_id": agent.host_id, "rebalance": data}))
+        pushes.add(task)
+        task.add_done_callback(pushes.discard)
 
     watcher = asyncio.create_task(
         watch_notices(imds, on_notice, on_rebalance, float(config.get("poll_interval", 2)))
@@ -142,11 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--register-timeout", type=float, default=600)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="[%(levelname)1.1s %(asctime)s agent %(name)s] %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)
     try:
         asyncio.run(run(Path(args.config), args.register_timeout))
     except RegistrationRefused as e:

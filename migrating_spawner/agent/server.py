@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import ssl
-import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from aiohttp import web
 from ..checkpoint import CheckpointError, restore_tree, snapshot_tree, store_from_config
 from ..checkpoint.home import check_table
 from ..checkpoint.manifest import check_checkpoint_id
+from .logsetup import setup_logging
 from .users import PREFIX, UserError, ensure_user, give_tree
 
 log = logging.getLogger("migrating.agent")
@@ -411,10 +411,16 @@ class Agent:
 
     async def _notify_hub(self) -> None:
         """Push the notice to the hub; the hub also polls, so failures only cost latency."""
-        if not self.notify_url or self.notice is None:
+        if self.notice is not None:
+            await self.push({"host_id": self.host_id, "deadline": self.notice["deadline"]})
+
+    async def push(self, body: dict[str, Any]) -> None:
+        """POST `body` (a notice, a rebalance recommendation) to the hub's notices URL with
+        the host's secret; 3 tries, 5 s each. The hub also polls this agent's status, so a
+        push that fails only costs latency."""
+        if not self.notify_url:
             return
         headers = {"Authorization": f"token {self.token}"}
-        body = {"host_id": self.host_id, "deadline": self.notice["deadline"]}
         for attempt in range(3):
             try:
                 async with aiohttp.ClientSession() as session:
@@ -650,11 +656,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="[%(levelname)1.1s %(asctime)s agent %(name)s] %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)
     token = Path(args.token_file).read_text().strip()
     disk = Path(args.disk)
     disk.mkdir(parents=True, exist_ok=True)

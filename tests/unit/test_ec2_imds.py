@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from migrating_spawner.agent.imds import IMDSClient, deadline_of, watch_notices
+from migrating_spawner.agent.server import Agent
 from migrating_spawner.ec2sim.metadata import MetadataService
 
 INSTANCE = {"InstanceId": "i-0123", "InstanceType": "m5.large", "InstanceLifecycle": "spot"}
@@ -63,4 +64,36 @@ async def test_imdsv2_tokens_and_notices():
         )
     finally:
         await imds.close()
+        await runner.cleanup()
+
+
+async def test_the_agent_pushes_a_rebalance_and_a_notice_to_the_hub(tmp_path):
+    """Agent.push: what the metadata poll learns goes to the hub's notices URL with the
+    host's secret (the rebalance without a deadline, the notice with one)."""
+    got: list[tuple[str, dict]] = []
+
+    async def notices(request: web.Request) -> web.Response:
+        got.append((request.headers.get("Authorization", ""), await request.json()))
+        return web.json_response({}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/api/notices", notices)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/notices"
+    agent = Agent(
+        host_id="ec2-1", address="127.0.0.1", token="s3cret", disk=tmp_path, notify_url=url
+    )
+    try:
+        await agent.push({"host_id": "ec2-1", "rebalance": {"noticeTime": "now"}})
+        deadline = time.time() + 60
+        agent.take_notice(deadline, terminate=False)
+        while len(got) < 2:
+            await asyncio.sleep(0.05)
+        assert got == [
+            ("token s3cret", {"host_id": "ec2-1", "rebalance": {"noticeTime": "now"}}),
+            ("token s3cret", {"host_id": "ec2-1", "deadline": deadline}),
+        ]
+    finally:
         await runner.cleanup()

@@ -27,6 +27,7 @@ from .history import ServerHistory
 from .hosts.base import HostError, HostProvider
 from .hosts.local import LocalHostProvider
 from .hosts.pool import is_spare
+from .hosts.watcher import LOST, HostEvent
 from .move import Move
 from .moving import MovableServer, MoveError, MoveScheduler, RouteHold
 from .observe import Observer
@@ -215,6 +216,8 @@ class MigratingController(SingletonConfigurable):
         # notices from the host watcher's polls and the agents' pushes; a standing one is
         # taken in again each watch interval (whether a host is lost is poll()'s call)
         self._tasks.append(asyncio.create_task(self.scheduler.follow(self.provider.watcher)))
+        # ... and poll() is called as soon as the watcher calls a host lost
+        self.provider.watcher.subscribe(self._on_host_event)
         self._tasks.append(asyncio.create_task(self._release_orphans(time.time())))
         # unreferenced chunks go on a timer when GarbageCollector.interval is set (off: 0)
         gc = GarbageCollector(parent=self, log=self.log)
@@ -253,6 +256,18 @@ class MigratingController(SingletonConfigurable):
                 self.log.error("could not release orphan host %s: %s", host.id, e)
         # the spare hosts kept (HostProvider.spare_hosts): found again, then kept filled
         await self.provider.spares.adopt(spares)
+
+    def _on_host_event(self, event: HostEvent) -> None:
+        """A host the watcher calls lost (its polls failed, or the cloud said it ended
+        without a notice): the hub's poll of each server on it runs now, not at the next
+        `Spawner.poll_interval` (30 s), so the server comes back from its checkpoint at
+        once; poll() decides as always."""
+        if event.kind != LOST:
+            return
+        for server in self.spawners_on(event.host.id):
+            if not self.is_moving(server):
+                # the hub's servers are its Spawners (JupyterHub's poll and callbacks)
+                asyncio.ensure_future(server.poll_and_notify())  # type: ignore[attr-defined]
 
     # -- checkpoints -------------------------------------------------------------
 

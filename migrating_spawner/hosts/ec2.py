@@ -279,6 +279,8 @@ class EC2HostProvider(HostProvider):
         self._bootstraps: dict[str, _Bootstrap] = {}
         self._interrupted: dict[tuple[str, str], float] = {}
         self._zones: dict[str, str] | None = None
+        self._templates: set[str] = set()  # launch templates known to exist
+        self._template_lock = asyncio.Lock()
         self._key: bytes | None = None
         self._warned: set[str] = set()
 
@@ -533,12 +535,23 @@ class EC2HostProvider(HostProvider):
         return name, data
 
     async def _ensure_template(self, name: str, data: dict) -> None:
-        try:
-            await self.call("describe_launch_templates", LaunchTemplateNames=[name])
-        except HostError:
-            await self.call(
-                "create_launch_template", LaunchTemplateName=name, LaunchTemplateData=data
-            )
+        """This provider's own template (its hosts' versions go under it): made once, by one
+        of the acquires running at the same time; one made meanwhile by another hub (or an
+        acquire of a restarted one) is as good."""
+        async with self._template_lock:
+            if name in self._templates:
+                return
+            try:
+                await self.call("describe_launch_templates", LaunchTemplateNames=[name])
+            except HostError:
+                try:
+                    await self.call(
+                        "create_launch_template", LaunchTemplateName=name, LaunchTemplateData=data
+                    )
+                except HostError as e:
+                    if "AlreadyExists" not in str(e):
+                        raise
+            self._templates.add(name)
 
     async def _fleet(
         self,

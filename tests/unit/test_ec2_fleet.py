@@ -5,6 +5,7 @@ the user data limit."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -195,3 +196,24 @@ async def test_a_rebalance_recommendation_moves_only_with_move_on_rebalance(move
             assert provider.avoided_types() == set()
     finally:
         await watcher.stop()
+
+
+async def test_acquires_at_the_same_time_make_the_launch_template_once(region):
+    """Many spawns at once (a storm's replacements): one creates the provider's own launch
+    template, the others use it (no AlreadyExists failure)."""
+    provider, _, ec2 = region
+    tags = provider.tags("ec2-test", "large", "alice/")
+    made = await asyncio.gather(
+        *(provider._template_data("#cloud-config\n", tags) for _ in range(4))
+    )
+    assert {name for name, _ in made} == {f"jupyterhub-migrating-{provider.hub_name}"}
+    found = ec2.describe_launch_templates(LaunchTemplateNames=[made[0][0]])["LaunchTemplates"]
+    assert len(found) == 1
+    # a template made by someone else meanwhile (another hub process) is as good
+    other = EC2HostProvider(
+        **{
+            k: getattr(provider, k)
+            for k in ("endpoint_url", "region", "image_id", "hub_name", "secret_file")
+        }
+    )
+    assert (await other._template_data("#cloud-config\n", tags))[0] == made[0][0]

@@ -13,8 +13,9 @@ the simulator, which kills every simulated instance's processes.
 The instances' folders are in a folder of their own under /tmp that others may traverse
 (pytest's are root's alone), since their agents run users' servers as unprivileged unix
 users; the users they made (`useradd`, comment "jupyterhub user ...") are deleted when the
-world stops. Their servers run this venv's Python: folders above the interpreter that keep
-others out (here /root, pyenv's home) let others through (o+x, not listing) while the
+world stops. Their servers run this venv's Python and may keep shared homes in the test's
+folder: folders above the interpreter and above `root` that keep others out (here /root,
+pyenv's home, and pytest's 0700 folders) let others through (o+x, not listing) while the
 world runs, and get their mode back after. `firewall=True` lets the simulator run the user
 data's iptables rule for each instance's metadata address (removed at the instance's end).
 """
@@ -95,16 +96,19 @@ class World:
 
 
 @contextlib.contextmanager
-def interpreter_reachable() -> Iterator[None]:
-    """Let unprivileged users through the folders above this venv's Python (o+x) for a
-    while; their modes are restored after."""
+def interpreter_reachable(*more: Path) -> Iterator[None]:
+    """Let unprivileged users through the folders above this venv's Python and above `more`
+    (o+x, not listing) for a while; their modes are restored after."""
     changed = []
-    for folder in Path(os.path.realpath(sys.executable)).parents:
-        mode = folder.stat().st_mode
-        if not mode & 0o001:
-            folder.chmod((mode & 0o7777) | 0o001)
-            changed.append((folder, mode & 0o7777))
+    folders = {
+        p for path in (Path(sys.executable), *more) for p in Path(os.path.realpath(path)).parents
+    }
     try:
+        for folder in sorted(f for f in folders if f.is_dir()):
+            mode = folder.stat().st_mode
+            if not mode & 0o001:
+                folder.chmod((mode & 0o7777) | 0o001)
+                changed.append((folder, mode & 0o7777))
         yield
     finally:
         for folder, mode in changed:
@@ -117,7 +121,9 @@ def ec2_world(root: Path, firewall: bool = False) -> Iterator[World]:
     machines = Path(tempfile.mkdtemp(prefix="ec2sim-machines-"))
     machines.chmod(0o711)  # users' servers reach their homes inside, nothing else
     try:
-        with interpreter_reachable(), _ec2_world(root, machines, firewall) as world:
+        # `root`'s folders too: the test's own (pytest's are 0700), where a hub beside the
+        # world keeps shared homes
+        with interpreter_reachable(root), _ec2_world(root, machines, firewall) as world:
             yield world
     finally:
         shutil.rmtree(machines, ignore_errors=True)

@@ -155,6 +155,8 @@ def _ec2_world(root: Path, machines: Path, firewall: bool) -> Iterator[World]:
                     "--machines-dir",
                     str(machines),
                     *(["--firewall"] if firewall else []),
+                    "--boot-delay",
+                    "0",
                 ],
                 env=world.env(),
                 stdout=out,

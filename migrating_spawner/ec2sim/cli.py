@@ -61,6 +61,13 @@ def parser() -> argparse.ArgumentParser:
         "they are skipped, as on an AMI with the package baked in",
     )
     run.add_argument(
+        "--boot-delay",
+        type=notice_seconds,
+        default=40.0,
+        help="seconds from launch to an instance's user data running, as a spot instance "
+        "boots (AWS: ~40 s; 0 for tests)",
+    )
+    run.add_argument(
         "--machines-dir",
         default="",
         help="folder of the instances' folders (default: STATE_DIR/instances); servers run "
@@ -128,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             imds_port=args.imds_port,
             skip_install=not args.run_install_steps,
             region=args.region,
+            boot_delay=args.boot_delay,
             machines_dir=Path(args.machines_dir) if args.machines_dir else None,
             firewall=args.firewall,
         )

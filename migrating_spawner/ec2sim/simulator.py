@@ -66,6 +66,7 @@ class Simulator:
         skip_install: bool = True,
         region: str = "us-east-1",
         poll_interval: float = 0.5,
+        boot_delay: float = 40.0,
         machines_dir: Path | None = None,
         firewall: bool = False,
     ):
@@ -81,6 +82,9 @@ class Simulator:
         self.machines_dir = machines_dir or root / "instances"
         #: run the user data's iptables rules for the metadata service (userdata.py)
         self.firewall = firewall
+        # launch -> user data runs, as an instance boots; instances boot side by side
+        self.boot_delay = boot_delay
+        self._booting: set[str] = set()
         self.instances: dict[str, SimInstance] = {}
         self.errors = CapacityErrors()
         self.proxy = EC2Proxy(moto_url, self.errors)
@@ -122,11 +126,31 @@ class Simulator:
         for iid, item in seen.items():
             state = item["State"]["Name"]
             inst = self.instances.get(iid)
-            if inst is None and state in {"pending", "running"}:
-                await self.boot(item)
+            if inst is None and state in {"pending", "running"} and iid not in self._booting:
+                self._booting.add(iid)
+                task = asyncio.ensure_future(self._boot_later(item))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             elif inst is not None and state in GONE_STATES and inst.state != "terminated":
                 log.info("%s is %s in moto: its machine goes", iid, state)
                 await self.end(inst)
+
+    async def _boot_later(self, item: dict[str, Any]) -> None:
+        try:
+            if self.boot_delay > 0:
+                await asyncio.sleep(self.boot_delay)
+                found = await asyncio.to_thread(
+                    self.ec2.describe_instances, InstanceIds=[item["InstanceId"]]
+                )
+                now = found["Reservations"][0]["Instances"][0]
+                if now["State"]["Name"] in GONE_STATES:
+                    return  # terminated while it booted
+                item = now
+            await self.boot(item)
+        except Exception:
+            log.exception("%s could not boot", item["InstanceId"])
+        finally:
+            self._booting.discard(item["InstanceId"])
 
     async def boot(self, item: dict[str, Any]) -> None:
         iid = item["InstanceId"]

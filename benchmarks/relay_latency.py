@@ -2,7 +2,10 @@
 
 Real ipykernel kernels through jupyter_client on loopback. Round trips (execute of `pass`,
 kernel_info) straight to the kernel and through a KernelRelay in front of the same kernel,
-interleaved in the same run so warm-up and noise hit both alike; then, for a request queued
+interleaved in the same run so warm-up and noise hit both alike, for the two ways a relay
+forwards: to a kernel started with the relay's key (as MovableKernel starts every kernel:
+frames pass as they are) and to a kernel with a key of its own (frames re-signed both ways,
+as after a move to such a kernel); then, for a request queued
 while the relay is paused (as during a move), the time from `resume()` on a new kernel with
 a new key and new ports to its reply. Writes the section "## Kernel relay overhead" of
 benchmarks/results.md.
@@ -57,27 +60,39 @@ async def round_trip(kc: AsyncKernelClient, kind: str) -> float:
     return time.perf_counter() - t0
 
 
-async def overhead(relay: KernelRelay, km: AsyncKernelManager, rounds: int) -> list[tuple]:
-    direct = await client(km.get_connection_info())
-    relayed = await client(relay.connection_info)
+async def overhead(pairs: list[tuple[str, KernelRelay, AsyncKernelManager]], rounds: int):
+    """Rows (mode, kind, direct median, relay median, direct p95, relay p95): each round
+    trip straight to a kernel is followed by one through its relay, all modes interleaved."""
+    clients = []
+    for mode, relay, km in pairs:
+        clients.append(
+            (mode, await client(km.get_connection_info()), await client(relay.connection_info))
+        )
     rows = []
     try:
         for kind in ("execute", "kernel_info"):
-            times: dict[str, list[float]] = {"direct": [], "relay": []}
+            times = {(mode, path): [] for mode, _, _ in pairs for path in ("direct", "relay")}
             for _ in range(rounds):
-                times["direct"].append(await round_trip(direct, kind))
-                times["relay"].append(await round_trip(relayed, kind))
-            d, r = (statistics.median(times[k]) for k in ("direct", "relay"))
-            p95 = {k: statistics.quantiles(v, n=20)[-1] for k, v in times.items()}
-            rows.append((kind, d, r, p95["direct"], p95["relay"]))
+                for mode, direct, relayed in clients:
+                    times[mode, "direct"].append(await round_trip(direct, kind))
+                    times[mode, "relay"].append(await round_trip(relayed, kind))
+            for mode, _, _ in pairs:
+                d, r = (statistics.median(times[mode, k]) for k in ("direct", "relay"))
+                pd, pr = (
+                    statistics.quantiles(times[mode, k], n=20)[-1] for k in ("direct", "relay")
+                )
+                rows.append((mode, kind, d, r, pd, pr))
     finally:
-        direct.stop_channels()
-        relayed.stop_channels()
+        for _, direct, relayed in clients:
+            direct.stop_channels()
+            relayed.stop_channels()
     return rows
 
 
-async def new_kernel() -> AsyncKernelManager:
+async def new_kernel(key: bytes | None = None) -> AsyncKernelManager:
     km = AsyncKernelManager(kernel_name="python3")
+    if key is not None:
+        km.session.key = key  # the connection file the kernel reads carries it
     await km.start_kernel()
     return km
 
@@ -107,15 +122,19 @@ async def resume_delays(relay: KernelRelay, kms: list[AsyncKernelManager], n: in
 
 
 async def measure(rounds: int, resumes: int) -> str:
-    kms = [await new_kernel()]
-    relay = KernelRelay()
-    await relay.start()
-    relay.retarget(kms[0].get_connection_info())
+    same = KernelRelay()
+    other = KernelRelay()
+    kms = [await new_kernel(same.key), await new_kernel()]
+    pairs = [("relay's key", same, kms[0]), ("own key (re-signed)", other, kms[1])]
+    for _, relay, km in pairs:
+        await relay.start()
+        relay.retarget(km.get_connection_info())
     try:
-        rows = await overhead(relay, kms[0], rounds)
-        delays = await resume_delays(relay, kms, resumes)
+        rows = await overhead(pairs, rounds)
+        delays = await resume_delays(other, kms, resumes)
     finally:
-        await relay.stop()
+        for _, relay, _ in pairs:
+            await relay.stop()
         for km in kms:
             if km.has_kernel:
                 await km.shutdown_kernel(now=True)
@@ -127,15 +146,19 @@ async def measure(rounds: int, resumes: int) -> str:
         f"`benchmarks/relay_latency.py`, {when}, {platform.machine()}, Python "
         f"{platform.python_version()}. Real ipykernel kernels through jupyter_client on "
         f"loopback; {rounds} round trips each way, direct and through the relay interleaved "
-        "in one run.",
+        "in one run. *Kernel key*: the relay's (MovableKernel starts every kernel with it: "
+        "frames pass as they are, the relay only checks what clients sign) or the kernel's "
+        "own (every frame re-signed both ways, as after a move to a kernel started elsewhere). "
+        "The relay reads its sockets from the event loop directly (no zmq.asyncio futures).",
         "",
-        "| message | direct, median | relay, median | relay / direct | direct, p95 | relay, p95 |",
-        "|---|---|---|---|---|---|",
+        "| message | kernel key | direct, median | relay, median | relay / direct | direct, p95 "
+        "| relay, p95 |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for kind, d, r, pd, pr in rows:
+    for mode, kind, d, r, pd, pr in rows:
         lines.append(
-            f"| {kind} | {d * ms:.2f} ms | {r * ms:.2f} ms | {r / d:.2f}× | {pd * ms:.2f} ms "
-            f"| {pr * ms:.2f} ms |"
+            f"| {kind} | {mode} | {d * ms:.2f} ms | {r * ms:.2f} ms | {r / d:.2f}× "
+            f"| {pd * ms:.2f} ms | {pr * ms:.2f} ms |"
         )
     lines += [
         "",

@@ -7,8 +7,9 @@ into `~/.local/share/jupyter-migrating/apps.json`, which moves with the home:
 - processes the server started that listen on a TCP port (an app reached through
   `/user/NAME/proxy/PORT/`, or through the TCP gateway): command, folder, environment,
 - RStudio: every `rsession` under this server is suspended as `rstudio-server
-  suspend-session` does (SIGUSR1), forced after `rstudio_suspend_grace` seconds
-  (SIGUSR2, as `force-suspend-session`: the running R code is interrupted), and waited for
+  suspend-session` does (SIGUSR1), forced after `rstudio_suspend_grace` seconds, or
+  earlier when the move's deadline is near (SIGUSR2, as `force-suspend-session`: the
+  running R code is interrupted; `cooperative_until`), and waited for
   until it has exited, so its state (`~/.local/share/rstudio/sessions/active/session-*/
   suspended-session-data/`) is in the home before the final checkpoint. The R version is
   recorded: a resume needs the same major.minor.
@@ -38,6 +39,17 @@ from tornado.routing import Router
 APPS_FILE = "apps.json"
 RSESSION = "rsession"
 KERNEL_FILE = re.compile(r"kernel-[^/]*\.json$")
+#: seconds a forced suspend (SIGUSR2) may need to write the session and exit
+FORCE_RESERVE = 3.0
+
+
+def cooperative_until(now: float, grace: float, until: float) -> float:
+    """When the cooperative suspend (SIGUSR1) stops waiting: after `grace`, or earlier
+    when the move's deadline `until` is near, so the forced suspend still has
+    FORCE_RESERVE seconds (half the time left, when less is left) to write the session.
+    The deadline is hard (the host goes): a forced suspend keeps the variables, a session
+    still running at the deadline loses them."""
+    return max(now, min(now + grace, until - min(FORCE_RESERVE, (until - now) / 2)))
 
 
 def r_version() -> str | None:
@@ -189,12 +201,15 @@ class AppState:
             return None
 
     async def _suspend(self, proc: psutil.Process, until: float, grace: float) -> dict[str, Any]:
-        """SIGUSR1 (cooperative), SIGUSR2 at the grace (forced), then wait for the exit."""
+        """SIGUSR1 (cooperative), SIGUSR2 at the grace or near the deadline (forced,
+        `cooperative_until`), then wait for the exit."""
         result: dict[str, Any] = {"pid": proc.pid, "forced": False, "suspended": False}
+        began = time.time()
         try:
             proc.send_signal(signal.SIGUSR1)
-            if not await _exited(proc, min(time.time() + grace, until)):
+            if not await _exited(proc, cooperative_until(began, grace, until)):
                 result["forced"] = True
+                waited = time.time() - began
                 proc.send_signal(signal.SIGUSR2)
                 await _exited(proc, until)
         except psutil.NoSuchProcess:
@@ -208,7 +223,7 @@ class AppState:
         elif result["forced"]:
             result["note"] = (
                 f"RStudio: your R session was busy and was force-suspended after "
-                f"{grace:.0f} s; the code it was running was interrupted and did not "
+                f"{waited:.0f} s; the code it was running was interrupted and did not "
                 "finish. Its variables were kept (objects behind external pointers, such "
                 "as database connections, come back invalid)."
             )

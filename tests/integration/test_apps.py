@@ -13,14 +13,16 @@ import json
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from kernelws import KernelSocket
 from labpage import chromium_page, wait_for
-from realhub import RealHub, free_port
+from realhub import free_port, module_hub
 from test_move import wait_moved, write_file
 from test_tcp_gateway import free_block, talk
 
+from migrating_spawner.service import cli
 from migrating_spawner.tcpgateway import TCPGateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -28,6 +30,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 STANDIN = Path(__file__).resolve().parents[1] / "standin" / "rsession"
 GRACE = 2
 POOL = free_block(2)
+# the stand-in's port, fixed (as RStudio's 8787) and on every address of its host, so a
+# gateway port can point at it across moves
+RPORT = free_port()
 # an SSH-like service: it speaks first, naming the address it was reached at (its host)
 ECHO = """
 import socket
@@ -48,7 +53,9 @@ def config(workdir: Path) -> str:
     # registers rserver (a Jupyter config folder the hub hands every server)
     extra = workdir / "jupyter-config"
     extra.mkdir()
-    servers = {"rstudio": {"command": [str(STANDIN), "{port}"], "timeout": 30}}
+    servers = {
+        "rstudio": {"command": [str(STANDIN), "{port}", "0.0.0.0"], "port": RPORT, "timeout": 30}
+    }
     (extra / "jupyter_server_config.json").write_text(
         json.dumps({"ServerProxy": {"servers": servers}})
     )
@@ -57,6 +64,8 @@ import os
 os.environ["JUPYTER_CONFIG_PATH"] = "{extra}"
 c.MigratingSpawner.home_mode = "synced"
 c.MigratingSpawner.rstudio_suspend_grace = {GRACE}
+# the freeze's time (3 s by default): the grace, and the forced suspend's time after it
+c.MigratingController.final_checkpoint_margin = {GRACE + 3}
 c.TCPGateway.enabled = True
 c.TCPGateway.port_range = "{POOL[0]}-{POOL[1]}"
 c.TCPGateway.bind_ip = "127.0.0.1"
@@ -65,19 +74,10 @@ c.TCPGateway.state_dir = "{workdir / "gateway"}"
 """
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def hub(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("apps-hub")
-    hub = RealHub(workdir, config(workdir))
-    hub.start()
-    try:
-        await hub.wait_up()
-        yield hub
-    finally:
-        hub.stop()
-        hub.kill_proxy()
-        hub.release_all_hosts()
-        TCPGateway(state_dir=str(workdir / "gateway")).process.stop()  # it outlives hubs
+# HAProxy outlives hubs (as CHP does): stopped after the hub
+hub = module_hub(
+    config, "apps-hub", cleanup=lambda w: TCPGateway(state_dir=str(w / "gateway")).process.stop()
+)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -169,9 +169,10 @@ async def test_apps_answer_at_the_same_urls_after_a_reclaim(hub, alice):
     assert any("started again" in m and "shiny" in m and f"port {port}" in m for m in said), said
 
 
-async def test_a_busy_rstudio_session_is_force_suspended_and_the_user_told(hub, alice):
-    """Also the TCP gateway: a port of alice's server keeps its gateway address across the
-    move, and a connection made during the move reaches the new host."""
+async def test_a_busy_rstudio_session_is_force_suspended_and_the_user_told(hub, alice, capsys):
+    """Also the TCP gateway: ports of alice's server (an SSH-like service, the RStudio
+    stand-in's HTTP port) keep their gateway addresses across the move, and a connection
+    made during the move reaches the new host."""
     # the SSH-like service, started by a cell, reached through a gateway port
     target = free_port()
     status, session = await hub.request(
@@ -193,6 +194,16 @@ async def test_a_busy_rstudio_session_is_force_suspended_and_the_user_told(hub, 
     bob = await hub.user_token("bob")
     status, data = await hub.migrate_api("POST", "/gateway/alice", bob, {"target_port": 22})
     assert status == 404, data
+    # bad input is refused, saying why
+    for body, says in (
+        ({"target_port": "22"}, "integer"),
+        ({"target_port": 70000}, "1-65535"),
+        ({"target_port": 22, "port": 22}, "unknown field"),
+        ({"target_port": 22, "allowed_cidrs": "127.0.0.1"}, "list of networks"),
+        ({"target_port": 22, "allowed_cidrs": ["10.0.0.0/8"]}, "outside the gateway's"),
+    ):
+        status, data = await hub.migrate_api("POST", "/gateway/alice", alice, body)
+        assert status == 400 and says in data["message"], (body, data)
     status, second = await hub.migrate_api("POST", "/gateway/alice", alice, {"target_port": 22})
     assert status == 201, second
     status, data = await hub.migrate_api("POST", "/gateway/alice", alice, {"target_port": 23})
@@ -201,6 +212,21 @@ async def test_a_busy_rstudio_session_is_force_suspended_and_the_user_told(hub, 
     assert status == 200
 
     assert (await get(hub, alice, "rstudio/eval?code=y%20%3C-%207"))[1] == "[1] 7"
+    # the stand-in's own port through the gateway (the CLI verb), reachable from
+    # 127.0.0.1 only (its own allowed_cidrs): the same R session
+    code, out, err = await run_cli(
+        capsys,
+        hub,
+        alice,
+        *("gateway", "connect", "alice", "--target-port", str(RPORT)),
+        *("--allowed-cidrs", "127.0.0.1/32"),
+    )
+    assert code == 0, err
+    rstudio = json.loads(out)["port"]
+    assert rstudio == second["port"]  # the port given back is the free one
+    assert json.loads(out)["allowed_cidrs"] == ["127.0.0.1/32"]
+    assert await gateway_get(rstudio, "eval?code=y") == "[1] 7"
+    assert await talk(rstudio, source="127.0.0.2", timeout=5) == b""  # refused
     # busy: R runs code at its top level, so the cooperative suspend (SIGUSR1) waits
     assert (await get(hub, alice, "rstudio/run?code=Sys.sleep(600);%20z%20%3C-%201"))[1]
     during = asyncio.ensure_future(connect_while_moving(hub, alice, port["port"]))
@@ -212,8 +238,37 @@ async def test_a_busy_rstudio_session_is_force_suspended_and_the_user_told(hub, 
     status, info = await get(hub, alice, "rstudio/")
     assert status == 200 and info["resumed"] is True and info["forced"] is True, info
     assert sorted(info["variables"]) == ["x", "y"]  # z: the interrupted code never finished
+    # the same gateway port reaches the resumed session on the new host
+    assert await gateway_get(rstudio, "eval?code=y") == "[1] 7"
+    assert json.loads(await gateway_get(rstudio, ""))["resumed"] is True
     said = events(await hub.server_info("alice"))
     assert any("force-suspended" in m and "interrupted" in m for m in said), said
+
+
+async def run_cli(capsys, hub, token, *argv):
+    """`jupyterhub-migrate ... --json` in this process (it blocks: beside the loop)."""
+    argv = ("--url", hub.url, "--token", token, *argv, "--json")
+    code = await asyncio.to_thread(cli.main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def gateway_get(port, path, timeout=30):
+    """GET http://127.0.0.1:PORT/PATH through a gateway port: the body once it answers 200
+    (a route retargeted just now may reach an app still starting: retried, bounded)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                url = f"http://127.0.0.1:{port}/{path}"
+                async with session.get(url, timeout=aiohttp.ClientTimeout(10)) as resp:
+                    if resp.status == 200:
+                        return await resp.text()
+                    failure = f"{resp.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                failure = repr(e)
+            assert time.monotonic() < deadline, f"gateway port {port}: {failure}"
+            await asyncio.sleep(0.2)
 
 
 async def until_ok(hub, token, path, timeout=30):
@@ -244,9 +299,10 @@ async def until_banner(port, address, timeout=30):
 
 
 async def connect_while_moving(hub, token, port):
-    """A new connection as soon as the gateway says the server is moving."""
+    """A new connection to gateway port `port` as soon as the gateway says that port is
+    moving (the gateway reports it once HAProxy holds it)."""
     while True:
         _, data = await hub.migrate_api("GET", "/gateway/alice", token)
-        if data["ports"][0]["state"] == "moving":
+        if {p["port"]: p["state"] for p in data["ports"]}[port] == "moving":
             return await talk(port)
         await asyncio.sleep(0.05)

@@ -1,4 +1,4 @@
-# The R half of the rsession stand-in (see ./rsession). Arguments: port, flag folder.
+# The R half of the rsession stand-in (see ./rsession). Arguments: port, flag folder, address.
 #   GET /            JSON: {"resumed", "forced", "variables", "r_version"}
 #   GET /eval?code=  evaluates R code in the global environment, answers its printed value
 #   GET /run?code=   queues R code to run at the top level (the session is busy while it runs)
@@ -7,6 +7,7 @@ local({
   args <- commandArgs(TRUE)
   port <- as.integer(args[1])
   flags <- args[2]
+  address <- if (length(args) >= 3) args[3] else "127.0.0.1"
   home <- Sys.getenv("HOME")
   active <- file.path(home, ".local/share/rstudio/sessions/active")
   session <- Sys.glob(file.path(active, "session-*"))
@@ -21,7 +22,7 @@ local({
     unlink(data, recursive = TRUE)  # RStudio removes it once resumed
     resumed <- TRUE
   }
-  assign("state", list(port = port, flags = flags, data = data, pending = NULL,
+  assign("state", list(port = port, address = address, flags = flags, data = data, pending = NULL,
                        resumed = resumed, forced = forced), envir = .standin)
 })
 
@@ -57,7 +58,7 @@ local({
 })
 
 .standin$main <- function() {
-  httpuv::startServer("127.0.0.1", .standin$state$port, .standin$app)
+  httpuv::startServer(.standin$state$address, .standin$state$port, .standin$app)
   repeat {
     tryCatch(httpuv::service(50), interrupt = function(e) NULL)
     s <- .standin$state

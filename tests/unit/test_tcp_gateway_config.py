@@ -3,7 +3,7 @@
 import pytest
 
 from migrating_spawner.service.cli import parser
-from migrating_spawner.singleuser.apps import map_home, version_note
+from migrating_spawner.singleuser.apps import cooperative_until, map_home, version_note
 from migrating_spawner.tcpgateway.gateway import narrow_cidrs, parse_range
 from migrating_spawner.tcpgateway.haproxy import Route, render_config
 
@@ -72,3 +72,12 @@ def test_app_paths_and_r_versions():
     assert map_home("/usr/bin/python3", "/disk1/home/a", "/disk2/home/a") == "/usr/bin/python3"
     assert version_note("4.2", "4.2") is None
     assert "R 4.2" in version_note("4.2", "4.3") and "R 4.3" in version_note("4.2", "4.3")
+
+
+def test_rstudio_is_forced_early_enough_to_write_its_session_before_the_deadline():
+    # a long freeze: the whole grace; then SIGUSR2 with the time left
+    assert cooperative_until(100, 10, 160) == 110
+    # the deadline near: SIGUSR2 3 s before it, or half way when less than 6 s are left
+    assert cooperative_until(100, 10, 108) == 105
+    assert cooperative_until(100, 2, 102) == 101
+    assert cooperative_until(100, 2, 100) == 100

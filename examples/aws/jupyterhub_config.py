@@ -79,6 +79,8 @@ if os.environ.get("DEMO_ADMIN_TOKEN"):  # scripts driving the demo (the hub's RE
     )
     c.JupyterHub.load_roles = [{"name": "admin", "services": ["demo-admin"], "users": ["admin"]}]
 c.JupyterHub.extra_user_scopes = {"access:services!service=migrate"}
+# headless jobs (`jupyterhub-migrate submit NOTEBOOK`) each run on a named server of their own
+c.JupyterHub.allow_named_servers = True
 c.JupyterHub.template_paths = [template_path()]
 
 if sim_dir:

@@ -49,6 +49,8 @@ c.JupyterHub.services = [{"name": "migrate", "url": "http://127.0.0.1:8095"}]
 # /hub/token) lists and moves their own servers. Admins have it already (the `admin` role),
 # and only they (scope admin:servers) may list and reclaim hosts.
 c.JupyterHub.extra_user_scopes = {"access:services!service=migrate"}
+# headless jobs (`jupyterhub-migrate submit NOTEBOOK`) each run on a named server of their own
+c.JupyterHub.allow_named_servers = True
 # The service's page for browsers: http://127.0.0.1:8000/services/migrate/ (in the hub's
 # Services menu). This line adds a "Moves" link next to each server on the hub home page
 # (a home.html that extends the hub's own; the page itself needs no configuration).

@@ -36,6 +36,7 @@ from ..history import checkpoint_summary
 from ..hosts.base import HostError
 from . import page
 from .gateway import gateway_handlers
+from .jobs import job_handlers
 from .registration import registration_handlers
 
 
@@ -622,6 +623,7 @@ def make_app(controller: Controller) -> web.Application:
             (prefix + "notices", NoticeHandler, plain),
             *registration_handlers(prefix, controller),
             *gateway_handlers(prefix, APIHandler, args),
+            *job_handlers(prefix, APIHandler, args),
         ],
         default_handler_class=NotFoundHandler,
         **page.settings(controller),

@@ -162,3 +162,121 @@ def plan(
             needs[target] = sorted(chosen)
     cells_out = sorted({i for c in needs.values() for i in c})
     return Plan(cells_out, needs, lost)
+
+
+# -- the mutation rule: what a cell run since a snapshot may have changed ------------------
+
+#: names through which a cell reaches the namespace as a whole: its changes cannot be named
+_OPAQUE = {"exec", "eval", "globals", "locals", "vars", "__import__", "__main__", "__builtins__"}
+#: IPython magics (as transform_cell writes them) that leave the namespace alone, or whose
+#: argument is itself a cell to analyse (`time`, `timeit`, `capture`)
+_QUIET_MAGICS = {"matplotlib", "pip", "conda", "pwd", "who", "whos", "env", "config", "lsmagic"}
+_CODE_MAGICS = {"time", "timeit", "prun", "capture"}
+_SHELL_CALLS = {"system", "getoutput"}  # `!cmd` and `x = !cmd`
+
+
+def _base_name(node: ast.AST | None) -> str | None:
+    while isinstance(node, (ast.Subscript, ast.Attribute, ast.Starred)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _magic(call: ast.Call) -> tuple[str, str, list[ast.expr]] | None:
+    """(kind, magic name, arguments) of `get_ipython().run_line_magic(name, ...)` and its
+    kin, or None for any other call."""
+    f = call.func
+    if not (
+        isinstance(f, ast.Attribute)
+        and isinstance(f.value, ast.Call)
+        and isinstance(f.value.func, ast.Name)
+        and f.value.func.id == "get_ipython"
+    ):
+        return None
+    name = ""
+    if call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+        name = call.args[0].value
+    return f.attr, name, list(call.args)
+
+
+def touched(source: str) -> tuple[set[str], str | None]:
+    """Top-level names a cell may have bound or changed, and why it cannot be said (None
+    when it can). `source` is plain Python (IPython's transform_cell).
+
+    The rule is meant to over-approximate: a name counts when a cell binds or deletes it,
+    assigns to its items or attributes, augments it, calls a method on it, calls it, passes
+    it to any call, subscripts it, or iterates over it or enters it (`with`). Cells that
+    reach the namespace as a whole (exec, globals(), `import *`, most magics) cannot be
+    analysed: the caller then snapshots every name."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set(), "a cell that cannot be parsed"
+    out: set[str] = set()
+    for stmt in tree.body:
+        out |= _stmt_writes(stmt) | _stmt_mutates(stmt)
+    shells: list[ast.AST] = []  # every get_ipython name; each must be a known magic's
+    accepted: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in _OPAQUE:
+            return out, f"it uses {node.id}"
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(a.name == "*" for a in node.names):
+                return out, "a star import"
+            if any(a.name == "__main__" for a in node.names):
+                return out, "it imports __main__"
+        if isinstance(node, ast.Name) and node.id == "get_ipython":
+            shells.append(node)  # judged at its call
+            continue
+        if isinstance(node, ast.Call):
+            magic = _magic(node)
+            if magic is not None:
+                kind, name, args = magic
+                accepted.add(id(node.func.value.func))  # type: ignore[attr-defined]
+                if kind in _SHELL_CALLS or (kind == "run_line_magic" and name in _QUIET_MAGICS):
+                    continue
+                if kind in ("run_line_magic", "run_cell_magic") and name in _CODE_MAGICS:
+                    texts = [a.value for a in args[1:] if isinstance(a, ast.Constant)]
+                    if len(texts) != len(args) - 1 or not all(isinstance(t, str) for t in texts):
+                        return out, f"the magic %{name} with a computed argument"
+                    if name == "capture":  # %%capture out: binds `out`
+                        out |= set(texts[0].split()[-1:]) if texts[0].split() else set()
+                        texts = texts[1:]
+                    elif kind == "run_cell_magic":
+                        texts = texts[1:]  # the line holds options; the body is the code
+                    for text in texts:
+                        names, why = touched(text)
+                        out |= names
+                        if why:
+                            return out, f"%{name}: {why}"
+                    continue
+                return out, f"the magic or shell call {name or kind!r}"
+            called = _base_name(node.func)
+            if called:
+                out.add(called)
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                for sub in ast.walk(arg):
+                    n = _base_name(sub) if isinstance(sub, (ast.Name, ast.Attribute)) else None
+                    if isinstance(sub, ast.Subscript):
+                        n = _base_name(sub)
+                    if n:
+                        out.add(n)
+        elif isinstance(node, ast.Subscript):
+            n = _base_name(node)
+            if n:
+                out.add(n)
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+            for sub in ast.walk(node.iter):
+                if isinstance(sub, ast.Name):
+                    out.add(sub.id)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                n = _base_name(item.context_expr)
+                if n:
+                    out.add(n)
+                if isinstance(item.context_expr, ast.Call):
+                    n = _base_name(item.context_expr.func)
+                    if n:
+                        out.add(n)
+    if any(id(n) not in accepted for n in shells):
+        return out, "it uses get_ipython()"
+    return out, None

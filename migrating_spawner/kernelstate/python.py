@@ -11,6 +11,16 @@ Variable by variable, so one bad variable never sinks the rest:
 - variables that share objects are pickled together so `b is a` stays true;
 - what cannot be serialised is rebuilt by re-running cells from the history (cells.py plans
   it, guard.py keeps replay off the user's files), and what cannot be rebuilt is reported.
+
+Incremental (O(delta), not O(state)): after its first snapshot or restore of a state folder
+the kernel remembers that index (`_BASES`) and every cell it runs from then on (`_Tracker`,
+on IPython's pre_run_cell event). The next snapshot pickles only what those cells may have
+changed by the mutation rule (cells.touched), plus variables that share objects with those,
+and keeps every other variable's blob without looking at it. A restore into a kernel that
+holds the base of the new index (a kernel started ahead by a move's pre-copy) loads only
+the variables whose entries changed. Whatever the rule cannot see through (exec, most
+magics, silent executions by others, widgets) makes that snapshot a full walk, and a
+kernel that ran anything since its restore gets a full restore: never a wrong delta.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import io
 import os
 import pickle
 import re
+import secrets
 import socket
 import sys
 import time
@@ -28,7 +39,7 @@ import types
 import warnings
 
 from . import store
-from .cells import analyze, plan
+from .cells import analyze, plan, touched
 from .guard import replay_guard
 
 VERSION = 1
@@ -133,7 +144,7 @@ def _reach(obj) -> set[int]:
     return seen
 
 
-def _groups(ns: dict, names: list[str]) -> list[list[str]]:
+def _groups(ns: dict, names: list[str], reach: dict[str, set[int]]) -> list[list[str]]:
     parent = {n: n for n in names}
 
     def find(n: str) -> str:
@@ -144,7 +155,9 @@ def _groups(ns: dict, names: list[str]) -> list[list[str]]:
 
     owner: dict[int, str] = {}
     for name in names:
-        for i in _reach(ns[name]):
+        if name not in reach:
+            reach[name] = _reach(ns[name])
+        for i in reach[name]:
             other = owner.setdefault(i, name)
             if other != name:
                 parent[find(name)] = find(other)
@@ -200,16 +213,140 @@ def snapshot(ip, state_dir: str) -> dict:
     return report
 
 
+class _Tracker:
+    """What runs in this kernel from the first snapshot or restore on: every cell's source
+    (pre_run_cell, with or without history) and a count of silent executions."""
+
+    def __init__(self, ip):
+        self.cells: list[str] = []
+        self.silent = 0  # pre_execute fires for every execution, pre_run_cell not for silent
+        ip.events.register("pre_execute", self._pre_execute)
+        ip.events.register("pre_run_cell", self._pre_run_cell)
+
+    def _pre_execute(self) -> None:
+        self.silent += 1
+
+    def _pre_run_cell(self, info) -> None:
+        self.silent -= 1
+        self.cells.append(info.raw_cell)
+
+
+_TRACKER: list[_Tracker] = []
+#: per state folder: the index this kernel last wrote or restored there, with what it ran
+#: then and the objects each variable reached (to find new sharing with a changed one)
+_BASES: dict[str, dict] = {}
+
+
+def _tracker(ip) -> _Tracker:
+    if not _TRACKER:
+        _TRACKER.append(_Tracker(ip))
+    return _TRACKER[0]
+
+
+def _remember(state_dir: str, index: dict, reach: dict[str, set[int]]) -> None:
+    t = _TRACKER[0]
+    owner = {i: name for name, ids in reach.items() for i in ids}
+    _BASES[os.path.abspath(state_dir)] = {
+        "index": index,
+        "cells": len(t.cells),
+        "silent": t.silent,  # this execution (ours) included
+        "reach": reach,
+        "owner": owner,
+    }
+
+
+def _globals_of(v, seen: set[int]) -> set[str]:
+    """Global names the code of a cell-defined function, class or instance may touch."""
+    if id(v) in seen:
+        return set()
+    seen.add(id(v))
+    if not _defined_in_cell(v):
+        v = type(v)
+        if not _defined_in_cell(v):
+            return set()
+    funcs = [v] if isinstance(v, types.FunctionType) else []
+    if isinstance(v, type):
+        for klass in v.__mro__:
+            if getattr(klass, "__module__", "") == "__main__":
+                for attr in vars(klass).values():
+                    attr = getattr(attr, "__func__", attr)  # static and class methods
+                    if isinstance(attr, property):
+                        funcs += [f for f in (attr.fget, attr.fset, attr.fdel) if f]
+                    elif isinstance(attr, types.FunctionType):
+                        funcs.append(attr)
+    out: set[str] = set()
+    for f in funcs:
+        codes = [f.__code__]
+        while codes:
+            code = codes.pop()
+            out |= set(code.co_names)
+            codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return out
+
+
+def _dirty(ip, base: dict) -> tuple[set[str] | None, str]:
+    """Names the cells run since `base` may have bound or changed (the mutation rule), or
+    None and why it cannot be said."""
+    t = _TRACKER[0]
+    if t.silent - base["silent"] > 1:  # > ours: someone else ran code we cannot see
+        return None, "a silent execution by another client since the last snapshot"
+    if "ipywidgets" in sys.modules:
+        return None, "widgets change variables without a cell"
+    out: set[str] = set()
+    for raw in t.cells[base["cells"] :]:
+        try:
+            code = ip.transform_cell(raw)
+        except Exception:
+            return None, "a cell IPython cannot transform"
+        names, why = touched(code)
+        if why:
+            return None, why
+        out |= names
+    ns = ip.user_ns
+    todo, seen = list(out), set()
+    while todo:  # what cell-defined code that was called or passed on may touch
+        name = todo.pop()
+        if name in ns:
+            for g in _globals_of(ns[name], seen) - out:
+                out.add(g)
+                todo.append(g)
+    return out, ""
+
+
 def _snapshot(ip, state_dir: str) -> dict:
+    _tracker(ip)
     ns = ip.user_ns
     names = user_names(ip)
     history = list(ns.get("_ih", [""]))
-    cells = _cells(ip, history)
+    base = _BASES.get(os.path.abspath(state_dir))
+    dirty, why = None, "the first snapshot of this kernel"
+    if base is not None:
+        disk = store.read_index(state_dir)
+        if not disk or disk.get("snap") != base["index"].get("snap"):
+            why = "the folder holds another snapshot than this kernel's last"
+        else:
+            dirty, why = _dirty(ip, base)
+    prev: dict = base["index"] if dirty is not None else {}
+    prev_entries: dict[str, dict] = prev.get("entries", {})
+    prev_lost: dict[str, str] = prev.get("lost", {})
+    reach: dict[str, set[int]] = {}
+    if dirty is None:
+        todo = set(names)
+    else:
+        reach = {n: ids for n, ids in base["reach"].items() if n in ns and n not in dirty}
+        todo = {n for n in names if n in dirty or (n not in prev_entries and n not in prev_lost)}
+    cells = None
     variables: dict[str, dict] = {}  # the report
     entries: dict[str, dict] = {}  # the index
     written = 0
     targets: dict[str, str] = {}  # name -> why it is not serialised
     data: list[str] = []
+
+    def history_cells():
+        nonlocal cells
+        if cells is None:
+            cells = _cells(ip, history)
+        return cells
 
     def put(obj, by_value=False) -> dict:
         nonlocal written
@@ -218,7 +355,7 @@ def _snapshot(ip, state_dir: str) -> dict:
         written += wrote
         return {"blob": digest, "ser": ser, "bytes": size}
 
-    for name in names:
+    def classify(name: str) -> None:
         v = ns[name]
         if _is_module(v):
             entries[name] = {"how": "module", "module": v.__name__}
@@ -230,7 +367,7 @@ def _snapshot(ip, state_dir: str) -> dict:
             except Exception as e:
                 targets[name] = f"{type(e).__name__}: {e}"
         elif isinstance(v, socket.socket):
-            where = _writer(cells, name)
+            where = _writer(history_cells(), name)
             cell = f"; re-run cell {where}" if where else ""
             variables[name] = {"how": "lost", "bytes": 0, "reason": f"an open socket{cell}"}
         else:
@@ -238,7 +375,26 @@ def _snapshot(ip, state_dir: str) -> dict:
                 v.flush()  # what the user wrote so far is on disk, and moves with the files
             data.append(name)
 
-    for group in _groups(ns, data):
+    for name in sorted(todo):
+        classify(name)
+    if dirty is not None:
+        # a variable that now shares objects with a changed one (b = a; c.append(a)), or
+        # was stored together with one, is stored again with it
+        owner = base["owner"]
+        queue = list(data)
+        while queue:
+            name = queue.pop()
+            reach[name] = _reach(ns[name])
+            mates = {owner.get(i) for i in reach[name]}
+            mates |= set((prev_entries.get(name) or {}).get("group") or ())
+            for other in mates:
+                if other and other in ns and other not in todo and other in names:
+                    todo.add(other)
+                    reach.pop(other, None)
+                    classify(other)
+                    if other in data:
+                        queue.append(other)
+    for group in _groups(ns, data, reach):
         try:
             value = ns[group[0]] if len(group) == 1 else {n: ns[n] for n in group}
             entry = put(value)
@@ -255,12 +411,24 @@ def _snapshot(ip, state_dir: str) -> dict:
             except Exception as e:
                 targets[n] = f"{type(e).__name__}: {str(e)[:200]}"
 
+    # what no cell touched keeps its entry (and its blob) as it was
+    for name in names:
+        if name in todo:
+            continue
+        if name in prev_entries and prev_entries[name]["how"] != "replay":
+            entries[name] = prev_entries[name]
+        elif name in prev_entries:  # a replay target: planned again below with the others
+            targets[name] = prev_entries[name].get("reason", "not serialisable")
+        elif name in prev_lost:
+            variables[name] = {"how": "lost", "bytes": 0, "reason": prev_lost[name]}
+
     stateful = sorted(n for n in targets if _stateful(ns[n]))
-    p = plan(cells, set(targets), set(entries), set(stateful))
-    for name, why in p.lost.items():
-        variables[name] = {"how": "lost", "bytes": 0, "reason": f"{targets[name]}; {why}"}
-    for name, needs in p.needs.items():
-        entries[name] = {"how": "replay", "cells": needs, "reason": targets[name]}
+    if targets:
+        p = plan(history_cells(), set(targets), set(entries), set(stateful))
+        for name, why in p.lost.items():
+            variables[name] = {"how": "lost", "bytes": 0, "reason": f"{targets[name]}; {why}"}
+        for name, needs in p.needs.items():
+            entries[name] = {"how": "replay", "cells": needs, "reason": targets[name]}
     for name, e in entries.items():
         variables[name] = {"how": e["how"], "bytes": e.get("bytes", 0)}
         if "reason" in e:
@@ -273,10 +441,13 @@ def _snapshot(ip, state_dir: str) -> dict:
         extras["numpy.random"] = put(sys.modules["numpy.random"].get_state())
 
     cwd = _cwd()
+    changed = sorted(n for n in todo if n in entries or n in variables)
     index = {
         "version": VERSION,
         "language": "python",
         "time": time.time(),
+        "snap": secrets.token_hex(8),
+        "base": prev.get("snap"),
         "names": names,
         "entries": entries,
         "lost": {n: v["reason"] for n, v in variables.items() if v["how"] == "lost"},
@@ -293,11 +464,16 @@ def _snapshot(ip, state_dir: str) -> dict:
     store.prune(
         state_dir, {e["blob"] for e in [*entries.values(), *extras.values()] if "blob" in e}
     )
+    _remember(state_dir, index, reach)
     return {
         "ok": True,
         "variables": variables,
         "execution_count": index["execution_count"],
         "written_bytes": written,
+        "mode": "delta" if dirty is not None else "full",
+        "why": why,
+        "changed": changed,
+        "deleted": sorted(set(prev.get("names", [])) - set(names)),
     }
 
 
@@ -349,6 +525,45 @@ def _restore(ip, state_dir: str) -> dict:
     index = store.read_index(state_dir)
     if index is None:
         raise FileNotFoundError(f"no snapshot in {state_dir}")
+    _tracker(ip)
+    base = _BASES.get(os.path.abspath(state_dir))
+    why = "the first restore into this kernel"
+    if base is not None:
+        t = _TRACKER[0]
+        if t.cells[base["cells"] :] or t.silent - base["silent"] > 1:
+            why = "this kernel ran code since it was restored"
+        elif any(
+            e["how"] == "replay" and base["index"]["entries"].get(n) != e
+            for n, e in index["entries"].items()
+        ):
+            why = "a variable rebuilt by replaying cells changed"
+        else:
+            try:
+                return _apply_delta(ip, state_dir, base, index)
+            except Exception as e:  # never half a delta: the full restore below instead
+                why = f"the delta did not apply ({type(e).__name__}: {str(e)[:200]})"
+    ns = ip.user_ns
+    for name in user_names(ip):  # a kernel restored before: start clean
+        ns.pop(name, None)
+    report = _restore_full(ip, state_dir, index)
+    report["mode"], report["why"] = "full", why
+    # what did not come back is not this kernel's base: a later delta loads it again
+    back = set(report["restored"]) | set(report["replayed"])
+    kept = {n: e for n, e in index["entries"].items() if n in back}
+    _remember(state_dir, {**index, "entries": kept}, _data_reach(ip.user_ns, index))
+    return report
+
+
+def _data_reach(ns: dict, index: dict) -> dict[str, set[int]]:
+    return {
+        n: _reach(ns[n])
+        for n, e in index["entries"].items()
+        if e["how"] in ("pickled", "replay") and n in ns
+    }
+
+
+def _setup(ip, index: dict) -> None:
+    """History, cell count, working folder and import path as the snapshot had them."""
     ns = ip.user_ns
     history = index["history"]
     ns["_ih"][:] = history  # In and _ih are one list: the history replay reads next time
@@ -359,6 +574,93 @@ def _restore(ip, state_dir: str) -> dict:
         os.chdir(cwd)
     sys.path.extend(p for p in index["sys_path"] if p not in sys.path)
 
+
+def _load_entry(state_dir: str, ns: dict, name: str, e: dict, loaded: dict) -> None:
+    if e["how"] == "module":
+        ns[name] = importlib.import_module(e["module"])
+        return
+    if not e.get("group"):
+        # its own object, even when an equal variable has the same (content-addressed) blob
+        ns[name] = _loads(state_dir, e["blob"], e["ser"])
+    else:
+        if e["blob"] not in loaded:  # a group shares objects: load it once
+            loaded[e["blob"]] = _loads(state_dir, e["blob"], e["ser"])
+        ns[name] = loaded[e["blob"]][name]
+    for attr, v in e.get("attrs", {}).items():
+        setattr(ns[name], attr, v)
+
+
+def _load_extras(state_dir: str, index: dict, warnings: dict) -> None:
+    for key, e in index["extras"].items():  # last: replayed cells may have drawn numbers
+        try:
+            state = _loads(state_dir, e["blob"], e["ser"])
+            if key == "random":
+                importlib.import_module("random").setstate(state)
+            else:
+                importlib.import_module("numpy.random").set_state(state)
+        except Exception as err:
+            warnings[f"<{key} state>"] = f"{type(err).__name__}: {err}"
+
+
+def _apply_delta(ip, state_dir: str, base: dict, index: dict) -> dict:
+    """Bring a kernel holding `base` (restored ahead, nothing run since) to `index`: load
+    only the variables whose entries differ, drop the ones gone."""
+    ns = ip.user_ns
+    old = base["index"]
+    _setup(ip, index)
+    keep = set(index["entries"])
+    deleted = sorted(n for n in user_names(ip) if n not in keep)
+    for name in deleted:
+        ns.pop(name, None)
+    changed = [n for n, e in index["entries"].items() if old["entries"].get(n) != e]
+    failed: dict[str, str] = {}
+    loaded: dict[str, dict] = {}
+    for how in ("module", "function", "pickled"):
+        for name in changed:
+            e = index["entries"][name]
+            if e["how"] != how:
+                continue
+            try:
+                _load_entry(state_dir, ns, name, e, loaded)
+            except Exception as err:
+                failed[name] = f"{type(err).__name__}: {str(err)[:200]}"
+    if failed:  # a delta that does not load is not applied by halves
+        raise RuntimeError(f"it did not load: {failed}")
+    nbytes = sum(
+        {
+            index["entries"][n]["blob"]: index["entries"][n]["bytes"]
+            for n in changed
+            if index["entries"][n].get("blob")
+        }.values()
+    )
+    warnings: dict[str, str] = {}
+    _load_extras(state_dir, index, warnings)
+    reach = {n: ids for n, ids in base["reach"].items() if n in keep and n not in changed}
+    reach.update(
+        {n: _reach(ns[n]) for n in changed if n in ns and index["entries"][n]["how"] == "pickled"}
+    )
+    _remember(state_dir, index, reach)
+    lost = dict(index["lost"])
+    return {
+        "ok": True,
+        "mode": "delta",
+        "why": "",
+        "restored": [n for n in index["entries"] if index["entries"][n]["how"] != "replay"],
+        "replayed": [n for n in index["entries"] if index["entries"][n]["how"] == "replay"],
+        "loaded": sorted(changed),
+        "deleted": deleted,
+        "loaded_bytes": nbytes,
+        "lost": lost,
+        "warnings": warnings,
+        "execution_count": index["execution_count"],
+        "snapshot_time": index.get("time"),
+    }
+
+
+def _restore_full(ip, state_dir: str, index: dict) -> dict:
+    ns = ip.user_ns
+    _setup(ip, index)
+
     entries: dict[str, dict] = index["entries"]
     lost: dict[str, str] = dict(index["lost"])
     warnings: dict[str, str] = {}
@@ -366,28 +668,13 @@ def _restore(ip, state_dir: str) -> dict:
     failed: dict[str, str] = {}
     loaded: dict[str, dict] = {}  # blob -> a group's values, so a group is loaded once
 
-    def load(name: str) -> None:
-        e = entries[name]
-        if not e.get("group"):
-            # its own object, even when an equal variable has the same (content-addressed) blob
-            ns[name] = _loads(state_dir, e["blob"], e["ser"])
-        else:
-            if e["blob"] not in loaded:  # a group shares objects: load it once
-                loaded[e["blob"]] = _loads(state_dir, e["blob"], e["ser"])
-            ns[name] = loaded[e["blob"]][name]
-        for attr, v in e.get("attrs", {}).items():
-            setattr(ns[name], attr, v)
-
     # modules, then what cells defined, then data that may refer to both
     for how in ("module", "function", "pickled"):
         for name, e in entries.items():
             if e["how"] != how:
                 continue
             try:
-                if how == "module":
-                    ns[name] = importlib.import_module(e["module"])
-                else:
-                    load(name)
+                _load_entry(state_dir, ns, name, e, loaded)
                 restored.append(name)
             except Exception as err:
                 failed[name] = f"{type(err).__name__}: {str(err)[:200]}"
@@ -403,15 +690,7 @@ def _restore(ip, state_dir: str) -> dict:
         for name in replayed_set & set(failed):
             warnings[name] = f"could not be loaded ({failed[name]}); rebuilt by re-running cells"
 
-    for key, e in index["extras"].items():  # last: replayed cells may have drawn numbers
-        try:
-            state = _loads(state_dir, e["blob"], e["ser"])
-            if key == "random":
-                importlib.import_module("random").setstate(state)
-            else:
-                importlib.import_module("numpy.random").set_state(state)
-        except Exception as err:
-            warnings[f"<{key} state>"] = f"{type(err).__name__}: {err}"
+    _load_extras(state_dir, index, warnings)
 
     return {
         "ok": True,

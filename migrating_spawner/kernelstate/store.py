@@ -2,8 +2,12 @@
 
 Layout: `blobs/<blake2b>.bin` (one per variable or group of variables sharing objects) and
 `index.json`, written last through a temporary file and a rename so a reader sees either the
-old snapshot or the new one. A blob that already exists is not written again: that is what
-makes a snapshot incremental.
+old snapshot or the new one. A blob that already exists is not written again. What makes a
+snapshot incremental is the mutation rule (python.py: a variable no cell touched since the
+last snapshot keeps its blob without being pickled again); content addresses only spare
+rewriting small variables a full walk finds unchanged. Blobs of `BIG` bytes and more are
+named at random and not hashed: hashing 1 GB cost more than writing it (1.18x
+`dill.dump_module` at 1 GB, benchmarks/results.md).
 
 A blob holds a pickle plus its out-of-band buffers (pickle protocol 5): large numpy arrays
 go from memory to disk without an intermediate copy.
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
+import secrets
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +27,10 @@ MAGIC = b"KPS1"
 # Hashing is what an unchanged variable still costs. blake2b is ~2x sha256 on CPUs without
 # SHA extensions; big buffers are hashed in chunks on all cores (hashlib releases the GIL).
 _CHUNK = 32 << 20
+#: blobs this large are not content-addressed (a random name, no hash)
+BIG = 64 << 20
+#: buffers this large are read into anonymous memory (no zero-fill before the read)
+_MAPPED = 1 << 20
 
 
 def _h(data=b"") -> hashlib.blake2b:
@@ -50,8 +60,8 @@ def put(state_dir: str, main: bytes, buffers: list[memoryview]) -> tuple[str, in
     """Store one blob; returns (hash, size, bytes written: 0 when it already existed)."""
     header = MAGIC + struct.pack("<IQ", len(buffers), len(main))
     header += b"".join(struct.pack("<Q", b.nbytes) for b in buffers)
-    digest = _digest([header, main, *buffers])
     size = len(header) + len(main) + sum(b.nbytes for b in buffers)
+    digest = "r" + secrets.token_hex(16) if size >= BIG else _digest([header, main, *buffers])
     path = os.path.join(blob_dir(state_dir), digest + ".bin")
     if os.path.exists(path):
         return digest, size, 0
@@ -65,19 +75,30 @@ def put(state_dir: str, main: bytes, buffers: list[memoryview]) -> tuple[str, in
     return digest, size, size
 
 
-def get(state_dir: str, digest: str) -> tuple[bytes, list[bytearray]]:
-    with open(os.path.join(blob_dir(state_dir), digest + ".bin"), "rb") as f:
+def get(state_dir: str, digest: str) -> tuple[bytes, list]:
+    with open(os.path.join(blob_dir(state_dir), digest + ".bin"), "rb", buffering=0) as f:
         if f.read(4) != MAGIC:
             raise ValueError(f"blob {digest} is not a kernel state blob")
         nbuf, main_len = struct.unpack("<IQ", f.read(12))
-        lens = [struct.unpack("<Q", f.read(8))[0] for _ in range(nbuf)]
-        main = f.read(main_len)
-        buffers = []
-        for n in lens:
-            buf = bytearray(n)  # writable, so numpy arrays come back writable
-            f.readinto(buf)
-            buffers.append(buf)
+        lens = struct.unpack(f"<{nbuf}Q", f.read(8 * nbuf)) if nbuf else ()
+        main = _read(f, main_len, digest)
+        # writable, so numpy arrays come back writable
+        buffers = [_read(f, n, digest) for n in lens]
     return main, buffers
+
+
+def _read(f, n: int, digest: str):
+    """`n` bytes of `f`; a big read into fresh anonymous memory, which (unlike bytearray)
+    is not zero-filled first only to be overwritten."""
+    buf = mmap.mmap(-1, n) if n >= _MAPPED else bytearray(n)
+    view, done = memoryview(buf), 0
+    while done < n:  # one read(2) returns at most 2 GB
+        got = f.readinto(view[done:])
+        if not got:
+            raise ValueError(f"blob {digest} is cut short")
+        done += got
+    view.release()
+    return buf
 
 
 def write_json(path: str, data: dict) -> int:

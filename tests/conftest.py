@@ -14,8 +14,9 @@ from realhub import RealHub, print_logs  # noqa: E402
 
 
 @pytest.fixture
-async def hub_factory(tmp_path, request):
-    """Start real hubs; everything they started is stopped afterwards."""
+def hub_factory(tmp_path, request):
+    """Start real hubs (`await hub_factory(config)`, on the test's own event loop, whatever
+    its loop scope); everything they started is stopped afterwards."""
     hubs: list[RealHub] = []
 
     async def make(extra_config: str = "") -> RealHub:
@@ -45,12 +46,13 @@ def failed(request) -> bool:
 
 @pytest.fixture(autouse=True)
 def hub_log_on_failure(request):
-    """After a failed test that used a module's `hub` fixture (realhub.module_hub), its
+    """After a failed test that used a module's hub fixture (realhub.module_hub), its
     hub, agent and server logs."""
     yield
-    hub = request.node.funcargs.get("hub") if hasattr(request.node, "funcargs") else None
-    if isinstance(hub, RealHub) and failed(request):
-        print_logs(hub, server_lines=6000)
+    if failed(request):
+        for value in getattr(request.node, "funcargs", {}).values():
+            if isinstance(value, RealHub):
+                print_logs(value, server_lines=6000)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest_asyncio
+import requests
 
 from migrating_spawner.service.page import template_path
 
@@ -177,24 +178,24 @@ c.JupyterHub.template_paths = ["{template_path()}"]
         return [json.loads(p.read_text()) for p in sorted(registry.glob("*.json"))]
 
     def release_all_hosts(self) -> None:
-        """Stop every agent and the servers under it, as releasing the hosts would."""
-        for host in self.hosts():
-            token = host["agent_token"]
+        """Stop every agent and the servers under it, as releasing the hosts would: all
+        are told at once, then each is given 5 s before it is killed."""
+        hosts = self.hosts()
+        for host in hosts:
             try:
-                import requests
-
                 requests.post(
                     host["agent_url"] + "/shutdown",
-                    headers={"Authorization": f"token {token}"},
+                    headers={"Authorization": f"token {host['agent_token']}"},
                     timeout=3,
                 )
-            except Exception:
+            except requests.RequestException:
                 pass
-            pid = host.get("meta", {}).get("agent_pid")
-            deadline = time.monotonic() + 5
-            while pid and time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.1)
-            if pid and _alive(pid):
+        pids = [pid for host in hosts if (pid := host.get("meta", {}).get("agent_pid"))]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.1)
+        for pid in pids:
+            if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
     # -- REST helpers -------------------------------------------------------------
@@ -269,6 +270,23 @@ c.JupyterHub.template_paths = ["{template_path()}"]
         return data
 
 
+def culler_config(timeout: int, every: int = 2) -> str:
+    """Hub config: jupyterhub-idle-culler as a hub-managed service that stops (for this
+    spawner: suspends) a server idle for `timeout` seconds, looking every `every` seconds."""
+    return f"""
+c.JupyterHub.services += [{{
+    "name": "idle-culler",
+    "command": ["{sys.executable}", "-m", "jupyterhub_idle_culler",
+                "--timeout={timeout}", "--cull-every={every}", "--remove-named-servers=false"],
+}}]
+c.JupyterHub.load_roles += [{{
+    "name": "idle-culler",
+    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    "services": ["idle-culler"],
+}}]
+"""
+
+
 def print_logs(hub: RealHub, server_lines: int = 3000) -> None:
     """The hub's log, its agents' and its servers' logs (each server log's last
     `server_lines` characters, status polls left out): what a failed test prints."""
@@ -284,19 +302,22 @@ def module_hub(
     config: str | Callable[[Path], str] = "",
     folder: str = "hub",
     cleanup: Callable[[Path], None] | None = None,
+    name: str = "hub",
 ):
     """A module-scoped `hub` fixture: one RealHub for every test of the module.
 
         hub = module_hub(CONFIG, "verbs")
         hub = module_hub(config, "apps-hub", cleanup=lambda workdir: ...)
+        synced_hub = module_hub(SYNCED, "synced", name="synced_hub")
 
     `config` is the hub's extra config, or a function of the hub's folder that returns it;
-    `cleanup(workdir)` runs after the hub, its proxy and its hosts are stopped. The module
-    needs `pytest.mark.asyncio(loop_scope="module")` in its pytestmark. After a failed test
-    that used `hub`, conftest's autouse `hub_log_on_failure` prints its logs.
+    `cleanup(workdir)` runs after the hub, its proxy and its hosts are stopped; `name` is
+    the fixture's name. The module needs `pytest.mark.asyncio(loop_scope="module")` in its
+    pytestmark. After a failed test that used it, conftest's autouse `hub_log_on_failure`
+    prints its logs.
     """
 
-    @pytest_asyncio.fixture(name="hub", scope="module", loop_scope="module")
+    @pytest_asyncio.fixture(name=name, scope="module", loop_scope="module")
     async def hub(tmp_path_factory):
         workdir = tmp_path_factory.mktemp(folder)
         real = RealHub(workdir, config(workdir) if callable(config) else config)

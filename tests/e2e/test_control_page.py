@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader
 from labpage import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-from realhub import RealHub
+from realhub import RealHub, module_hub
 
 from migrating_spawner.service import page as control_page
 
@@ -62,23 +62,11 @@ GET_STATUS = """async (path) => {
 }"""
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def hub(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("control-page")
-    hub = RealHub(
-        workdir,
-        'c.MigratingSpawner.home_mode = "synced"\n'
-        "c.MigratingSpawner.kernel_snapshot_interval = 0\n",
-    )
-    hub.start()
-    try:
-        await hub.wait_up()
-        yield hub
-    finally:
-        hub.stop()
-        hub.kill_proxy()
-        hub.release_all_hosts()
-        shutil.rmtree(workdir, ignore_errors=True)
+hub = module_hub(
+    'c.MigratingSpawner.home_mode = "synced"\nc.MigratingSpawner.kernel_snapshot_interval = 0\n',
+    "control-page",
+    cleanup=lambda workdir: shutil.rmtree(workdir, ignore_errors=True),
+)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -118,13 +106,12 @@ async def alice(hub, browser):
 
 @pytest_asyncio.fixture(autouse=True, loop_scope="module")
 async def tell_on_failure(request):
-    """A failed browser test leaves a screenshot of alice's page and the hub's log."""
+    """A failed browser test leaves a screenshot of alice's page (conftest prints the
+    hub's log)."""
     yield
     failed = getattr(request.node, "rep_call", None)
-    if failed is None or not failed.failed or "hub" not in request.fixturenames:
+    if failed is None or not failed.failed:
         return
-    hub = request.getfixturevalue("hub")
-    print(f"\n===== hub log ({hub.workdir}) =====\n{hub.tail(150)}")
     if "alice" in request.fixturenames:
         page = request.getfixturevalue("alice")
         ARTIFACTS.mkdir(exist_ok=True)

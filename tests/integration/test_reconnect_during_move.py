@@ -12,9 +12,14 @@ from typing import Any
 import aiohttp
 import pytest
 from kernelws import execute_request
+from realhub import module_hub
 from test_move import wait_moved
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+# one hub for both ways of moving, each with a user of its own
+hub = module_hub('c.MigratingSpawner.home_mode = "shared"', "reconnect")
+USERS = {"notice": "rea", "migrate": "reb"}
 
 # what JupyterLab treats as "server not there": it then waits 10-30 s before it looks again
 REFUSED = {503, 424}
@@ -123,13 +128,13 @@ async def _poll(http: aiohttp.ClientSession, url: str, seen: list, stop: asyncio
 
 
 @pytest.mark.parametrize("how", ["notice", "migrate"])
-async def test_kernel_websocket_reconnects_during_the_move_without_a_refusal(hub_factory, how):
-    hub = await hub_factory('c.MigratingSpawner.home_mode = "shared"')
-    await hub.spawn("rea")
-    token = await hub.user_token("rea")
-    session = await hub.new_session("rea", token, "reconnect.ipynb")
+async def test_kernel_websocket_reconnects_during_the_move_without_a_refusal(hub, how):
+    user = USERS[how]
+    await hub.spawn(user)
+    token = await hub.user_token(user)
+    session = await hub.new_session(user, token, "reconnect.ipynb")
     kernel_id = session["kernel"]["id"]
-    base = hub.url + "/user/rea"
+    base = f"{hub.url}/user/{user}"
     polled: list[tuple[float, str, int | str]] = []
     stop = asyncio.Event()
     async with ReconnectingKernel(base, kernel_id, token) as kernel:
@@ -138,15 +143,15 @@ async def test_kernel_websocket_reconnects_during_the_move_without_a_refusal(hub
         async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as http:
             poller = asyncio.create_task(_poll(http, f"{base}/api/kernels", polled, stop))
             try:
-                old = (await hub.server_info("rea"))["host_id"]
+                old = (await hub.server_info(user))["host_id"]
                 if how == "notice":
                     status, data = await hub.migrate_api(
                         "POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 3}
                     )
                 else:
-                    status, data = await hub.migrate_api("POST", "/servers/rea/migrate")
+                    status, data = await hub.migrate_api("POST", f"/servers/{user}/migrate")
                 assert status == 202, data
-                await wait_moved(hub, "rea", old, timeout=90)
+                await wait_moved(hub, user, old, timeout=90)
                 # the old server was killed: the socket dropped and came back
                 reply = await kernel.run("print(x)\nx + 1")
             finally:
@@ -161,7 +166,7 @@ async def test_kernel_websocket_reconnects_during_the_move_without_a_refusal(hub
         print(f"\nafter the drop (s, what, status): {after}")
         assert not [s for s in seen if s[2] in REFUSED], after
         # the reconnect came while the route was held, and the hold bridged it
-        assert f"Bridged websocket /user/rea/api/kernels/{kernel_id}/channels" in (
+        assert f"Bridged websocket /user/{user}/api/kernels/{kernel_id}/channels" in (
             hub.log_path.read_text()
         ), after
         assert [s for s in after if s[1] == "ws"][-1][2] == 101, after

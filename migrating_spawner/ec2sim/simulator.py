@@ -154,12 +154,14 @@ class Simulator:
 
     async def boot(self, item: dict[str, Any]) -> None:
         iid = item["InstanceId"]
-        address = self._free_address()
-        root = self.machines_dir / iid
-        root.mkdir(parents=True, exist_ok=True)
         attr = await asyncio.to_thread(
             self.ec2.describe_instance_attribute, InstanceId=iid, Attribute="userData"
         )
+        # no await from here until the instance is recorded: boots run side by side, and
+        # each must see the addresses the others took
+        address = self._free_address()
+        root = self.machines_dir / iid
+        root.mkdir(parents=True, exist_ok=True)
         encoded = (attr.get("UserData") or {}).get("Value") or ""
         user_data = base64.b64decode(encoded) if encoded else b""
         metadata = MetadataService(item, address, user_data)

@@ -1,0 +1,363 @@
+"""A spot storm on simulated EC2: N servers interrupted at once with AWS's 120 s notice.
+
+A real hub (real CHP, jupyterhub-singleuser, ipykernel) on the `ec2` provider in a simulated
+region (moto's server plus `jupyterhub-migrate-ec2-sim`, tests/ec2world.py), checkpoints in
+S3 on moto, synced homes, the EventBridge -> SQS channel on. N users each start a server on
+their own spot instance; one notebook cell per user writes H MB of random bytes into the
+home and keeps K MB of random bytes in a kernel variable. Once every home is in a pre-copy
+checkpoint, every instance is interrupted at the same moment (the simulator's control API:
+metadata armed and the EventBridge warning put, the instance killed at the deadline), while
+a client per user polls /user/NAME/api/status every 250 ms through the proxy.
+
+Measured:
+
+- per server, notice -> back: until the control API reports it Running on another host;
+- failed requests of the pollers (non-200 answers or exceptions), and how many were made;
+- bytes sent to S3 in the window (notice -> the last server back): the "bytes sent" of every
+  checkpoint the hub logged in it (homes with the kernels' snapshots, which live in them),
+  next to the size of the homes plus kernels: the pre-copy should make it a small fraction;
+- whether the last one was back inside the 120 s window, and whether files and variables
+  were kept (each user's file hash and kernel variable checked after the storm).
+
+The S3 store's throughput next to the local store (1 GB) is benchmarks/store.py's section.
+Writes the section "## EC2 spot storm (simulated region)" of benchmarks/results.md.
+
+    .venv/bin/python benchmarks/ec2_storm.py [--servers 20] [--home-mb 50] [--kernel-mb 50]
+    .venv/bin/python benchmarks/ec2_storm.py --quick   # 2 servers of 5 MB, results.md untouched
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import platform
+import re
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(HERE))
+
+from ec2world import AMI, ec2_world  # noqa: E402
+from kernelws import KernelSocket  # noqa: E402
+from motoserver import moto_environ  # noqa: E402
+from realhub import RealHub  # noqa: E402
+from results import replace_section  # noqa: E402
+
+from migrating_spawner.hosts.cloudevents import put_rule  # noqa: E402
+
+SECTION = "## EC2 spot storm (simulated region)"
+NOTICE = 120.0
+POLL_EVERY = 0.25
+
+_LOG_TS = re.compile(r"^\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ")
+_CKPT = re.compile(
+    r"checkpoint \S+ of (?P<who>\S+) \((?P<reason>[^)]*)\): (?P<files>\d+) files, "
+    r"(?P<read>\d+) bytes read, (?P<sent>\d+) bytes sent"
+)
+
+CONFIG = """
+c.MigratingController.provider_class = "migrating_spawner.hosts.ec2.EC2HostProvider"
+c.EC2HostProvider.endpoint_url = "{ec2_url}"
+c.EC2HostProvider.region = "us-east-1"
+c.EC2HostProvider.image_id = "{ami}"
+c.EC2HostProvider.hub_name = "storm-hub"
+c.EC2HostProvider.agent_port = {agent_port}
+c.EC2HostProvider.python = "{python}"
+c.EC2HostProvider.boot_timeout = 240
+c.EC2HostProvider.instance_types = {{"small": {{"types": ["t3.medium", "t3a.medium"]}}}}
+c.EC2HostProvider.watch_interval = 2
+c.MigratingController.max_concurrent_moves = {servers}
+c.MigratingSpawner.home_mode = "synced"
+c.MigratingSpawner.precopy_interval = 10
+c.MigratingController.store_class = "migrating_spawner.checkpoint.s3.S3CheckpointStore"
+c.S3CheckpointStore.bucket = "{bucket}"
+c.S3CheckpointStore.endpoint_url = "{moto_url}"
+c.CloudEventsChannel.queue_url = "{queue}"
+c.CloudEventsChannel.endpoint_url = "{moto_url}"
+c.CloudEventsChannel.wait_seconds = 5
+c.JupyterHub.concurrent_spawn_limit = 0
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 240
+"""
+
+WRITE_CELL = """
+import hashlib, os
+data = os.urandom({home} * 1024 * 1024)
+with open("storm.bin", "wb") as f:
+    f.write(data)
+blob = os.urandom({kernel} * 1024 * 1024)
+print(hashlib.sha256(data).hexdigest(), hashlib.sha256(blob).hexdigest())
+"""
+
+CHECK_CELL = """
+import hashlib
+print(hashlib.sha256(open("storm.bin", "rb").read()).hexdigest(), hashlib.sha256(blob).hexdigest())
+"""
+
+
+@dataclass
+class User:
+    name: str
+    token: str = ""
+    kernel_id: str = ""
+    host_id: str = ""
+    instance_id: str = ""
+    hashes: str = ""
+    back: float | None = None  # seconds from the notice
+    kept: bool | None = None
+    check: str = ""  # what the check cell printed after the storm
+    requests: int = 0
+    failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+def log_time(line: str) -> float | None:
+    m = _LOG_TS.match(line)
+    if m is None:
+        return None
+    stamp = dt.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S.%f")
+    return stamp.timestamp()  # the hub logs local time, as datetime.strptime reads it
+
+
+def sent_between(log: str, start: float, end: float) -> tuple[int, int]:
+    """(bytes sent, checkpoints) of the checkpoints the hub logged in [start, end]."""
+    total = count = 0
+    for line in log.splitlines():
+        m = _CKPT.search(line)
+        when = log_time(line) if m else None
+        if m and when is not None and start - 0.5 <= when <= end + 0.5:
+            total += int(m["sent"])
+            count += 1
+    return total, count
+
+
+async def poll(hub: RealHub, user: User, stop: asyncio.Event) -> None:
+    headers = {"Authorization": f"token {user.token}"}
+    url = f"{hub.url}/user/{user.name}/api/status"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(30)) as session:
+        while not stop.is_set():
+            user.requests += 1
+            try:
+                async with session.get(url, headers=headers, allow_redirects=False) as r:
+                    await r.read()
+                    if r.status != 200:
+                        user.failed += 1
+                        user.failures[str(r.status)] = user.failures.get(str(r.status), 0) + 1
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                user.failed += 1
+                name = type(e).__name__
+                user.failures[name] = user.failures.get(name, 0) + 1
+            await asyncio.sleep(POLL_EVERY)
+
+
+async def prepare(hub: RealHub, user: User, home_mb: int, kernel_mb: int) -> None:
+    await hub.spawn(user.name)
+    user.token = await hub.user_token(user.name)
+    info = await hub.server_info(user.name)
+    user.host_id = info["host_id"]
+    session = await hub.new_session(user.name, user.token, "storm.ipynb")
+    user.kernel_id = session["kernel"]["id"]
+    base = f"{hub.url}/user/{user.name}"
+    async with KernelSocket(base, user.kernel_id, user.token) as kernel:
+        out, _ = await kernel.run(WRITE_CELL.format(home=home_mb, kernel=kernel_mb), timeout=300)
+    user.hashes = out.strip()
+
+
+async def precopied(hub: RealHub, users: list[User], home_mb: int, timeout: float) -> None:
+    """Until each user's pre-copy checkpoint after the write read at least the home's size."""
+    since = time.time()
+    deadline = time.monotonic() + timeout
+    while True:
+        done = set()
+        for line in hub.log_path.read_text(errors="replace").splitlines():
+            m = _CKPT.search(line)
+            when = log_time(line) if m else None
+            if m and when and when >= since and m["reason"] == "pre-copy":
+                if int(m["read"]) >= home_mb * 1024 * 1024 or int(m["sent"]) == 0:
+                    done.add(m["who"])
+        if all(u.name in done for u in users):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"pre-copy not done for {[u.name for u in users if u.name not in done]}"
+            )
+        await asyncio.sleep(1)
+
+
+async def storm(servers: int, home_mb: int, kernel_mb: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ec2-storm-") as tmp:
+        root = Path(tmp)
+        with ec2_world(root / "region") as world, moto_environ(world.moto):
+            s3, sqs = world.moto.client("s3"), world.moto.client("sqs")
+            bucket = f"storm-{uuid.uuid4().hex[:10]}"
+            s3.create_bucket(Bucket=bucket)
+            queue = sqs.create_queue(QueueName=f"storm-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
+            put_rule(world.moto.client("events"), arn["Attributes"]["QueueArn"])
+            config = CONFIG.format(
+                ec2_url=world.sim_ec2_url,
+                ami=AMI,
+                agent_port=world.agent_port,
+                python=sys.executable,
+                servers=servers,
+                bucket=bucket,
+                moto_url=world.moto.endpoint_url,
+                queue=queue,
+            )
+            (root / "hub").mkdir()
+            hub = RealHub(root / "hub", config)
+            hub.start()
+            try:
+                await hub.wait_up()
+                return await run_storm(hub, world, servers, home_mb, kernel_mb)
+            except BaseException:
+                print(hub.tail(120))
+                print(world.log())
+                raise
+            finally:
+                hub.stop()
+                hub.kill_proxy()
+
+
+async def run_storm(hub: RealHub, world, servers: int, home_mb: int, kernel_mb: int) -> dict:
+    users = [User(f"storm{n:02d}") for n in range(servers)]
+    t0 = time.monotonic()
+    await asyncio.gather(*(prepare(hub, u, home_mb, kernel_mb) for u in users))
+    spawned = time.monotonic() - t0
+    await precopied(hub, users, home_mb, timeout=600)
+    instances = world.ec2.describe_instances()["Reservations"]
+    by_host = {
+        t["Value"]: i["InstanceId"]
+        for r in instances
+        for i in r["Instances"]
+        for t in i.get("Tags", [])
+        if t["Key"] == "jupyterhub-migrating:host-id"
+    }
+    for u in users:
+        u.instance_id = by_host[u.host_id]
+
+    stop = asyncio.Event()
+    pollers = [asyncio.create_task(poll(hub, u, stop)) for u in users]
+    await asyncio.sleep(2)  # every poller has answers from the old servers
+    control = world.info["control_url"]
+    async with aiohttp.ClientSession() as session:
+
+        async def interrupt(u: User) -> None:
+            body = {"instance_id": u.instance_id, "notice": NOTICE}
+            async with session.post(control + "/interrupt", json=body) as r:
+                assert r.status == 200, await r.text()
+
+        notice_at = time.time()
+        started = time.monotonic()
+        await asyncio.gather(*(interrupt(u) for u in users))
+    while any(u.back is None for u in users):
+        for u in users:
+            if u.back is None:
+                info = await hub.server_info(u.name)
+                if info["host_id"] != u.host_id and info["state"] == "Running":
+                    u.back = time.monotonic() - started
+        if time.monotonic() - started > NOTICE + 120:
+            break
+        await asyncio.sleep(0.5)
+    last_back = time.time()
+    await asyncio.sleep(2)
+    stop.set()
+    await asyncio.gather(*pollers)
+    for u in users:
+        if u.back is None:
+            continue
+        async with KernelSocket(f"{hub.url}/user/{u.name}", u.kernel_id, u.token) as kernel:
+            out, _ = await kernel.run(CHECK_CELL, timeout=120)
+        u.check = out.strip()
+        # the last line: a moved kernel may say so in the output before it
+        u.kept = bool(u.check) and u.check.splitlines()[-1] == u.hashes
+    log = hub.log_path.read_text(errors="replace")
+    sent, checkpoints = sent_between(log, notice_at, last_back)
+    for line in log.splitlines():  # what the window's checkpoints were, for the record
+        when = log_time(line)
+        if _CKPT.search(line) and when is not None and notice_at - 0.5 <= when <= last_back + 0.5:
+            print(line[line.find("checkpoint ") :])
+    return {
+        "users": users,
+        "spawned": spawned,
+        "sent": sent,
+        "checkpoints": checkpoints,
+        "size": servers * (home_mb + kernel_mb) * 1024 * 1024,
+    }
+
+
+def table(result: dict, servers: int, home_mb: int, kernel_mb: int) -> str:
+    users = result["users"]
+    backs = sorted(u.back for u in users if u.back is not None)
+    requests = sum(u.requests for u in users)
+    failed = sum(u.failed for u in users)
+    failures: dict[str, int] = {}
+    for u in users:
+        for k, v in u.failures.items():
+            failures[k] = failures.get(k, 0) + v
+    median = backs[len(backs) // 2] if backs else None
+    sent, size = result["sent"], result["size"]
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        SECTION,
+        "",
+        f"`benchmarks/ec2_storm.py --servers {servers} --home-mb {home_mb} --kernel-mb "
+        f"{kernel_mb}`, {now}, {platform.machine()}, 2 cores shared with other work, Python "
+        f"{platform.python_version()}. Real hub, CHP, jupyterhub-singleuser and ipykernel on "
+        "simulated spot instances (moto's server plus the machine simulator on loopback), "
+        "checkpoints in S3 on moto, synced homes, notices through metadata and EventBridge -> "
+        f"SQS. All {servers} instances interrupted at the same moment with a "
+        f"{NOTICE:g} s notice; each user's client polls /api/status every "
+        f"{POLL_EVERY * 1000:g} ms through the proxy. Starting the {servers} servers took "
+        f"{result['spawned']:.0f} s.",
+        "",
+        "| servers | home + kernel each | back: first / median / last | inside the "
+        f"{NOTICE:g} s window | failed requests | sent to S3 in the window | of the homes "
+        "+ kernels | files and variables kept |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {servers} ({len(backs)} back) | {home_mb} MB + {kernel_mb} MB | "
+        + (f"{backs[0]:.1f} / {median:.1f} / {backs[-1]:.1f} s" if backs else "none came back")
+        + f" | {'yes' if backs and len(backs) == servers and backs[-1] < NOTICE else 'NO'} | "
+        f"{failed} of {requests}"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(failures.items()))})" if failed else "")
+        + f" | {sent / 1e6:.1f} MB in {result['checkpoints']} checkpoints | "
+        f"{100 * sent / size:.1f} % of {size / 1e6:.0f} MB | "
+        f"{sum(1 for u in users if u.kept)} of {servers} |",
+        "",
+        "The window is the notice to the last server reported Running on its new instance. "
+        "What is sent then is each move's final checkpoint (changes since the pre-copy, and "
+        "the kernel's snapshot, which lands in the home at the freeze).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--servers", type=int, default=20)
+    parser.add_argument("--home-mb", type=int, default=50)
+    parser.add_argument("--kernel-mb", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="2 servers of 5 MB; no results.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.servers, args.home_mb, args.kernel_mb = 2, 5, 5
+    result = asyncio.run(storm(args.servers, args.home_mb, args.kernel_mb))
+    text = table(result, args.servers, args.home_mb, args.kernel_mb)
+    print(text)
+    for u in result["users"]:
+        print(u.name, u.back, u.kept, u.failed, u.failures, repr(u.check[-300:]))
+    if not args.quick:
+        replace_section(text)
+
+
+if __name__ == "__main__":
+    main()

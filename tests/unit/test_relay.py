@@ -26,8 +26,10 @@ async def start_kernel(monkeypatch) -> AsyncIterator[StartKernel]:
     monkeypatch.setattr(localinterfaces, "LOCAL_IPS", [*localinterfaces.local_ips(), "127.0.0.2"])
     kms: list[AsyncKernelManager] = []
 
-    async def start(ip: str = "127.0.0.1") -> AsyncKernelManager:
+    async def start(ip: str = "127.0.0.1", key: bytes | None = None) -> AsyncKernelManager:
         km = AsyncKernelManager(kernel_name="python3", ip=ip)
+        if key is not None:
+            km.session.key = key  # written into the kernel's connection file
         kms.append(km)
         await km.start_kernel()
         return km
@@ -122,6 +124,37 @@ async def test_execute_through_relay(relay, start_kernel, connect):
         await asyncio.sleep(0.01)
     await relay.resume()
     assert (await collect(kc, msg_id))[1] == "43\n"
+
+
+async def test_a_kernel_with_the_relays_key_gets_frames_as_they_are(relay, start_kernel, connect):
+    """As MovableKernel starts kernels: nothing is re-signed, and a message a client did not
+    sign with the key is still dropped by the relay; after a move to a kernel with a key of
+    its own, frames are re-signed (the client's key stays)."""
+    km = await start_kernel(key=relay.key)
+    await relay.retarget(kernel_info(km))
+    assert not relay.resigning
+    kc = await connect(relay.connection_info)
+    await kc.wait_for_ready(timeout=30)
+    assert (await run(kc, "x = 5; print(x)"))[1] == "5\n"
+
+    # a forged request (signed with another key) never reaches the kernel
+    forger = AsyncKernelClient()
+    forger.load_connection_info({**relay.connection_info, "key": "not-the-key"})
+    forger.start_channels()
+    try:
+        dropped = relay.stats["dropped"]
+        forger.execute("x = 666")
+        while relay.stats["dropped"] == dropped:
+            await asyncio.sleep(0.01)
+    finally:
+        forger.stop_channels()
+    assert (await run(kc, "print(x)"))[1] == "5\n"
+
+    km2 = await start_kernel()
+    assert km2.session.key != relay.key
+    await relay.resume(kernel_info(km2))
+    assert relay.resigning
+    assert (await run(kc, "print(41 + 1)"))[1] == "42\n"
 
 
 async def test_heartbeat_answered_during_gap(relay, start_kernel, connect):

@@ -599,6 +599,11 @@ class MigratingSpawner(Spawner):
         self.server.port = port
         self.move_record = record.to_dict()
         self.save_state()  # one commit: the server row, the new host and the phase
+        if self.pending == "stop":
+            # a stop (the hub's Stop, the idle culler) waits for this move and ends the
+            # server on its new host: the route goes with it, and JupyterHub refuses to
+            # route a server that is stopping
+            return
         await self._proxy.add_user(self.user, self.name)
         await self.tcp_gateway("retarget", host.address)  # releases held TCP connections
 

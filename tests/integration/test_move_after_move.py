@@ -6,10 +6,15 @@ import time
 
 import pytest
 from kernelconn import KernelConnection
+from realhub import module_hub
 from test_kernel_move import move_and_wait
 from test_move import wait_moved
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+SYNCED = 'c.MigratingSpawner.home_mode = "synced"'
+# one hub for the tests of the plain synced config, each with a user of its own
+synced_hub = module_hub(SYNCED, "synced", name="synced_hub")
 
 CWD_CHECK = "import os\nprint(os.getcwd() == os.path.join(os.path.expanduser('~'), 'proj', 'sub'))"
 
@@ -20,9 +25,8 @@ async def connect(hub, user, token, kernel_id, label):
     return conn
 
 
-async def notebook(hub_factory, user, config, path="work.ipynb"):
-    """A hub with `config`, `user`'s server, a notebook session and its kernel's socket."""
-    hub = await hub_factory(config)
+async def notebook(hub, user, path="work.ipynb"):
+    """`user`'s server on `hub`, a notebook session and its kernel's socket."""
     await hub.spawn(user)
     token = await hub.user_token(user)
     session = await hub.new_session(user, token, path)
@@ -30,10 +34,12 @@ async def notebook(hub_factory, user, config, path="work.ipynb"):
 
 
 @pytest.mark.parametrize("home_mode", ["shared", "synced"])
-async def test_working_folder_and_state_survive_move_after_move(hub_factory, home_mode):
-    hub, token, conn = await notebook(
-        hub_factory, "cora", f'c.MigratingSpawner.home_mode = "{home_mode}"'
-    )
+async def test_working_folder_and_state_survive_move_after_move(hub_factory, synced_hub, home_mode):
+    if home_mode == "synced":
+        hub = synced_hub
+    else:
+        hub = await hub_factory(f'c.MigratingSpawner.home_mode = "{home_mode}"')
+    hub, token, conn = await notebook(hub, "cora")
     try:
         _, reply = await conn.run(
             "import os\nos.makedirs('proj/sub', exist_ok=True)\nos.chdir('proj/sub')\n"
@@ -63,8 +69,8 @@ async def test_working_folder_and_state_survive_move_after_move(hub_factory, hom
         await conn.close()
 
 
-async def test_kernel_without_a_session_comes_back_under_its_id(hub_factory):
-    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"')
+async def test_kernel_without_a_session_comes_back_under_its_id(synced_hub):
+    hub = synced_hub
     await hub.spawn("kai")
     token = await hub.user_token("kai")
     # as nbclient and `jupyter console --existing` do: a kernel, no session
@@ -87,11 +93,8 @@ async def test_kernel_without_a_session_comes_back_under_its_id(hub_factory):
 
 
 async def test_a_failed_snapshot_restores_the_older_state_and_says_so(hub_factory):
-    hub, token, conn = await notebook(
-        hub_factory,
-        "fay",
-        'c.MigratingSpawner.home_mode = "synced"\nc.MigratingSpawner.kernel_snapshot_interval = 0',
-    )
+    hub = await hub_factory(SYNCED + "\nc.MigratingSpawner.kernel_snapshot_interval = 0")
+    hub, token, conn = await notebook(hub, "fay")
     try:
         await conn.run("kept = 'from before the first move'")
         await move_and_wait(hub, "fay", notice=10)
@@ -112,10 +115,8 @@ async def test_a_failed_snapshot_restores_the_older_state_and_says_so(hub_factor
     assert any("snapshot failed" in m for m in events), events
 
 
-async def test_cells_sent_through_a_move_are_answered_exactly_once(hub_factory):
-    hub, token, conn = await notebook(
-        hub_factory, "cal", 'c.MigratingSpawner.home_mode = "synced"', "count.ipynb"
-    )
+async def test_cells_sent_through_a_move_are_answered_exactly_once(synced_hub):
+    hub, token, conn = await notebook(synced_hub, "cal", "count.ipynb")
     try:
         await conn.run("n = 0")
         old = (await hub.server_info("cal"))["host_id"]
@@ -144,11 +145,10 @@ async def test_cells_sent_through_a_move_are_answered_exactly_once(hub_factory):
 
 
 async def test_a_host_lost_before_a_final_snapshot_says_how_old_the_state_is(hub_factory):
-    hub, token, conn = await notebook(
-        hub_factory,
-        "liv",
-        'c.MigratingSpawner.home_mode = "shared"\nc.MigratingSpawner.kernel_snapshot_interval = 0',
+    hub = await hub_factory(
+        'c.MigratingSpawner.home_mode = "shared"\nc.MigratingSpawner.kernel_snapshot_interval = 0'
     )
+    hub, token, conn = await notebook(hub, "liv")
     try:
         await conn.run("a = 'snapshotted'")
         status, _ = await hub.request("POST", "/user/liv/api/migrating/checkpoint", token, {})
@@ -168,10 +168,8 @@ async def test_a_host_lost_before_a_final_snapshot_says_how_old_the_state_is(hub
     assert "restored from its last background snapshot" in out and "is lost" in out, out
 
 
-async def test_a_long_cell_at_a_notice_costs_only_that_cell(hub_factory):
-    hub, token, conn = await notebook(
-        hub_factory, "lou", 'c.MigratingSpawner.home_mode = "synced"', "long.ipynb"
-    )
+async def test_a_long_cell_at_a_notice_costs_only_that_cell(synced_hub):
+    hub, token, conn = await notebook(synced_hub, "lou", "long.ipynb")
     try:
         await conn.run("import time\nx = 42")
         loop = await conn.send("for i in range(30):\n    print(i, flush=True)\n    time.sleep(1)")
@@ -190,8 +188,8 @@ async def test_a_long_cell_at_a_notice_costs_only_that_cell(hub_factory):
     assert out.strip() in (f"42 {last}", f"42 {last + 1}"), (out, last)
 
 
-async def test_a_move_after_a_hub_restart_keeps_the_kernels(hub_factory):
-    hub, token, conn = await notebook(hub_factory, "hal", 'c.MigratingSpawner.home_mode = "synced"')
+async def test_a_move_after_a_hub_restart_keeps_the_kernels(synced_hub):
+    hub, token, conn = await notebook(synced_hub, "hal")
     try:
         await conn.run("x = 'from before the hub restart'")
         await hub.restart()
@@ -203,10 +201,8 @@ async def test_a_move_after_a_hub_restart_keeps_the_kernels(hub_factory):
     assert out.strip() == "from before the hub restart", out
 
 
-async def test_held_cells_run_once_even_when_an_older_home_comes_back(hub_factory):
-    hub, token, conn = await notebook(
-        hub_factory, "ned", 'c.MigratingSpawner.home_mode = "synced"', "count.ipynb"
-    )
+async def test_held_cells_run_once_even_when_an_older_home_comes_back(synced_hub):
+    hub, token, conn = await notebook(synced_hub, "ned", "count.ipynb")
     try:
         await conn.run("import time\nn = 0")
         # a cell still running when the move freezes the server: the freeze waits for it,

@@ -129,7 +129,10 @@ def ec2_world(root: Path, firewall: bool = False) -> Iterator[World]:
         shutil.rmtree(machines, ignore_errors=True)
         for user in pwd.getpwall():
             if user.pw_name not in users_before and user.pw_gecos.startswith("jupyterhub user "):
-                subprocess.run(["userdel", user.pw_name], capture_output=True, timeout=30)
+                # --force: a server of it may still be dying (userdel refuses then)
+                subprocess.run(
+                    ["userdel", "--force", user.pw_name], capture_output=True, timeout=30
+                )
 
 
 @contextlib.contextmanager

@@ -1,159 +1,187 @@
-"""Batch notebooks across reclaims, on one real hub (real CHP, servers, kernels, synced homes)
-shared by the module: a job created through jupyter-scheduler's own REST API survives a
-reclaim of its host during its long cell and resumes at that cell on the new host."""
+"""Batch notebooks across reclaims, Suspend/Resume and a hub restart, on one real hub (real
+CHP, servers, kernels, synced homes) shared by the module: a 6-cell job created through
+jupyter-scheduler's own REST API survives a reclaim of its host during its long cell and
+resumes at that cell on the new host, and the hub sees the server active meanwhile (what
+jupyterhub-idle-culler reads); a Suspend pauses it at its next cell boundary and says so,
+and the Resume goes on from there; across a hub restart during the reclaim's notice the
+restarted hub moves it and it completes the same way."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import nbformat
 import pytest
-import pytest_asyncio
-from realhub import RealHub
+from jobnotebook import six_cell_job
+from realhub import module_hub, until
 from test_move import read_file, wait_moved, wait_released, write_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 CONFIG = """
 c.MigratingSpawner.home_mode = "synced"
-# running jobs count as activity every second (the default is every 10 s)
+# running jobs count as activity every second (the default is every 10 s), and the server
+# tells the hub its activity every second (jupyterhub-singleuser's default is 5 minutes)
 c.Spawner.args = ["--MigratingScheduler.activity_interval=1"]
+c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "1"}
 """
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def hub(tmp_path_factory):
-    hub = RealHub(tmp_path_factory.mktemp("batch"), CONFIG)
-    hub.start()
-    await hub.wait_up()
-    yield hub
-    hub.stop()
-    hub.kill_proxy()
-    hub.release_all_hosts()
+#: the test's own requests to a server do not count as its activity: what keeps a server
+#: under a job active is the job
+QUIET = "no_track_activity=1"
 
 
-@pytest.fixture(autouse=True)
-def hub_log_on_failure(request, hub):
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(f"\n===== hub log =====\n{hub.tail(150)}")
-        for log in sorted((hub.workdir / "hosts" / "disks").glob("*/logs/*.log")):
-            text = "\n".join(x for x in log.read_text().splitlines() if "api/status" not in x)
-            print(f"===== server log {log} =====\n{text[-6000:]}")
+hub = module_hub(CONFIG, "batch")
 
 
-async def until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def six_cells() -> str:
-    """Each cell first appends its number to ~/counter.txt; cells 1-3 build the namespace
-    cells 5-6 use; cell 4 sleeps 60 s the first time it runs (a marker in the home says)."""
-    cells = {
-        1: "a = 1",
-        2: "b = 2",
-        3: "c = a + b",
-        # the home's path changes with the host (synced): found again in the cell
-        4: "mark = os.path.expanduser('~/cell4-slept')\nfirst = not os.path.exists(mark)\n"
-        "open(mark, 'a').close()\ntime.sleep(60 if first else 0)",
-        5: "print('sum', a + b + c)",
-        6: "print('done', c * 2)",
-    }
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    for i, body in cells.items():
-        head = "import os, time\n" if i == 1 else ""
-        count = f"open(os.path.expanduser('~/counter.txt'), 'a').write('{i}\\n')\n"
-        nb.cells.append(nbformat.v4.new_code_cell(head + count + body))
-    return nbformat.writes(nb)
-
-
-async def counter(hub, token) -> list[int]:
-    # not counted as the server's activity: the test checks what the jobs report
-    path = "/user/alice/api/contents/counter.txt?no_track_activity=1"
+async def counter(hub, user, token, name) -> list[int]:
+    path = f"/user/{user}/api/contents/{name}-counter.txt?{QUIET}"
     status, data = await hub.request("GET", path, token)
     return [int(x) for x in data["content"].split()] if status == 200 else []
+
+
+async def start_job(hub, user, token, name, first_sleep) -> str:
+    """The job through jupyter-scheduler's REST API, once its cell 4 runs; its URL."""
+    await write_file(
+        hub, user, token, f"{name}.ipynb", nbformat.writes(six_cell_job(name, first_sleep))
+    )
+    status, created = await hub.request(
+        "POST",
+        f"/user/{user}/scheduler/jobs",
+        token,
+        {
+            "input_uri": f"{name}.ipynb",
+            "runtime_environment_name": "python",
+            "name": name,
+            "output_formats": ["ipynb"],
+        },
+    )
+    assert status == 200, created
+
+    async def cell4():
+        return 4 in await counter(hub, user, token, name)
+
+    await until(cell4, 60, "cell 4 running")
+    return f"/user/{user}/scheduler/jobs/{created['job_id']}"
+
+
+async def completed(hub, user, token, job_url, timeout=60) -> dict:
+    async def done():
+        status, job = await hub.request("GET", f"{job_url}?{QUIET}", token)
+        assert status == 200, job
+        assert job["status"] not in ("FAILED", "STOPPED"), job
+        return job if job["status"] == "COMPLETED" else None
+
+    return await until(done, timeout, "the job to complete")
+
+
+async def check_every_cell(hub, user, token, name, job_url, job) -> list[int]:
+    """Cells 1-3 and 5-6 ran once, cell 4 at most twice; the output notebook (through
+    jupyter-scheduler's own download into the home) has every output, the sums of cells
+    5-6 used the namespace of cells 1-3, and it says how the job resumed. Returns the
+    counter."""
+    runs = await counter(hub, user, token, name)
+    assert [runs.count(i) for i in (1, 2, 3, 5, 6)] == [1, 1, 1, 1, 1], runs
+    assert 1 <= runs.count(4) <= 2, runs
+    status, _ = await hub.request("GET", job_url + "/download_files?redownload=true", token)
+    assert status == 204
+    status, files = await hub.request("GET", job_url, token)
+    path = next(f["file_path"] for f in files["job_files"] if f["file_format"] == "ipynb")
+    out = nbformat.from_dict(await read_file(hub, user, token, path))  # a notebook model
+    texts = ["".join(o.get("text", "") for o in c.outputs) for c in out.cells]
+    assert "sum 6" in texts[4] and "done 6" in texts[5], texts
+    assert all(c.execution_count for c in out.cells)
+    assert out.metadata["migrating_batch"]["resumes"] == [job["status_message"]]
+    return runs
 
 
 async def test_a_job_reclaimed_during_its_long_cell_completes_at_that_cell(hub):
     await hub.spawn("alice")
     token = await hub.user_token("alice")
-    await write_file(hub, "alice", token, "six.ipynb", six_cells())
-    status, created = await hub.request(
-        "POST",
-        "/user/alice/scheduler/jobs",
-        token,
-        {
-            "input_uri": "six.ipynb",
-            "runtime_environment_name": "python",
-            "name": "six",
-            "output_formats": ["ipynb"],
-        },
-    )
-    assert status == 200, created
-    job_url = f"/user/alice/scheduler/jobs/{created['job_id']}"
-    await until(lambda: _has(hub, token, 4), 60, "cell 4 running")
+    job_url = await start_job(hub, "alice", token, "six", 60)
     # jupyter-scheduler's db and staging folder are in the home, so they move with it
     before = await hub.server_info("alice")
     home = hub.workdir / "hosts" / "disks" / before["host_id"] / "home" / "alice"
     assert (home / ".local/share/jupyter/scheduler.sqlite").exists()
-    assert (home / ".local/share/jupyter/scheduler_staging_area" / created["job_id"]).is_dir()
+    staging = home / ".local/share/jupyter/scheduler_staging_area" / job_url.rsplit("/")[-1]
+    assert staging.is_dir()
     # a server under a job is active: its activity goes on with no kernel of its own busy
-    _, status1 = await hub.request("GET", "/user/alice/api/status", token)
-    await until(
-        lambda: _activity_after(hub, token, status1["last_activity"]), 10, "activity reported"
-    )
+    _, status1 = await hub.request("GET", f"/user/alice/api/status?{QUIET}", token)
+
+    async def active():
+        _, status = await hub.request("GET", f"/user/alice/api/status?{QUIET}", token)
+        return status["last_activity"] > status1["last_activity"]
+
+    await until(active, 10, "activity reported")
+    # and the hub sees it: what jupyterhub-idle-culler reads (the server tells the hub its
+    # activity every second here)
+    _, user = await hub.api("GET", "/users/alice")
+    stamp = user["servers"][""]["last_activity"]
+
+    async def hub_sees():
+        _, user = await hub.api("GET", "/users/alice")
+        return user["servers"][""]["last_activity"] > stamp
+
+    await until(hub_sees, 10, "the hub to see the job's activity")
 
     status, data = await hub.migrate_api(
         "POST", f"/hosts/{before['host_id']}/reclaim", body={"notice_seconds": 6}
     )
     assert status == 202, data
     after = await wait_moved(hub, "alice", before["host_id"])
-
-    async def done():
-        status, job = await hub.request("GET", job_url, token)
-        assert status == 200, job
-        assert job["status"] not in ("FAILED", "STOPPED"), job
-        return job if job["status"] == "COMPLETED" else None
-
-    job = await until(done, 60, "the job to complete")
-    runs = await counter(hub, token)
-    assert [runs.count(i) for i in (1, 2, 3, 5, 6)] == [1, 1, 1, 1, 1], runs
-    assert 1 <= runs.count(4) <= 2, runs
+    job = await completed(hub, "alice", token, job_url)
     assert job["status_message"].startswith(
         f"resumed on {after['host_id']} at cell 4 after a move from {before['host_id']}"
     ), job["status_message"]
     assert "cell 4 was interrupted and is re-run" in job["status_message"]
-
-    # the output notebook, through jupyter-scheduler's own download into the home
-    status, _ = await hub.request("GET", job_url + "/download_files?redownload=true", token)
-    assert status == 204
-    status, files = await hub.request("GET", job_url, token)
-    path = next(f["file_path"] for f in files["job_files"] if f["file_format"] == "ipynb")
-    out = nbformat.from_dict(await read_file(hub, "alice", token, path))  # a notebook model
-    texts = ["".join(o.get("text", "") for o in c.outputs) for c in out.cells]
-    assert "sum 6" in texts[4] and "done 6" in texts[5], texts
-    assert all(c.execution_count for c in out.cells)
-    assert out.metadata["migrating_batch"]["resumes"] == [job["status_message"]]
+    await check_every_cell(hub, "alice", token, "six", job_url, job)
     await wait_released(hub, before["host_id"])
 
 
-async def _has(hub, token, n) -> bool:
-    return n in await counter(hub, token)
+async def test_suspend_pauses_a_job_at_its_next_cell_and_resume_goes_on_from_there(hub):
+    await hub.spawn("bob")
+    token = await hub.user_token("bob")
+    # cell 4 ends well within the final checkpoint's time: the job pauses after it
+    job_url = await start_job(hub, "bob", token, "six", 12)
+    before = await hub.server_info("bob")
+    status, answer = await hub.migrate_api("POST", "/servers/bob/suspend")
+    assert status == 200, answer
+    assert answer["state"] == "Suspended" and answer["host_id"] is None, answer
+    # the answer says where the job stopped and that it resumes with the server
+    assert answer["jobs"] == ["Batch job six paused before cell 5: it resumes with the server"]
+    await wait_released(hub, before["host_id"])
+
+    status, answer = await hub.migrate_api("POST", "/servers/bob/resume")
+    assert status in (200, 202), answer
+    after = await until(lambda: running(hub, "bob"), 90, "bob to resume")
+    job = await completed(hub, "bob", token, job_url)
+    assert job["status_message"] == (
+        f"resumed on {after['host_id']} at cell 5 after its server was stopped and started "
+        f"again (it ran on {before['host_id']})"
+    ), job["status_message"]
+    # nothing ran twice: the pause came at a cell boundary
+    assert await check_every_cell(hub, "bob", token, "six", job_url, job) == [1, 2, 3, 4, 5, 6]
 
 
-async def _activity_after(hub, token, stamp) -> bool:
-    _, status = await hub.request("GET", "/user/alice/api/status", token)
-    return status["last_activity"] > stamp
+async def test_across_a_hub_restart_during_the_notice_the_job_moves_and_completes(hub):
+    await hub.spawn("carol")
+    token = await hub.user_token("carol")
+    job_url = await start_job(hub, "carol", token, "six", 60)
+    before = await hub.server_info("carol")
+    status, data = await hub.migrate_api(
+        "POST", f"/hosts/{before['host_id']}/reclaim", body={"notice_seconds": 30}
+    )
+    assert status == 202, data
+    # the hub restarts during the notice; the restarted hub finds the notice standing and
+    # moves the server
+    await hub.restart()
+    after = await wait_moved(hub, "carol", before["host_id"], timeout=90)
+    job = await completed(hub, "carol", token, job_url)
+    assert job["status_message"].startswith(
+        f"resumed on {after['host_id']} at cell 4 after a move from {before['host_id']}"
+    ), job["status_message"]
+    await check_every_cell(hub, "carol", token, "six", job_url, job)
+    await wait_released(hub, before["host_id"])
+
+
+async def running(hub, user) -> dict | None:
+    info = await hub.server_info(user)
+    return info if info["state"] == "Running" else None

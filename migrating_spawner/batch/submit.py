@@ -346,6 +346,7 @@ class JobRunner(LoggingConfigurable):
         last_save = time.monotonic()
         last_message = ""
         last_move = -math.inf
+        seen_running = False
         while True:
             spawner = self.spawner(record)
             if spawner is None:
@@ -365,6 +366,12 @@ class JobRunner(LoggingConfigurable):
                         record, "GET", f"scheduler/jobs/{record.scheduler_job_id}", tries=1
                     )
                     status = status_from_scheduler(job["status"], False)
+                    if job["status"] == "IN_PROGRESS":
+                        seen_running = True
+                    elif status == CANCELLED and not seen_running:
+                        # a job jupyter-scheduler created reads STOPPED (its database
+                        # column's default) until its process starts
+                        status = QUEUED
                 except ServerCallError:
                     status = record.status  # between hosts: the next look tells
             elif not spawner.pending:

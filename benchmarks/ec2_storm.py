@@ -97,6 +97,7 @@ with open("storm.bin", "wb") as f:
     f.write(data)
 blob = os.urandom({kernel} * 1024 * 1024)
 print(hashlib.sha256(data).hexdigest(), hashlib.sha256(blob).hexdigest())
+del data  # the kernel keeps only `blob`
 """
 
 CHECK_CELL = """
@@ -334,9 +335,9 @@ def table(result: dict, servers: int, home_mb: int, kernel_mb: int) -> str:
         f"{100 * sent / size:.1f} % of {size / 1e6:.0f} MB | "
         f"{sum(1 for u in users if u.kept)} of {servers} |",
         "",
-        "The window is the notice to the last server reported Running on its new instance. "
-        "What is sent then is each move's final checkpoint (changes since the pre-copy, and "
-        "the kernel's snapshot, which lands in the home at the freeze).",
+        "The window is the notice to the last server reported Running on its new instance; "
+        "the checkpoints in it are each move's pre-copy and final checkpoint (the kernels' "
+        "snapshots land in the homes), listed by the script as it runs.",
     ]
     return "\n".join(lines) + "\n"
 

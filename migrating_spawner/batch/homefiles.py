@@ -170,12 +170,12 @@ class HomeFiles:
                 "chunks": [store.put_chunk(chunk) for chunk in split_bytes(data)] if data else [],
             }
         spawner = self.spawner
-        checkpoint_id = self.controller.commit_checkpoint(
+        checkpoint_id = self.controller.checkpoints.commit(
             spawner.key,
             files,
-            manifest.id if manifest else None,
-            {"reason": "job output", "time": time.time()},
-        )
+            parent=manifest.id if manifest else None,
+            meta={"reason": "job output", "time": time.time()},
+        ).id
         spawner.checkpoint_id = checkpoint_id
         spawner.fresh_start = False
         spawner.save_state()

@@ -11,13 +11,18 @@ import time
 
 import aiohttp
 import pytest
+from realhub import module_hub
 from test_move import wait_moved
 
 from migrating_spawner.agent.client import AgentClient
 from migrating_spawner.hosts.base import Host
 from migrating_spawner.service import cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+# one hub for the tests that look at their own user's server only (each a user of its
+# own); the tables test, which lists every server and host, has a hub of its own
+hub = module_hub(folder="cli")
 
 
 async def run_cli(capsys, hub, *argv: str, token: str = "") -> tuple[int, str, str]:
@@ -115,11 +120,10 @@ async def test_tables_json_and_flags(hub_factory, capsys, monkeypatch):
     assert err.strip() == "jupyterhub-migrate: 403: invalid or expired token"
 
 
-async def test_errors_the_service_answers(hub_factory, capsys):
-    hub = await hub_factory()
-    alice = await hub.user_token("alice")
+async def test_errors_the_service_answers(hub, capsys):
+    dana = await hub.user_token("dana")
     status, token = await hub.api(
-        "POST", "/users/alice/tokens", body={"scopes": ["read:users!user=alice"]}
+        "POST", "/users/dana/tokens", body={"scopes": ["read:users!user=dana"]}
     )
     assert status == 201
     narrow = token["token"]
@@ -136,19 +140,19 @@ async def test_errors_the_service_answers(hub_factory, capsys):
         "400: notice_seconds must be between 0 and 3600 seconds"
     )
     # a plain user's own token: their servers (one, never started), no hosts
-    code, out, _ = await run_cli(capsys, hub, "list", token=alice)
+    code, out, _ = await run_cli(capsys, hub, "list", token=dana)
     assert code == 0, out
-    assert [line.split() for line in out.splitlines()[1:]] == [["alice", "Stopped", "-", "-"]]
-    assert await error("hosts", token=alice) == "403: this needs the admin:servers scope"
+    assert [line.split() for line in out.splitlines()[1:]] == [["dana", "Stopped", "-", "-"]]
+    assert await error("hosts", token=dana) == "403: this needs the admin:servers scope"
     # a token without access to the service
     assert await error("list", token=narrow) == (
-        "403: user alice may not use this service: its token lacks the scope "
+        "403: user dana may not use this service: its token lacks the scope "
         "access:services!service=migrate"
     )
 
     # the hub's URL with a wrong path: the hub answers, but not the service's JSON
     url = hub.url + "/nope"
-    code, out, err = await run_bare(capsys, "--url", url, "--token", alice, "list")
+    code, out, err = await run_bare(capsys, "--url", url, "--token", dana, "list")
     assert (code, out) == (1, "")
     assert err.strip().startswith(
         f"jupyterhub-migrate: {url} is not a JupyterHub with the `migrate` service: "
@@ -161,47 +165,44 @@ def host_record(hub, host_id: str) -> Host:
     return Host.from_dict(record)
 
 
-async def test_every_notice_caller_hears_which_servers_move(hub_factory, capsys):
-    hub = await hub_factory()
-    await hub.spawn("alice")
-    before = await hub.server_info("alice")
+async def test_every_notice_caller_hears_which_servers_move(hub, capsys):
+    await hub.spawn("nell")
+    before = await hub.server_info("nell")
     # the cloud's notice first (the agent pushes it to the hub): the move is scheduled
     await AgentClient(host_record(hub, before["host_id"])).reclaim(30)
     for _ in range(100):
-        if (await hub.server_info("alice"))["state"] == "Floating":
+        if (await hub.server_info("nell"))["state"] == "Floating":
             break
         await asyncio.sleep(0.1)
     # then the API's reclaim of the same host: it is told about the move already under way
     code, out, err = await run_cli(capsys, hub, "reclaim", before["host_id"], "--notice", "20")
     assert (code, err) == (0, "")
-    assert out.strip().endswith("; moving alice/"), out
+    assert out.strip().endswith("; moving nell/"), out
     code, out, _ = await run_cli(capsys, hub, "--json", "reclaim", before["host_id"])
-    assert code == 0 and json.loads(out)["moving"] == ["alice/"]
-    await wait_moved(hub, "alice", before["host_id"])
+    assert code == 0 and json.loads(out)["moving"] == ["nell/"]
+    await wait_moved(hub, "nell", before["host_id"])
 
 
-async def test_migrate_says_from_where_and_to_where(hub_factory, capsys):
-    hub = await hub_factory()
-    await hub.spawn("alice")
-    first = await hub.server_info("alice")
+async def test_migrate_says_from_where_and_to_where(hub, capsys):
+    await hub.spawn("mia")
+    first = await hub.server_info("mia")
     # a plain user moves their own server with their own token
-    alice = await hub.user_token("alice")
-    code, out, err = await run_cli(capsys, hub, "migrate", "alice", token=alice)
+    mia = await hub.user_token("mia")
+    code, out, err = await run_cli(capsys, hub, "migrate", "mia", token=mia)
     assert (code, err) == (0, "")
-    assert out.strip() == f"alice: moving from {first['host_id']} ({first['address']})"
-    second = await wait_moved(hub, "alice", first["host_id"])
+    assert out.strip() == f"mia: moving from {first['host_id']} ({first['address']})"
+    second = await wait_moved(hub, "mia", first["host_id"])
 
-    code, out, err = await run_cli(capsys, hub, "migrate", "alice", "--wait", token=alice)
+    code, out, err = await run_cli(capsys, hub, "migrate", "mia", "--wait", token=mia)
     assert (code, err) == (0, "")
-    third = await hub.server_info("alice")
+    third = await hub.server_info("mia")
     assert third["host_id"] != second["host_id"]
     assert out.strip() == (
-        f"alice: moved from {second['host_id']} to {third['host_id']} ({third['address']})"
+        f"mia: moved from {second['host_id']} to {third['host_id']} ({third['address']})"
     )
 
 
-async def test_service_root_answers_the_health_check(hub_factory):
-    hub = await hub_factory()
+async def test_service_root_answers_the_health_check(hub):
     # the hub's own check: a GET on the service's URL, no token
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{hub.service_port}/services/migrate/") as resp:
@@ -209,13 +210,12 @@ async def test_service_root_answers_the_health_check(hub_factory):
             assert (await resp.json())["service"] == "migrate"
 
 
-async def test_zero_notice_moves_to_an_address_not_in_use(hub_factory, capsys):
-    hub = await hub_factory()
-    await hub.spawn("alice")
-    before = await hub.server_info("alice")
+async def test_zero_notice_moves_to_an_address_not_in_use(hub, capsys):
+    await hub.spawn("zoe")
+    before = await hub.server_info("zoe")
     code, out, err = await run_cli(capsys, hub, "reclaim", before["host_id"], "--notice", "0")
     assert (code, err) == (0, ""), out
-    after = await wait_moved(hub, "alice", before["host_id"])
+    after = await wait_moved(hub, "zoe", before["host_id"])
     # the old host's address stays out of use until its release: the release's shutdown
     # goes to no other host's agent
     assert after["address"].split(":")[0] != before["address"].split(":")[0]

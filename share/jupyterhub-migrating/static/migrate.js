@@ -436,7 +436,9 @@
         // the API's words already say what went ("Discarded: ...")
         say(card, (answer && answer.lost) || "Cancelled.", state);
       } else if (name === "suspend" && state === "Suspended") {
-        say(card, "Suspended: nothing runs or is billed until you resume it.", state);
+        // batch jobs paused with it: "Batch job six paused before cell 5: it resumes ..."
+        const jobs = (answer.jobs || []).map((words) => " " + words + ".");
+        say(card, "Suspended: nothing runs or is billed until you resume it." + jobs.join(""), state);
       } else {
         say(card, SENT[name], card.awaiting ? null : state);
       }
@@ -474,6 +476,101 @@
     }
   }
 
+  // -- headless jobs (the API's GET jobs; the tab shows once it answers) -----------------
+
+  const JOB_BADGE = {
+    queued: "text-bg-info",
+    running: "text-bg-success",
+    moving: "text-bg-warning",
+    completed: "text-bg-primary",
+    failed: "text-bg-danger",
+    cancelled: "text-bg-secondary",
+  };
+  let hasJobs = null; // whether the control API has jobs: null until it has answered
+
+  // null: this control API has no jobs (the tab stays hidden)
+  async function loadJobs() {
+    try {
+      const data = await api("jobs");
+      if (!hasJobs) document.getElementById("tab-jobs-item").hidden = false;
+      hasJobs = true;
+      return data.jobs || [];
+    } catch (e) {
+      if (e.status === 404) {
+        hasJobs = false;
+        return null;
+      }
+      throw e;
+    }
+  }
+
+  function renderJobs(jobs) {
+    const body = document.querySelector("#jobs tbody");
+    body.replaceChildren();
+    jobs.sort((a, b) => (b.submitted || 0) - (a.submitted || 0));
+    for (const job of jobs) {
+      const row = document.createElement("tr");
+      row.className = "job-row";
+      row.dataset.job = job.id;
+      row.dataset.status = job.status;
+      const cells = {
+        name: job.name || job.id,
+        user: job.user,
+        notebook: job.notebook,
+        status: null,
+        submitted: clock(job.submitted),
+        took: typeof job.duration === "number" ? duration(job.duration) : "",
+        moves: String(job.moves ?? 0),
+        cost: typeof job.cost === "number" ? "$" + job.cost.toFixed(4) : "",
+        output: job.output || "",
+        message: [job.error, job.message].filter(Boolean).join(": "),
+      };
+      for (const [name, value] of Object.entries(cells)) {
+        const td = document.createElement("td");
+        td.className = name;
+        if (name === "status") {
+          const badge = document.createElement("span");
+          badge.className = "badge " + (JOB_BADGE[job.status] || "text-bg-secondary");
+          badge.textContent = capital(job.status);
+          td.append(badge);
+        } else {
+          td.textContent = value || "—";
+        }
+        if (name === "message" && (job.warnings || []).length) td.title = job.warnings.join("; ");
+        row.append(td);
+      }
+      const actions = document.createElement("td");
+      if ((job.actions || []).includes("cancel")) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "btn btn-sm btn-outline-danger";
+        button.dataset.verb = "cancel-job";
+        button.textContent = "Cancel";
+        button.addEventListener("click", () => cancelJob(job, button));
+        actions.append(button);
+      }
+      row.append(actions);
+      body.append(row);
+    }
+    document.getElementById("no-jobs").classList.toggle("d-none", jobs.length > 0);
+  }
+
+  async function cancelJob(job, button) {
+    const message = document.getElementById("jobs-message");
+    button.disabled = true;
+    message.className = "small mb-2";
+    message.textContent = "Cancelling " + (job.name || job.id) + "…";
+    try {
+      const answer = await api("jobs/" + encodeURIComponent(job.id) + "/cancel", "POST");
+      message.textContent = (answer.name || answer.id) + ": " + capital(answer.status) + ".";
+    } catch (e) {
+      message.className = "small mb-2 text-danger";
+      message.textContent = "Cancel failed: " + e.message;
+    } finally {
+      refresh();
+    }
+  }
+
   // -- polling ---------------------------------------------------------------------------
 
   function showError(message) {
@@ -497,6 +594,13 @@
     const jobs = [];
     for (const card of cards.values()) {
       if (card.el.querySelector("details.history").open) jobs.push(loadHistory(card));
+    }
+    if (activeTab === "jobs" || hasJobs === null) {
+      jobs.push(
+        loadJobs()
+          .then((found) => found && activeTab === "jobs" && renderJobs(found))
+          .catch(() => {})
+      );
     }
     if (config.admin && activeTab === "hosts") {
       jobs.push(

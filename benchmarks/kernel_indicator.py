@@ -23,7 +23,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests"), str(HERE.parent / "tests" / "e2e")]
 
-from labpage import KERNEL_STATUS, RUN_CELL, chromium_page, notebook, wait_for  # noqa: E402
+from labpage import (  # noqa: E402
+    KERNEL_STATUS,
+    LAB_CONFIG,
+    RUN_CELL,
+    chromium_page,
+    log_in_to_lab,
+    open_lab_notebook,
+    wait_for,
+)
 from realhub import RealHub  # noqa: E402
 from results import replace_section  # noqa: E402
 from test_browser import WATCH_KERNEL, Network, release_time  # noqa: E402
@@ -31,9 +39,7 @@ from test_browser import WATCH_KERNEL, Network, release_time  # noqa: E402
 SECTION = "## JupyterLab's kernel indicator after a move"
 CONFIG = (
     'c.MigratingSpawner.home_mode = "synced"\n'
-    "c.MigratingSpawner.kernel_snapshot_interval = 0\n"
-    'c.Spawner.default_url = "/lab"\n'
-    'c.Spawner.args = ["--LabApp.expose_app_in_browser=True"]\n'
+    "c.MigratingSpawner.kernel_snapshot_interval = 0\n" + LAB_CONFIG
 )
 
 
@@ -46,27 +52,8 @@ async def one_run(workdir: Path) -> dict:
         network = Network()
         async with chromium_page() as page:
             await network.attach(page)
-            await page.goto(hub.url + "/hub/login")
-            await page.fill("#username_input", "alice")
-            await page.fill("#password_input", "pw")
-            await page.click("#login_submit")
-            await page.wait_for_url("**/hub/**")
-            if await page.locator("form#spawn_form").count():
-                await page.click("form#spawn_form [type=submit]")
-            await page.wait_for_url("**/user/alice/lab**", timeout=120_000)
-            status, _ = await hub.request(
-                "PUT",
-                "/user/alice/api/contents/b.ipynb",
-                token,
-                {"type": "notebook", "format": "json", "content": notebook(["x = 42"])},
-            )
-            assert status in (200, 201), status
-            await page.goto(hub.url + "/user/alice/lab/tree/b.ipynb")
-            await page.wait_for_function(
-                "window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                " && window.jupyterapp.shell.currentWidget.sessionContext"
-            )
-            await wait_for(page, KERNEL_STATUS, None, lambda s: s == "idle/connected", 90)
+            await log_in_to_lab(page, hub)
+            await open_lab_notebook(page, hub, token, "b.ipynb", ["x = 42"], idle_within=90)
             await page.evaluate(RUN_CELL, 0)
             await wait_for(page, KERNEL_STATUS, None, lambda s: s == "idle/connected")
             await page.evaluate(WATCH_KERNEL)

@@ -15,11 +15,14 @@ from pathlib import Path
 import pytest
 from labpage import (
     ARTIFACTS,
+    CELL_OUTPUT,
     CHROMIUM,
     KERNEL_STATUS,
+    LAB_CONFIG,
     RUN_CELL,
     chromium_page,
-    notebook,
+    log_in_to_lab,
+    open_lab_notebook,
     wait_for,
 )
 
@@ -102,14 +105,6 @@ def release_time(hub) -> float:
     return datetime.strptime(found[-1], "%Y-%m-%d %H:%M:%S.%f").timestamp()
 
 
-CELL_OUTPUT = """(index) => {
-    const panel = window.jupyterapp.shell.currentWidget;
-    const cell = panel.content.widgets[index];
-    return [...cell.outputArea.node.querySelectorAll('.jp-OutputArea-output')]
-        .map(node => node.innerText).join('');
-}"""
-
-
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 async def test_variables_survive_a_reclaim_in_the_same_tab(hub_factory):
     pytest.importorskip("playwright.async_api")
@@ -117,9 +112,7 @@ async def test_variables_survive_a_reclaim_in_the_same_tab(hub_factory):
         'c.MigratingSpawner.home_mode = "synced"\n'
         # no background snapshots: their cells would put JupyterLab's kernel indicator
         # back to Idle ~30 s after the new server started even if the reconnect did not
-        "c.MigratingSpawner.kernel_snapshot_interval = 0\n"
-        'c.Spawner.default_url = "/lab"\n'
-        'c.Spawner.args = ["--LabApp.expose_app_in_browser=True"]\n'
+        "c.MigratingSpawner.kernel_snapshot_interval = 0\n" + LAB_CONFIG
     )
     token = await hub.user_token("alice")
     dialogs: list[str] = []
@@ -128,29 +121,8 @@ async def test_variables_survive_a_reclaim_in_the_same_tab(hub_factory):
     async with chromium_page() as page:
         try:
             await network.attach(page)
-            await page.goto(hub.url + "/hub/login")
-            await page.fill("#username_input", "alice")
-            await page.fill("#password_input", "pw")
-            await page.click("#login_submit")
-            await page.wait_for_url("**/hub/**")
-            # the spawn page offers the profiles; take the default
-            if await page.locator("form#spawn_form").count():
-                await page.click("form#spawn_form [type=submit]")
-            await page.wait_for_url("**/user/alice/lab**", timeout=120_000)
-
-            status, _ = await hub.request(
-                "PUT",
-                "/user/alice/api/contents/moving.ipynb",
-                token,
-                {"type": "notebook", "format": "json", "content": notebook(CELLS)},
-            )
-            assert status in (200, 201)
-            await page.goto(hub.url + "/user/alice/lab/tree/moving.ipynb")
-            await page.wait_for_function(
-                "window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                " && window.jupyterapp.shell.currentWidget.sessionContext"
-            )
-            await wait_for(page, KERNEL_STATUS, None, lambda s: s == "idle/connected")
+            await log_in_to_lab(page, hub)
+            await open_lab_notebook(page, hub, token, "moving.ipynb", CELLS)
             for index in range(4):
                 await page.evaluate(RUN_CELL, index)
             await wait_for(page, CELL_OUTPUT, 3, lambda out: out.strip() == "0")

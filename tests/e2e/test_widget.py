@@ -14,7 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
-from labpage import ARTIFACTS, CHROMIUM, KERNEL_STATUS, RUN_CELL, chromium_page, notebook, wait_for
+from labpage import (
+    ARTIFACTS,
+    CELL_OUTPUT,
+    CHROMIUM,
+    KERNEL_STATUS,
+    LAB_CONFIG,
+    RUN_CELL,
+    chromium_page,
+    log_in_to_lab,
+    open_lab_notebook,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +45,6 @@ MENU = """() => {
     const menu = document.querySelector('.jp-MigratingStatus-menu');
     if (!menu) return null;
     return [...menu.querySelectorAll('.lm-Menu-itemLabel')].map(n => n.innerText).filter(Boolean);
-}"""
-
-CELL_OUTPUT = """(index) => {
-    const cell = window.jupyterapp.shell.currentWidget.content.widgets[index];
-    return [...cell.outputArea.node.querySelectorAll('.jp-OutputArea-output')]
-        .map(node => node.innerText).join('');
 }"""
 
 DIALOGS = "() => [...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText).join('\\n')"
@@ -68,9 +73,7 @@ def toast_matching(pattern: re.Pattern):
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 async def test_widget_tells_a_reclaim_and_the_tab_keeps_working(hub_factory):
     pytest.importorskip("playwright.async_api")
-    hub = await hub_factory(
-        'c.Spawner.default_url = "/lab"\nc.Spawner.args = ["--LabApp.expose_app_in_browser=True"]\n'
-    )
+    hub = await hub_factory(LAB_CONFIG)
     token = await hub.user_token("alice")
     dialogs: list[str] = []
     watcher: asyncio.Task | None = None
@@ -79,27 +82,8 @@ async def test_widget_tells_a_reclaim_and_the_tab_keeps_working(hub_factory):
         console: list[str] = []
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
-            await page.goto(hub.url + "/hub/login")
-            await page.fill("#username_input", "alice")
-            await page.fill("#password_input", "pw")
-            await page.click("#login_submit")
-            await page.wait_for_url("**/hub/**")
-            if await page.locator("form#spawn_form").count():
-                await page.click("form#spawn_form [type=submit]")
-            await page.wait_for_url("**/user/alice/lab**", timeout=120_000)
-            status, _ = await hub.request(
-                "PUT",
-                "/user/alice/api/contents/widget.ipynb",
-                token,
-                {"type": "notebook", "format": "json", "content": notebook(["x = 42", "print(x)"])},
-            )
-            assert status in (200, 201)
-            await page.goto(hub.url + "/user/alice/lab/tree/widget.ipynb")
-            await page.wait_for_function(
-                "window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                " && window.jupyterapp.shell.currentWidget.sessionContext"
-            )
-            await wait_for(page, KERNEL_STATUS, None, lambda s: s == "idle/connected")
+            await log_in_to_lab(page, hub)
+            await open_lab_notebook(page, hub, token, "widget.ipynb", ["x = 42", "print(x)"])
             await page.evaluate(RUN_CELL, 0)
 
             # the status bar shows the server's host and state, from the hub's service

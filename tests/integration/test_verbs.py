@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from kernelws import KernelSocket
 from prometheus_client.parser import text_string_to_metric_families
-from realhub import RealHub
+from realhub import culler_config, module_hub, until
 from test_move import read_file, write_file
 
 from migrating_spawner.service import cli as migrate_cli
@@ -30,47 +28,10 @@ c.JupyterHub.authenticate_prometheus = True
 """
 
 # the culler as a hub-managed service: a server idle for 4 s is stopped
-CULLER = f"""
-c.JupyterHub.services += [{{
-    "name": "idle-culler",
-    "command": ["{sys.executable}", "-m", "jupyterhub_idle_culler",
-                "--timeout=4", "--cull-every=2", "--remove-named-servers=false"],
-}}]
-c.JupyterHub.load_roles += [{{
-    "name": "idle-culler",
-    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-    "services": ["idle-culler"],
-}}]
-"""
+CULLER = culler_config(timeout=4)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def hub(tmp_path_factory):
-    hub = RealHub(tmp_path_factory.mktemp("verbs"), CONFIG)
-    hub.start()
-    await hub.wait_up()
-    yield hub
-    hub.stop()
-    hub.kill_proxy()
-    hub.release_all_hosts()
-
-
-@pytest.fixture(autouse=True)
-def hub_log_on_failure(request, hub):
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(f"\n===== hub log =====\n{hub.tail(150)}")
-
-
-async def until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+hub = module_hub(CONFIG, "verbs")
 
 
 async def scrape(hub) -> dict[tuple[str, tuple], float]:

@@ -7,8 +7,10 @@ import secrets
 
 import aiohttp
 import pytest
+import pytest_asyncio
+from realhub import module_hub
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 NO_ACCESS = secrets.token_hex(16)  # a service with no roles
 SERVER_ADMIN = secrets.token_hex(16)  # admin:servers, but no access to the service
@@ -29,6 +31,15 @@ c.JupyterHub.load_roles += [
     }},
 ]
 """
+
+# one hub and one server of alice's for the module: neither test changes what the other
+# looks at (no test moves, stops or adds a server)
+hub = module_hub(SERVICES, "api")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def alice_server(hub):
+    await hub.spawn("alice")
 
 
 async def raw(hub, method: str, path: str, token: str | None, body: bytes | None = None):
@@ -54,9 +65,7 @@ def assert_json_error(answer, status: int, *words: str) -> None:
         assert word in data["message"], answer
 
 
-async def test_access_follows_jupyterhub_scopes(hub_factory):
-    hub = await hub_factory(SERVICES)
-    await hub.spawn("alice")
+async def test_access_follows_jupyterhub_scopes(hub, alice_server):
     alice = await hub.user_token("alice")
     status, token = await hub.api(
         "POST", "/users/alice/tokens", body={"scopes": ["read:users!user=alice"]}
@@ -97,9 +106,7 @@ async def test_access_follows_jupyterhub_scopes(hub_factory):
     assert status == 200 and [h["servers"] for h in data["hosts"]] == [["alice/"]]
 
 
-async def test_errors_are_json_with_the_status_that_says_why(hub_factory):
-    hub = await hub_factory()
-    await hub.spawn("alice")
+async def test_errors_are_json_with_the_status_that_says_why(hub, alice_server):
     info = await hub.server_info("alice")
     host = info["host_id"]
     admin = hub.admin_token

@@ -8,7 +8,7 @@ import sqlite3
 import time
 
 import pytest
-from test_move import read_file, write_file
+from test_move import read_file, wait_released, write_file
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ async def wait_running_elsewhere(hub, user, old_host, timeout):
         info = await hub.server_info(user)
         if info["state"] == "Running" and info["host_id"] not in (None, old_host):
             return info
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
     raise AssertionError(f"{user} did not come back: {info}\n{hub.tail(120)}")
 
 
@@ -48,7 +48,8 @@ async def test_five_servers_reclaimed_at_once_all_come_back(hub_factory):
     for u, info in zip(USERS, after, strict=True):
         assert await read_file(hub, u, tokens[u], "mine.txt") == f"belongs to {u}"
         assert info["host_id"] not in before.values()
-    await asyncio.sleep(3)
+    # the moves gave the old hosts back (released, not only ended at their deadline)
+    await asyncio.gather(*(wait_released(hub, h, 10) for h in before.values()))
     hosts = {h["id"] for h in hub.hosts()}
     assert hosts == {info["host_id"] for info in after}, "old hosts must be gone"
 
@@ -109,7 +110,8 @@ async def test_hub_killed_mid_move_recovers_without_orphans(hub_factory):
     await hub.spawn("erin")
     token = await hub.user_token("erin")
     await write_file(hub, "erin", token, "thesis.txt", "chapter one")
-    await asyncio.sleep(3)  # a pre-copy has run
+    # a pre-copy has run (every 2 s)
+    await wait_for(lambda: "(pre-copy):" in hub.log_path.read_text(), 30, "no pre-copy", hub)
     old = (await hub.server_info("erin"))["host_id"]
 
     status, _ = await hub.migrate_api("POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 25})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest_asyncio
 import requests
 
@@ -138,16 +140,32 @@ c.JupyterHub.template_paths = ["{template_path()}"]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
+            services = self._services()
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            # a hub that did not stop cleanly leaves its managed services (the idle
+            # culler) running; a clean stop has ended them already
+            for service in services:
+                with contextlib.suppress(psutil.Error):
+                    service.kill()
         if sig == signal.SIGKILL:
             # a crashed hub leaves its proxy behind, as in production; the next start
             # finds it through the pid file
             pass
+
+    def _services(self) -> list[psutil.Process]:
+        """The hub's managed services (JupyterHub sets JUPYTERHUB_SERVICE_NAME for them)."""
+        found = []
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.proc.pid).children():
+                with contextlib.suppress(psutil.Error):
+                    if "JUPYTERHUB_SERVICE_NAME" in child.environ():
+                        found.append(child)
+        return found
 
     async def restart(self) -> None:
         """Stop the hub as an operator would (SIGTERM) and start it again on its database;

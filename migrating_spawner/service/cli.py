@@ -394,7 +394,11 @@ def parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--name", help="the job's name (default: the notebook's)")
     submit.add_argument("--user", help="submit for this user (admins)")
-    submit.add_argument("--wait", action="store_true", help="wait until the job has ended")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the job has ended; exit 1 unless it completed",
+    )
     jobs = verbs.add_parser(
         "jobs",
         parents=flags,
@@ -437,7 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jupyterhub-migrate: {e}", file=sys.stderr)
         return 1
     print(json.dumps(data, indent=2, default=str) if args.json else text)
-    return 0
+    return 0 if succeeded(args, data) else 1
+
+
+def succeeded(args: argparse.Namespace, data: Any) -> bool:
+    """A `submit --wait` whose job failed or was cancelled exits 1, as papermill does for a
+    failing cell, so a script can tell."""
+    return not (args.verb == "submit" and args.wait and data.get("status") != "completed")
 
 
 if __name__ == "__main__":

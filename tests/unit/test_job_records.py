@@ -212,3 +212,17 @@ def test_cli_submit_reads_parameters_as_papermill(monkeypatch):
             },
         )
     ]
+
+
+@pytest.mark.parametrize("status, code", [("completed", 0), ("failed", 1), ("cancelled", 1)])
+def test_cli_submit_wait_exits_nonzero_unless_the_job_completed(monkeypatch, status, code):
+    answers = iter([{"status": "running"}, {"status": status}])
+
+    def call(self, method, path, body=None, timeout=30, missing=""):
+        job = {"id": "job-1a2b3c4d", "notebook": "a.ipynb", "user": "u", "status": "queued"}
+        return job if method == "POST" else {**job, **next(answers)}
+
+    monkeypatch.setattr(cli.Client, "call", call)
+    monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
+    argv = ["--url", "http://127.0.0.1:1", "--token", "t", "submit", "a.ipynb", "--wait"]
+    assert cli.main(argv) == code

@@ -146,7 +146,7 @@ export function statusText(server) {
 
 /** What the widget says when this page's token stopped working (see tokenReplaced). */
 export const RELOAD_MESSAGE =
-  'Your server was resumed on a new host: reload this page to reconnect.';
+  'Your server was suspended, stopped or started again: reload this page to reconnect.';
 
 /**
  * Whether this tab is on a spawn that is gone: the server is back (Starting, Running, ...)

@@ -165,7 +165,7 @@ async def test_widget_tells_a_reclaim_and_the_tab_keeps_working(hub_factory):
             )
             status, data = await hub.migrate_api("POST", "/servers/alice/resume?wait=true")
             assert status == 200, data
-            reload_toast = re.compile(r"resumed on a new host: reload this page to reconnect")
+            reload_toast = re.compile(r"started again: reload this page to reconnect")
             toasts = await wait_for(page, TOASTS, None, toast_matching(reload_toast), 30)
             assert await page.evaluate(STATUS_ITEM) == "reload page", toasts
             buttons = await page.evaluate(

@@ -71,7 +71,7 @@ def test_a_refused_token_after_a_resume_asks_to_reload(tmp_path):
     )
     assert got == [True, True, False, False]
     assert run("m.RELOAD_MESSAGE", tmp_path) == (
-        "Your server was resumed on a new host: reload this page to reconnect."
+        "Your server was suspended, stopped or started again: reload this page to reconnect."
     )
 
 

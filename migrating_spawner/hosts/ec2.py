@@ -61,6 +61,12 @@ METADATA_FIREWALL = (
     "iptables -I OUTPUT -d 169.254.169.254/32 -p tcp --dport 80"
     " -m owner ! --uid-owner 0 -j REJECT --reject-with tcp-reset"
 )
+#: the same for the metadata service's IPv6 address (Nitro instances, when the launch
+#: template's metadata options enable the IPv6 endpoint)
+METADATA_FIREWALL_V6 = (
+    "ip6tables -I OUTPUT -d fd00:ec2::254/128 -p tcp --dport 80"
+    " -m owner ! --uid-owner 0 -j REJECT --reject-with tcp-reset"
+)
 
 DEFAULT_USER_DATA = """#cloud-config
 # jupyterhub-migrating host {host_id}: starts the agent, which registers at the hub
@@ -86,6 +92,7 @@ runcmd:
   - {install_command}
   # users' code (every uid but root's) reaches neither user data nor the role's credentials
   - {metadata_firewall}
+  - {metadata_firewall_v6}
   - systemctl daemon-reload
   - systemctl enable --now jupyterhub-migrating-agent
 """
@@ -228,8 +235,9 @@ class EC2HostProvider(HostProvider):
         help="""The cloud-config each instance boots with, a `str.format` template of
         {host_id}, {agent_config} (the agent's JSON config, one line: register URL, host id,
         one-time bootstrap token, port, disk), {python}, {install_command} and
-        {metadata_firewall} (the iptables rule that refuses the metadata service to every
-        uid but root's; the AMI needs iptables). It must start the agent (`python -m
+        {metadata_firewall} and {metadata_firewall_v6} (the iptables and ip6tables rules that
+        refuse the metadata service, 169.254.169.254 and fd00:ec2::254, to every uid but
+        root's; the AMI needs iptables). It must start the agent (`python -m
         migrating_spawner.agent.register --config FILE`) as root, after that rule. The
         result must stay under 16 KB (AWS's limit); a bigger one fails the spawn.""",
     ).tag(config=True)
@@ -457,6 +465,7 @@ class EC2HostProvider(HostProvider):
             python=self.python,
             install_command=self.install_command,
             metadata_firewall=METADATA_FIREWALL,
+            metadata_firewall_v6=METADATA_FIREWALL_V6,
         )
         size = len(text.encode())
         if size >= USER_DATA_LIMIT:

@@ -36,7 +36,7 @@ from migrating_spawner.agent.tls import (
     ensure_certificate,
     server_context,
 )
-from migrating_spawner.agent.users import unix_name
+from migrating_spawner.agent.users import stable_id, unix_name
 
 
 def test_first_boot_makes_a_private_key_and_certificate_and_reuses_them(tmp_path):
@@ -132,6 +132,8 @@ async def test_an_agent_over_pinned_https_runs_a_users_process_as_that_user(open
             await asyncio.sleep(0.05)
         user = pwd.getpwnam(unix_name(hub_user))
         assert user.pw_uid != 0
+        # the uid every host gives this user (a shared home keeps its owner)
+        assert user.pw_uid == user.pw_gid == stable_id(unix_name(hub_user))
         assert (await client.log("p"))[-1] == f"{user.pw_uid} {user.pw_gid} []"
         assert home.stat().st_uid == user.pw_uid
     finally:

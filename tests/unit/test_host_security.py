@@ -9,9 +9,10 @@ import shlex
 import pytest
 import yaml
 
-from migrating_spawner.agent.users import UserError, unix_name
-from migrating_spawner.ec2sim.userdata import Instance, UserDataError
-from migrating_spawner.hosts.ec2 import METADATA_FIREWALL, EC2HostProvider
+from migrating_spawner.agent import users
+from migrating_spawner.agent.users import UID_BASE, UID_SPAN, UserError, stable_id, unix_name
+from migrating_spawner.ec2sim.userdata import NEVER, Instance, UserDataError
+from migrating_spawner.hosts.ec2 import METADATA_FIREWALL, METADATA_FIREWALL_V6, EC2HostProvider
 
 
 @pytest.mark.parametrize(
@@ -38,14 +39,52 @@ def test_other_hub_names_are_cleaned_and_told_apart_by_a_hash():
         unix_name("")
 
 
+def test_a_users_uid_is_the_same_number_on_every_host():
+    ids = {name: stable_id(unix_name(name)) for name in ("alice", "bob", "Alice", "a" * 60)}
+    assert len(set(ids.values())) == 4
+    for uid in ids.values():
+        assert UID_BASE <= uid < UID_BASE + UID_SPAN < 2**31
+    # nothing of the host goes into it: the name alone
+    assert stable_id(unix_name("alice")) == ids["alice"]
+
+
+def test_a_uid_another_name_holds_on_this_host_gives_way_to_the_next_free_one(monkeypatch):
+    name = unix_name("alice")
+    first = stable_id(name)
+    taken_uids, taken_gids = {first}, {first + 1}
+
+    def getpwuid(uid):
+        if uid in taken_uids:
+            return ("someone-else", uid)
+        raise KeyError(uid)
+
+    def getgrgid(gid):
+        if gid in taken_gids:
+            return ("some-group", gid)
+        raise KeyError(gid)
+
+    monkeypatch.setattr(users.pwd, "getpwuid", getpwuid)
+    monkeypatch.setattr(users.grp, "getgrgid", getgrgid)
+    assert users.free_id(name) == first + 2
+    taken_uids.update(range(first, first + users.UID_PROBES))
+    with pytest.raises(UserError, match="no free uid"):
+        users.free_id(name)
+
+
 def test_the_user_data_firewalls_the_metadata_service_before_the_agent_starts():
     provider = EC2HostProvider(hub_api_url="http://hub:8081/services/migrate/api/")
     config = yaml.safe_load(provider.render_user_data("ec2-1", "token"))
     runcmd = config["runcmd"]
-    assert METADATA_FIREWALL in runcmd
-    assert runcmd.index(METADATA_FIREWALL) < runcmd.index(
-        "systemctl enable --now jupyterhub-migrating-agent"
-    )
+    start = runcmd.index("systemctl enable --now jupyterhub-migrating-agent")
+    assert METADATA_FIREWALL in runcmd and METADATA_FIREWALL_V6 in runcmd
+    assert runcmd.index(METADATA_FIREWALL) < start
+    assert runcmd.index(METADATA_FIREWALL_V6) < start
+    v6 = shlex.split(METADATA_FIREWALL_V6)
+    assert v6[:3] == ["ip6tables", "-I", "OUTPUT"]
+    assert v6[v6.index("-d") + 1] == "fd00:ec2::254/128" and v6[v6.index("--dport") + 1] == "80"
+    assert " -m owner ! --uid-owner 0 -j REJECT" in METADATA_FIREWALL_V6
+    # the simulator's instances have no IPv6 metadata address: it skips that rule
+    assert NEVER.match(METADATA_FIREWALL_V6)
     words = shlex.split(METADATA_FIREWALL)
     assert words[:3] == ["iptables", "-I", "OUTPUT"]
     assert "169.254.169.254/32" in words and "--dport" in words

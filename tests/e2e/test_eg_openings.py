@@ -1,6 +1,9 @@
 """The Enterprise Gateway example as a new user meets it (examples/enterprise-gateway/run.sh,
-JupyterLab with --gateway-url in front of Enterprise Gateway 3.3): twenty notebook openings
-in a real browser reach Idle, and every kernel the launcher offers moves, R's included.
+JupyterLab with --gateway-url in front of Enterprise Gateway 3.3): notebook openings in a
+real browser reach Idle, and every kernel the launcher offers moves, R's included.
+Eight openings by default (the upstream hold met 6 of 20 unfixed: eight miss it with
+p = 0.7^8 < 6 %, and the dropped-socket test below hits its cause every time);
+EG_OPENINGS=20 runs the twenty the example's README reports.
 
 Headless Debian chromium driven by Playwright (no browser download: `executable_path`).
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +35,7 @@ from labpage import ARTIFACTS, CHROMIUM, KERNEL_STATUS, chromium_page, notebook
 # one example for the module: each test leaves no kernel behind it
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-OPENINGS = 20
+OPENINGS = int(os.environ.get("EG_OPENINGS", 8))
 # generous (openings take 3-4 s here); one that meets the upstream hold stays "unknown"
 # past the front's 42 s request_timeout, and then until a cell is run
 IDLE_WITHIN = 25.0
@@ -174,7 +178,7 @@ async def example(request, tmp_path_factory):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
-async def test_twenty_openings_reach_idle(example):
+async def test_openings_reach_idle(example):
     pytest.importorskip("playwright.async_api")
     results = await open_notebooks(example, OPENINGS, IDLE_WITHIN)
     late = [r for r in results if r["idle_after"] is None]

@@ -8,6 +8,7 @@ bring back, a cell a freeze interrupted) is noted per server and goes into the n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -57,6 +58,24 @@ def requester() -> tuple[str, str] | None:
             return kind, user.name
         frame = frame.f_back
     return None
+
+
+def hub_shutting_down() -> bool:
+    """Whether the hub is shutting down: its `cleanup` (Ctrl-C, SIGTERM or exit) is under
+    way in some task, stopping every server (each in a task of its own, so `requester`
+    finds no handler for those stops)."""
+    ends = {JupyterHub.cleanup.__code__, JupyterHub.shutdown_cancel_tasks.__code__}
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # no running loop
+        return False
+    for task in tasks:
+        coro = task.get_coro()
+        while coro is not None:
+            if getattr(coro, "cr_code", None) in ends:
+                return True
+            coro = getattr(coro, "cr_await", None)
+    return False
 
 
 def human_bytes(n: int | float) -> str:
@@ -163,7 +182,10 @@ class ServerHistory(LoggingConfigurable):
         lost = notes["lost"]
         if fields.get("lost_files"):
             lost["files"] = fields.pop("lost_files")
+            # when the lost changes start (a checkpoint's time): the page says it in its clock
+            lost["files_since"] = fields.pop("lost_since", None)
         fields.pop("lost_files", None)
+        fields.pop("lost_since", None)
         entry: dict[str, Any] = {
             "id": secrets.token_hex(6),
             "time": time.time(),
@@ -239,6 +261,7 @@ class ServerHistory(LoggingConfigurable):
             "duration_seconds": timings.get("total"),
             "checkpoint_id": getattr(move, "final_id", None),
             "lost_files": getattr(move, "lost", None),
+            "lost_since": getattr(move, "lost_since", None),
         }
         if reason.startswith("requested by "):
             fields["by"] = reason[len("requested by ") :]

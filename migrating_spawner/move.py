@@ -54,6 +54,7 @@ class Move:
         self.precopy_task: asyncio.Future | None = None
         self.timings: dict[str, float] = {}
         self.lost: str | None = None  # what the user lost, said in their log
+        self.lost_since: float | None = None  # the checkpoint time `lost` counts from
         self.final_id: str | None = None
         self.frozen = False
         self.kernels_saved = False
@@ -265,6 +266,7 @@ class Move:
                 else f"since checkpoint {server.checkpoint_id}"
             )
             self.lost = f"{why}: files changed {since} were lost"
+            self.lost_since = created
         else:
             self.lost = f"{why}: no checkpoint existed"
         server.emit(self.lost, level="warning")

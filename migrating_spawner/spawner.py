@@ -24,7 +24,15 @@ from .agent.client import AgentClient, AgentError
 from .batch.messages import job_paused_message
 from .checkpoint import CheckpointError, Manifest, checkpoint_time, new_checkpoint_id
 from .controller import MigratingController
-from .history import CANCEL, LOSS, SUSPEND, checkpoint_summary, human_bytes, requester
+from .history import (
+    CANCEL,
+    LOSS,
+    SUSPEND,
+    checkpoint_summary,
+    hub_shutting_down,
+    human_bytes,
+    requester,
+)
 from .hosts.base import Host, HostError
 from .kernelstate import lost_message
 from .moving import MoveRecord
@@ -778,6 +786,7 @@ class MigratingSpawner(Spawner):
                 from_host=host.id,
                 checkpoint_id=self.checkpoint_id,
                 lost_files=f"the host was lost: {what} were lost",
+                lost_since=created,
             )
             return
         self.controller.observer.record(
@@ -796,7 +805,7 @@ class MigratingSpawner(Spawner):
         """Why this stop: a request of a user, or an idle cull (a culler service asked)."""
         asker = requester()
         if asker is None:
-            return {"reason": "stop", "by": None}
+            return {"reason": "hub shutdown" if hub_shutting_down() else "stop", "by": None}
         kind, name = asker
         cullers = self.controller.observer.history.idle_cullers
         if kind == "service" and name in cullers:

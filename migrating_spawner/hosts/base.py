@@ -18,7 +18,17 @@ from ..agent.host import Host, HostError
 from .pool import SparePool
 from .watcher import HostWatcher
 
-__all__ = ["Host", "HostError", "HostProvider", "ReclaimOnRequest", "RegistrationError"]
+__all__ = [
+    "MAX_NOTICE_SECONDS",
+    "Host",
+    "HostError",
+    "HostProvider",
+    "ReclaimOnRequest",
+    "RegistrationError",
+]
+
+# the longest notice a reclaim on request takes (the control API's and the CLI's check)
+MAX_NOTICE_SECONDS = 3600
 
 
 class RegistrationError(Exception):

@@ -33,7 +33,7 @@ from tornado.log import app_log
 from ..agent.client import AgentError
 from ..checkpoint import CheckpointError
 from ..history import checkpoint_summary
-from ..hosts.base import HostError
+from ..hosts.base import MAX_NOTICE_SECONDS, HostError
 from . import page
 from .gateway import gateway_handlers
 from .jobs import job_handlers
@@ -320,7 +320,8 @@ class HostsHandler(APIHandler):
 class ReclaimHandler(APIHandler):
     async def post(self, host_id: str) -> None:
         self.require_admin()
-        seconds = number(self.body({"notice_seconds"}), "notice_seconds", 120, 0, 3600)
+        body = self.body({"notice_seconds"})
+        seconds = number(body, "notice_seconds", 120, 0, MAX_NOTICE_SECONDS)
         if await self.controller.provider.get(host_id) is None:
             raise error(404, f"no host {host_id}")
         try:
@@ -359,7 +360,7 @@ class MigrateHandler(APIHandler):
         self.body(set())
         spawner = self.spawner(username, server_name or "")
         if not spawner.ready:
-            raise error(409, f"{spawner.key} is not running")
+            raise error(409, f"{spawner.key} is not running: {self.not_running(spawner)}")
         who = self.current_user["name"]
         future = self.controller.schedule_move(spawner, f"requested by {who}")
         if wait:
@@ -370,6 +371,18 @@ class MigrateHandler(APIHandler):
             self.write_json({**(await self.describe(spawner)), "move": result})
         else:
             self.write_json(await self.describe(spawner), 202)
+
+    def not_running(self, spawner: Any) -> str:
+        """What to do instead of moving a server that is not running."""
+        state = server_state(spawner, self.controller.is_moving(spawner))
+        if state == "Starting":
+            return "wait until it has started"
+        if state in ("Suspended", "Failed") or (state == "Stopped" and spawner.checkpoint_id):
+            how = f"`jupyterhub-migrate resume {spawner.key}` or Resume on the page"
+            return f"it is {state}, so there is nothing to move; resume it instead ({how})"
+        if state == "Running":  # being stopped
+            return "it is being stopped"
+        return "start it from the hub first"
 
 
 class VerbHandler(APIHandler):
@@ -534,7 +547,7 @@ class CancelHandler(VerbHandler):
         text = "Discarded: " + "; ".join(what) + ". The next start is fresh"
         if spawner.home_mode == "shared":
             text += " (files on shared storage stay)"
-        return text
+        return text + "."
 
     async def act(self, spawner: Any, state: str) -> None:
         lost = await self.lost(spawner, state)

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from ..batch.jobs import FINISHED, is_job_id, resolve_value
+from ..hosts.base import MAX_NOTICE_SECONDS
 from .http import CLIError, JSONClient
 from .kernels import KernelHosts
 
@@ -40,6 +41,13 @@ def split_server(spec: str) -> tuple[str, str]:
     return user, server
 
 
+def server_path(spec: str, verb: str = "") -> str:
+    """The API path of USER[/SERVER] (and a verb of it): servers/alice/suspend for the
+    default server, servers/alice/lab/suspend for a named one."""
+    user, server = split_server(spec)
+    return "/".join(["servers", user, *([server] if server else []), *([verb] if verb else [])])
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     if not rows:
         return "(none)"
@@ -59,6 +67,24 @@ def when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
 
 
+def clock(epoch: float | None) -> str:
+    """A time of today as the page shows it (21:20:58); another day's with its date."""
+    if not epoch:
+        return "-"
+    day = time.strftime("%Y-%m-%d", time.localtime(epoch))
+    today = day == time.strftime("%Y-%m-%d")
+    return time.strftime("%H:%M:%S", time.localtime(epoch)) if today else when(epoch)
+
+
+def duration(seconds: float | None) -> str:
+    """h:mm:ss (m:ss under an hour), as the page's uptime."""
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -67,6 +93,57 @@ def size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return "-"
+
+
+def checkpoint_text(kept: dict[str, Any] | None, checkpoint_id: str | None = None) -> str:
+    """A checkpoint as the page says it: 21:20:58, 83.4 kB, move final (its id)."""
+    if not kept:
+        return checkpoint_id or "-"
+    parts = [clock(kept.get("time")), size(kept.get("bytes")), kept.get("reason")]
+    return ", ".join(p for p in parts if p and p != "-") + f" ({kept['id']})"
+
+
+def info_text(data: dict[str, Any]) -> str:
+    """`info`: a server's facts as the page shows them, `-` where there is none; the events
+    with their times. `--json` prints the API's raw values."""
+    move = data.get("move") or {}
+    price = data.get("hourly_price")
+    pending = data.get("pending")
+    uptime = data.get("uptime")
+    rows = [
+        ("Server", f"{data['user']}/{data.get('server') or ''}"),
+        ("State", data["state"] + (f" ({pending} pending)" if pending else "")),
+        ("Host", data.get("host_id")),
+        ("Address", data.get("address")),
+        ("URL", data.get("url")),
+        ("Provider", data.get("provider")),
+        ("Instance type", data.get("instance_type")),
+        ("Market", data.get("market")),
+        ("Hourly price", f"${price:.4f} per hour" if isinstance(price, (int, float)) else None),
+        ("Started", clock(data.get("started")) if data.get("started") else None),
+        ("Uptime", f"{duration(uptime)} since it started (moves included)" if uptime else None),
+        ("Home", data.get("home_mode")),
+        (
+            "Last checkpoint",
+            checkpoint_text(data.get("last_checkpoint"), data.get("checkpoint_id")),
+        ),
+        ("Suspended since", clock(data["suspended"]) if data.get("suspended") else None),
+        ("Actions", ", ".join(data.get("actions") or []) or None),
+    ]
+    if move:
+        hosts = f"from {move.get('from') or '-'} to {move.get('to') or '(not yet chosen)'}"
+        phase = f", {move['phase']}" if move.get("phase") else ""
+        rows.append(("Move", f"{move.get('reason') or 'moving'}: {hosts}{phase}"))
+    if data.get("deadline"):
+        rows.append(("Deadline", clock(data["deadline"])))
+    width = max(len(label) for label, _ in rows) + 1
+    lines = [
+        f"{label + ':':<{width}} {value if value not in (None, '') else '-'}"
+        for label, value in rows
+    ]
+    events = data.get("events") or []
+    lines += ["Events:"] + [f"  {clock(e.get('time'))}  {e['message']}" for e in events]
+    return "\n".join(lines)
 
 
 def suspended_text(target: str, data: dict[str, Any]) -> str:
@@ -131,14 +208,10 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         data = client.call("GET", "servers")
         return data, table(data["servers"], ["user", "server", "state", "host_id", "address"])
     if args.verb == "info":
-        user, server = split_server(args.target)
-        data = client.call("GET", f"servers/{user}/{server}")
-        lines = [f"{k}: {v}" for k, v in data.items() if k != "events"]
-        lines += ["events:"] + [f"  {e['message']}" for e in data.get("events", [])]
-        return data, "\n".join(lines)
+        data = client.call("GET", server_path(args.target))
+        return data, info_text(data)
     if args.verb == "migrate":
-        user, server = split_server(args.server)
-        path = f"servers/{user}/{server}/migrate" + ("?wait=true" if args.wait else "")
+        path = server_path(args.server, "migrate") + ("?wait=true" if args.wait else "")
         data = client.call("POST", path, {}, timeout=600 if args.wait else 30)
         if args.wait:
             old = (data.get("move") or {}).get("from") or "-"
@@ -150,12 +223,10 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         data = client.call("POST", f"hosts/{args.host}/reclaim", {"notice_seconds": args.notice})
         return data, reclaimed(data, "server")
     if args.verb == "suspend":
-        user, server = split_server(args.target)
-        data = client.call("POST", f"servers/{user}/{server}/suspend", {}, timeout=600)
+        data = client.call("POST", server_path(args.target, "suspend"), {}, timeout=600)
         return data, suspended_text(args.target, data)
     if args.verb == "resume":
-        user, server = split_server(args.target)
-        path = f"servers/{user}/{server}/resume" + ("?wait=true" if args.wait else "")
+        path = server_path(args.target, "resume") + ("?wait=true" if args.wait else "")
         data = client.call("POST", path, {}, timeout=600)
         done, doing = (
             ("started fresh", "starting fresh") if data.get("fresh") else ("resumed", "resuming")
@@ -173,12 +244,10 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         data = client.call("POST", f"jobs/{args.target}/cancel", {}, timeout=600)
         return data, f"{args.target}: {data['status']}. {data['message']}"
     if args.verb == "cancel":
-        user, server = split_server(args.target)
-        data = client.call("POST", f"servers/{user}/{server}/cancel", {}, timeout=600)
+        data = client.call("POST", server_path(args.target, "cancel"), {}, timeout=600)
         return data, f"{args.target}: cancelled. {data['lost']}"
     if args.verb == "history":
-        user, server = split_server(args.target)
-        data = client.call("GET", f"servers/{user}/{server}/history")
+        data = client.call("GET", server_path(args.target, "history"))
         columns = ["time", "kind", "reason", "from", "to", "hold", "bytes", "lost"]
         return data, table(history_rows(data["history"]), columns)
     raise CLIError(f"unknown verb {args.verb}")
@@ -285,14 +354,15 @@ def run_gateway(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def seconds(text: str) -> float:
-    """A notice: a finite number of seconds, 0 or more."""
+    """A notice: a number of seconds from 0 to MAX_NOTICE_SECONDS (the API's range)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
+    if not (math.isfinite(value) and 0 <= value <= MAX_NOTICE_SECONDS):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds: give a finite number >= 0 (e.g. 10)"
+            f"{text!r} is not a notice: give a number of seconds from 0 to "
+            f"{MAX_NOTICE_SECONDS} (e.g. 10)"
         )
     return value
 

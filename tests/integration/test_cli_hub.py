@@ -92,12 +92,28 @@ async def test_tables_json_and_flags(hub_factory, capsys, monkeypatch):
 
     code, out, _ = await run_cli(capsys, hub, "info", "alice")
     assert code == 0
-    assert "state: Running" in out.splitlines()
+    facts = dict(
+        line.split(":", 1) for line in out.splitlines()[: out.splitlines().index("Events:")]
+    )
+    facts = {k: v.strip() for k, v in facts.items()}
+    assert facts["State"] == "Running" and facts["Host"] == alice["host_id"]
+    # a clock and h:mm:ss, not epoch seconds; `-` for what is empty, never None
+    assert facts["Started"] == cli.clock(alice["started"]), out
+    assert facts["Uptime"].endswith(" since it started (moves included)"), out
+    assert "None" not in out and "{" not in out
     printed = out.splitlines()
-    printed = printed[printed.index("events:") + 1 :]
+    printed = printed[printed.index("Events:") + 1 :]
     # the service's events of the server, oldest first (more may have come since)
-    messages = [e["message"] for e in (await hub.server_info("alice"))["events"]]
-    assert printed and printed == [f"  {m}" for m in messages[: len(printed)]], out
+    events = (await hub.server_info("alice"))["events"]
+    wanted = [f"  {cli.clock(e['time'])}  {e['message']}" for e in events]
+    assert printed and printed == wanted[: len(printed)], out
+    # a move of a suspended server: use resume
+    code, out, err = await run_cli(capsys, hub, "migrate", "bob")
+    assert (code, out) == (1, "")
+    assert err.strip() == (
+        "jupyterhub-migrate: 409: bob/ is not running: it is Suspended, so there is nothing "
+        "to move; resume it instead (`jupyterhub-migrate resume bob/` or Resume on the page)"
+    )
 
     # flags before or after the verb
     for argv in (
@@ -135,9 +151,14 @@ async def test_errors_the_service_answers(hub, capsys):
 
     assert await error("info", "carol") == "404: no server carol/"
     assert await error("--json", "reclaim", "gone") == "404: no host gone"
-    # the notice is sent as given: the service refuses one longer than an hour
-    assert await error("reclaim", "gone", "--notice", "3601") == (
-        "400: notice_seconds must be between 0 and 3600 seconds"
+    # the service refuses a notice longer than an hour (the CLI says so before asking:
+    # tests/unit/test_cli.py)
+    status, answer = await hub.migrate_api(
+        "POST", "/hosts/gone/reclaim", body={"notice_seconds": 3601}
+    )
+    assert (status, answer["message"]) == (
+        400,
+        "notice_seconds must be between 0 and 3600 seconds",
     )
     # a plain user's own token: their servers (one, never started), no hosts
     code, out, _ = await run_cli(capsys, hub, "list", token=dana)

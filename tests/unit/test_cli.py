@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ async def test_url_without_scheme(capsys):
     )
 
 
-@pytest.mark.parametrize("notice", ["nan", "inf", "-inf", "-1", "soon"])
+@pytest.mark.parametrize("notice", ["nan", "inf", "-inf", "-1", "soon", "3600.5", "99999999999"])
 async def test_notice_must_be_finite_seconds(capsys, closed_port, notice):
     with pytest.raises(SystemExit) as exit_:
         await asyncio.to_thread(
@@ -67,8 +68,9 @@ async def test_notice_must_be_finite_seconds(capsys, closed_port, notice):
         )
     assert exit_.value.code == 2
     _, err = capsys.readouterr()
+    # the API's range, said in the CLI's words (not the API's field name notice_seconds)
     assert (
-        f"argument --notice: {notice!r} is not a number of seconds: give a finite number >= 0"
+        f"argument --notice: {notice!r} is not a notice: give a number of seconds from 0 to 3600"
         in err
     )
     assert "cannot reach" not in err  # refused before any request
@@ -77,6 +79,7 @@ async def test_notice_must_be_finite_seconds(capsys, closed_port, notice):
 def test_notice_accepts_finite_seconds():
     args = cli.parser().parse_args(["reclaim", "h", "--notice", "0.5"])
     assert args.notice == 0.5
+    assert cli.parser().parse_args(["reclaim", "h", "--notice", "3600"]).notice == 3600
     assert cli.parser().parse_args(["reclaim", "h"]).notice == 120
 
 
@@ -200,7 +203,7 @@ async def fake_service():
         ("POST", "servers/alice/cancel"): {
             **suspended,
             "state": "Stopped",
-            "lost": "Discarded: the kernels' saved variables. The next start is fresh",
+            "lost": "Discarded: the kernels' saved variables. The next start is fresh.",
         },
         ("GET", "servers/alice/history"): {
             "history": [
@@ -227,8 +230,7 @@ async def fake_service():
 
     async def handle(request):
         calls.append((request.method, request.path_qs))
-        # the default server is the empty name: servers/alice//suspend
-        path = request.path.removeprefix("/services/migrate/api/").replace("//", "/")
+        path = request.path.removeprefix("/services/migrate/api/")
         answer = answers.get((request.method, path))
         if answer is None:
             return web.json_response({"status": 404, "message": f"no {path}"}, status=404)
@@ -257,7 +259,7 @@ async def test_verbs_call_the_service_and_say_what_happened(fake_service, capsys
     code, out, _ = await run_cli(capsys, "--url", url, "--token", "t", "cancel", "alice")
     assert code == 0
     assert out.strip() == (
-        "alice: cancelled. Discarded: the kernels' saved variables. The next start is fresh"
+        "alice: cancelled. Discarded: the kernels' saved variables. The next start is fresh."
     )
     code, out, _ = await run_cli(capsys, "--url", url, "--token", "t", "history", "alice")
     assert code == 0
@@ -267,4 +269,76 @@ async def test_verbs_call_the_service_and_say_what_happened(fake_service, capsys
     assert "1.2 MB" in row and "kernel k1234567: df, model" in row
     assert "cell interrupted 'fit()'" in row
     assert [c[0] for c in calls] == ["POST", "POST", "POST", "GET"]
-    assert [c[1].rsplit("/", 1)[-1] for c in calls] == ["suspend", "resume", "cancel", "history"]
+    # the default server's verbs: servers/alice/VERB (no empty name between two slashes)
+    assert [c[1] for c in calls] == [
+        f"/services/migrate/api/servers/alice/{verb}"
+        for verb in ["suspend", "resume", "cancel", "history"]
+    ]
+
+
+def test_server_paths():
+    assert cli.server_path("alice") == "servers/alice"
+    assert cli.server_path("alice/", "suspend") == "servers/alice/suspend"
+    assert cli.server_path("alice/lab", "migrate") == "servers/alice/lab/migrate"
+
+
+@pytest.fixture
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_info_says_what_the_page_shows(utc):
+    """`info`: local clock times, h:mm:ss uptime, the checkpoint as the page says it and
+    `-` for what is empty (not epoch floats, a dict's repr or None)."""
+    now = time.time()
+    today = now - now % 86400  # 00:00:00 UTC today
+    data = {
+        "user": "walker",
+        "server": "",
+        "state": "Running",
+        "pending": None,
+        "deadline": None,
+        "move": None,
+        "host_id": "local-10-c80910",
+        "address": "127.0.0.10:41905",
+        "url": "/user/walker/",
+        "provider": "local",
+        "instance_type": "medium",
+        "market": "spot",
+        "hourly_price": None,
+        "started": today + 3600 * 21 + 15 * 60,
+        "uptime": 463.2,
+        "home_mode": "synced",
+        "checkpoint_id": "c0ffee",
+        "last_checkpoint": {
+            "id": "c0ffee",
+            "time": today + 3600 * 21 + 20 * 60 + 58,
+            "bytes": 83_400,
+            "files": 18,
+            "reason": "move final",
+        },
+        "suspended": None,
+        "actions": ["migrate", "suspend", "cancel"],
+        "events": [{"message": "Server ready", "time": today + 3600 * 21 + 15 * 60 + 4}],
+    }
+    lines = cli.info_text(data).splitlines()
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines[:-2])}
+    assert fields["Started"] == "21:15:00"
+    assert fields["Uptime"] == "7:43 since it started (moves included)"
+    assert fields["Last checkpoint"] == "21:20:58, 83.4 kB, move final (c0ffee)"
+    assert fields["Hourly price"] == "-" and fields["Suspended since"] == "-"
+    assert fields["Actions"] == "migrate, suspend, cancel"
+    assert lines[-2:] == ["Events:", "  21:15:04  Server ready"]
+    text = "\n".join(lines)
+    assert "None" not in text and "{" not in text and str(int(today)) not in text
+    assert cli.duration(3 * 3600 + 62) == "3:01:02"
+    moving = {**data, "state": "Floating", "pending": None, "uptime": None}
+    moving["move"] = {"reason": "reclaim notice", "from": "h-1", "to": None, "phase": "hold"}
+    moving["deadline"] = today + 3600 * 22
+    fields = dict(line.split(":", 1) for line in cli.info_text(moving).splitlines()[:-2])
+    assert fields["Move"].strip() == "reclaim notice: from h-1 to (not yet chosen), hold"
+    assert fields["Deadline"].strip() == "22:00:00" and fields["Uptime"].strip() == "-"

@@ -4,9 +4,12 @@ and who asked for a stop."""
 
 from __future__ import annotations
 
+import logging
 import types
 
-from migrating_spawner.history import ServerHistory, reason_kind, requester
+from jupyterhub.app import JupyterHub
+
+from migrating_spawner.history import ServerHistory, hub_shutting_down, reason_kind, requester
 
 
 def test_entries_survive_a_new_instance_and_carry_the_notes(tmp_path):
@@ -116,3 +119,43 @@ def test_requester_is_the_handler_up_the_call_chain():
     assert FakeHandler("service", "idle-culler").stop() == ("service", "idle-culler")
     assert FakeHandler("user", "alice").stop() == ("user", "alice")
     assert requester() is None  # no handler: a stop the hub itself decided
+
+
+async def test_a_stop_from_the_hubs_cleanup_is_a_hub_shutdown():
+    """JupyterHub's own cleanup (Ctrl-C, SIGTERM) stops each server in a task of its own:
+    those stops see the hub shutting down; a stop at another time does not."""
+    seen = []
+
+    async def stop(name):
+        seen.append((name, hub_shutting_down()))
+
+    user = types.SimpleNamespace(spawners={"": types.SimpleNamespace(active=True)}, stop=stop)
+    hub = types.SimpleNamespace(
+        _service_map={},
+        cleanup_servers=True,
+        cleanup_proxy=False,
+        users={1: user},
+        log=logging.getLogger("test"),
+        db=types.SimpleNamespace(commit=lambda: None),
+        pid_file="",
+    )
+    assert not hub_shutting_down()
+    await JupyterHub.cleanup(hub)
+    assert seen == [("", True)]
+    await stop("later")
+    assert seen[-1] == ("later", False)
+
+
+def test_a_loss_carries_the_time_it_counts_from(tmp_path):
+    """The text says the hub's clock; `files_since` lets the page say the browser's."""
+    history = ServerHistory(history_dir=str(tmp_path))
+    entry = history.record(
+        "alice/",
+        "loss",
+        "host lost",
+        lost_files="the host was lost: files changed after 21:15:36 were lost",
+        lost_since=1_700_000_000.5,
+    )
+    assert entry["lost"]["files_since"] == 1_700_000_000.5
+    assert "lost_since" not in entry
+    assert "files_since" not in history.record("alice/", "suspend", "request")["lost"]

@@ -184,8 +184,8 @@ def test_cli_cancel_tells_a_job_from_a_server(monkeypatch):
     assert cli.main([*base, "job-1a2b3c4d/"]) == 0  # a user named like a job: with a slash
     assert calls == [
         ("POST", "jobs/job-1a2b3c4d/cancel"),
-        ("POST", "servers/alice//cancel"),
-        ("POST", "servers/job-1a2b3c4d//cancel"),
+        ("POST", "servers/alice/cancel"),
+        ("POST", "servers/job-1a2b3c4d/cancel"),
     ]
 
 

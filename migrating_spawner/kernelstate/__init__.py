@@ -44,7 +44,7 @@ def __kp_state_run():
             import migrating_spawner.kernelstate.python as m
         finally:
             sys.path.remove({root})
-    m.{func}(get_ipython(), {state_dir})
+    m.{func}(get_ipython(), {state_dir}{args})
 try:
     __kp_state_run()
 finally:
@@ -66,16 +66,25 @@ def supported(language: str) -> bool:
     return bool(_lang(language))
 
 
-def _python(func: str, state_dir: str) -> str:
+def _python(func: str, state_dir: str, args: str = "") -> str:
     return _PY_TEMPLATE.format(
-        root=json.dumps(_ROOT), func=func, state_dir=json.dumps(os.path.abspath(state_dir))
+        root=json.dumps(_ROOT),
+        func=func,
+        state_dir=json.dumps(os.path.abspath(state_dir)),
+        args=args,
     )
 
 
-def _code(action: str, language: str, state_dir: str) -> str:
+def precopies(language: str) -> bool:
+    """Whether a kernel of `language` restored ahead (a move's pre-copy) takes a delta at
+    the freeze (Python); others are restored whole at the switch."""
+    return _lang(language) == "python"
+
+
+def _code(action: str, language: str, state_dir: str, args: str = "") -> str:
     lang = _lang(language)
     if lang == "python":
-        return _python(action, state_dir)
+        return _python(action, state_dir, args)
     if lang == "r":
         return getattr(r, f"{action}_code")(os.path.abspath(state_dir))
     raise ValueError(f"no kernel state support for language {language!r}")
@@ -86,9 +95,12 @@ def snapshot_code(language: str, state_dir: str) -> str:
     return _code("snapshot", language, state_dir)
 
 
-def restore_code(language: str, state_dir: str) -> str:
-    """Code that restores the snapshot in `state_dir` into a fresh kernel."""
-    return _code("restore", language, state_dir)
+def restore_code(language: str, state_dir: str, ahead: bool = False) -> str:
+    """Code that restores the snapshot in `state_dir` into a fresh kernel, or into one that
+    holds an earlier snapshot of it (only what differs is loaded). `ahead`: the kernel is
+    started ahead of a move, in a home that a later restore replaces (Python: its IPython
+    history stays in memory until the restore without `ahead`)."""
+    return _code("restore", language, state_dir, ", ahead=True" if ahead else "")
 
 
 def lost_message(report: dict) -> str | None:

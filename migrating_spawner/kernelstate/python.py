@@ -507,15 +507,25 @@ def _mapped_cwd(index: dict) -> str:
 # -- restore ---------------------------------------------------------------------------------
 
 
-def restore(ip, state_dir: str) -> dict:
-    """Restore the snapshot in `state_dir` into `ip`; returns the report it also writes."""
+def restore(ip, state_dir: str, ahead: bool = False) -> dict:
+    """Restore the snapshot in `state_dir` into `ip`; returns the report it also writes.
+
+    `ahead`: this kernel is started ahead of a move (the pre-copy) in a home that is not
+    final yet: its IPython history is kept in memory, so the history database a later home
+    restore replaces is not held open (sqlite would refuse the next write: "attempt to
+    write a readonly database"). A restore without `ahead` (the move's final one) opens the
+    home's history database again."""
     t0 = time.perf_counter()
+    if ahead:
+        _history_aside(ip)
     try:
         with _quiet():
             report = _restore(ip, state_dir)
     except Exception as e:
         report = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         report.update(restored=[], replayed=[], lost={}, execution_count=ip.execution_count - 1)
+    if not ahead:
+        _history_back(ip, report)
     report["seconds"] = round(time.perf_counter() - t0, 4)
     store.write_json(os.path.join(state_dir, "restore-report.json"), report)
     return report
@@ -552,6 +562,47 @@ def _restore(ip, state_dir: str) -> dict:
     kept = {n: e for n, e in index["entries"].items() if n in back}
     _remember(state_dir, {**index, "entries": kept}, _data_reach(ip.user_ns, index))
     return report
+
+
+#: the history database a kernel started ahead set aside (`_history_aside`), if it did
+_HISTORY_FILE: list = []
+
+
+def _history_aside(ip) -> None:
+    """Keep this kernel's IPython history in memory: stop the thread that writes it and
+    close the database file (nothing of this kernel is written to it until it is back)."""
+    hm = ip.history_manager
+    if _HISTORY_FILE or not hm.enabled or str(hm.hist_file) == ":memory:":
+        return
+    _HISTORY_FILE.append(hm.hist_file)  # as IPython has it (a Path)
+    if hm.save_thread is not None:
+        hm.save_thread.stop()  # it closes its own connection to the file
+        hm.save_thread = None
+    hm.db.close()
+    hm.hist_file = ":memory:"
+    hm.init_db()
+    hm.new_session()
+
+
+def _history_back(ip, report: dict) -> None:
+    """Open the home's history database again (the file the home holds now) in a new
+    session, with a new thread writing to it, as a kernel started there would."""
+    if not _HISTORY_FILE:
+        return
+    from IPython.core.history import HistorySavingThread
+
+    hm = ip.history_manager
+    try:
+        hm.db.close()
+        hm.hist_file = _HISTORY_FILE.pop()
+        hm.init_db()
+        hm.new_session()
+        hm.save_thread = HistorySavingThread(hm)
+        hm.save_thread.start()
+    except Exception as e:  # history is IPython's; the namespace is back all the same
+        report.setdefault("warnings", {})["<history>"] = (
+            f"IPython's history database could not be opened again: {type(e).__name__}: {e}"
+        )
 
 
 def _data_reach(ns: dict, index: dict) -> dict[str, set[int]]:

@@ -89,9 +89,11 @@ class Kernel:
         assert not reply["outputs"], f"the snapshot printed: {reply['outputs']}"
         return json.loads(Path(state_dir, "snapshot-report.json").read_text())
 
-    def restore(self, state_dir) -> dict:
+    def restore(self, state_dir, ahead: bool = False) -> dict:
         reply = self.execute(
-            restore_code(self.language, str(state_dir)), silent=True, store_history=False
+            restore_code(self.language, str(state_dir), ahead=ahead),
+            silent=True,
+            store_history=False,
         )
         assert reply["status"] == "ok", reply
         assert not reply["outputs"], f"the restore printed: {reply['outputs']}"

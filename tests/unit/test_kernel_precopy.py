@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +30,19 @@ BUILD = (
     "log = []\n"
     "def note(v):\n    log.append(v)\n"
 )
+
+
+@contextlib.contextmanager
+def precopied(tmp_path, **new_kernel):
+    """The old kernel (BUILD run) and the kernel started ahead on the new server, holding
+    the old one's first (full) snapshot: yields (old, new, state folder, the snapshot's
+    report, the restore's report)."""
+    state = tmp_path / "state"
+    with Kernel(cwd=tmp_path) as old, Kernel(cwd=tmp_path, **new_kernel) as new:
+        old.run(BUILD)
+        first = old.snapshot(state)
+        pre = new.restore(state, ahead=True)
+        yield old, new, state, first, pre
 
 
 @pytest.mark.parametrize(
@@ -54,12 +72,8 @@ def test_cells_that_reach_the_whole_namespace_cannot_be_analysed(cell):
 
 
 def test_delta_after_precopy_ships_and_applies_only_what_cells_touched(tmp_path):
-    state = tmp_path / "state"
-    with Kernel(cwd=tmp_path) as old, Kernel(cwd=tmp_path) as new:
-        old.run(BUILD)
-        first = old.snapshot(state)
+    with precopied(tmp_path) as (old, new, state, first, pre):
         assert first["mode"] == "full" and first["written_bytes"] > 40_000_000
-        pre = new.restore(state)  # the kernel started ahead on the new server
         assert pre["ok"] and pre["mode"] == "full"
         # after the pre-copy, while the old kernel still serves
         old.run("d['k'] = 1")
@@ -93,11 +107,7 @@ def test_delta_after_precopy_ships_and_applies_only_what_cells_touched(tmp_path)
 
 
 def test_a_cell_the_rule_cannot_see_through_makes_a_full_walk_and_still_applies(tmp_path):
-    state = tmp_path / "state"
-    with Kernel(cwd=tmp_path) as old, Kernel(cwd=tmp_path) as new:
-        old.run(BUILD)
-        old.snapshot(state)
-        new.restore(state)
+    with precopied(tmp_path) as (old, new, state, _, _):
         old.run("exec('x = 42')")
         snap = old.snapshot(state)
         assert snap["mode"] == "full" and "exec" in snap["why"]
@@ -107,11 +117,7 @@ def test_a_cell_the_rule_cannot_see_through_makes_a_full_walk_and_still_applies(
 
 
 def test_a_kernel_that_ran_code_since_its_restore_gets_a_full_restore(tmp_path):
-    state = tmp_path / "state"
-    with Kernel(cwd=tmp_path) as old, Kernel(cwd=tmp_path) as new:
-        old.run(BUILD)
-        old.snapshot(state)
-        new.restore(state)
+    with precopied(tmp_path) as (old, new, state, _, _):
         new.run("x = 'not from the snapshot'\nstray = 1")
         old.run("d['k'] = 2")
         old.snapshot(state)
@@ -122,14 +128,37 @@ def test_a_kernel_that_ran_code_since_its_restore_gets_a_full_restore(tmp_path):
 
 
 def test_deleted_variables_go_from_the_waiting_kernel(tmp_path):
-    state = tmp_path / "state"
-    with Kernel(cwd=tmp_path) as old, Kernel(cwd=tmp_path) as new:
-        old.run(BUILD)
-        old.snapshot(state)
-        new.restore(state)
+    with precopied(tmp_path) as (old, new, state, _, _):
         old.run("del other")
         snap = old.snapshot(state)
         assert snap["mode"] == "delta" and snap["deleted"] == ["other"]
         applied = new.restore(state)
         assert applied["deleted"] == ["other"]
         assert new.eval("'other' in dir()") == "False"
+
+
+def test_a_kernel_started_ahead_keeps_no_history_file_open_until_the_final_restore(tmp_path):
+    """The final home restore replaces ~/.ipython/profile_default/history.sqlite under the
+    kernel started ahead: that kernel must not hold it open (sqlite: "attempt to write a
+    readonly database"), and once restored it writes its cells' history to the new file."""
+    ipython = tmp_path / "ipython"
+    with precopied(tmp_path, env={"IPYTHONDIR": str(ipython)}) as (old, new, state, _, _):
+        hist = ipython / "profile_default" / "history.sqlite"
+        assert new.eval("str(get_ipython().history_manager.hist_file)") == "':memory:'"
+        # the home's final restore: another history file takes its place
+        shutil.copy(hist, tmp_path / "final.sqlite")
+        os.replace(tmp_path / "final.sqlite", hist)
+        old.run("d['k'] = 1")
+        old.snapshot(state)
+        assert new.restore(state)["mode"] == "delta"
+        assert new.eval("str(get_ipython().history_manager.hist_file)") == repr(str(hist))
+        out = new.run("marker = 'written to the new history file'\nprint('ok')")["stdout"]
+        assert out == "ok\n", out  # not IPython's "history saving thread hit an error"
+        deadline = time.monotonic() + 20
+        while True:  # IPython's history thread writes it a moment later
+            with contextlib.closing(sqlite3.connect(hist)) as db:
+                rows = db.execute("SELECT source FROM history").fetchall()
+            if any("marker" in r[0] for r in rows) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert any("marker" in r[0] for r in rows), rows

@@ -150,7 +150,7 @@ class KernelServer:
         self._next = await self.kernel.launch_on(host)  # it answers kernel_info already
         return int(self._next["shell_port"])
 
-    async def wait_ready(self, host: Host, port: int) -> None:
+    async def wait_ready(self, host: Host, port: int, timeout: float | None = None) -> None:
         return None
 
     async def checkpoint_home(self, host: Host, reason: str) -> str:
@@ -183,6 +183,12 @@ class KernelServer:
     async def switch_to(self, host: Host, port: int, record: MoveRecord) -> None:
         self.kernel.host, self.kernel.target = host, self._next
         self._record = record
+
+    async def end_after_failed_move(self, message: str, kernels_saved: bool) -> None:
+        # no new kernel came up: the relay stops holding; the kernel manager finds the
+        # kernel dead at its next poll (its snapshot stays where the freeze wrote it)
+        self.emit(message, level="error")
+        await self.kernel.reopen_relay()
 
     async def rearm_route(self) -> None:
         await self.kernel.reopen_relay()

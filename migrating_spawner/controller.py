@@ -106,6 +106,27 @@ class MigratingController(SingletonConfigurable):
         """,
     ).tag(config=True)
 
+    move_ready_timeout = Float(
+        180,
+        help="""Seconds a move's new server gets to answer once started on its new host,
+        before that host is given up (JupyterHub's `Spawner.http_timeout`, 30 s, is for the
+        hub's own starts). The notice's deadline does not shorten it: the old server is
+        frozen at the deadline anyway and requests wait in the proxy's hold meanwhile. A
+        server start took 3-4 s on an idle 2-core machine, 14 s at load 6 and 55 s at
+        load 13 (benchmarks/results.md, "Server start under load"): keep it well above
+        what a loaded host takes, or a move gives up on a server about to answer.""",
+    ).tag(config=True)
+
+    move_tries = Integer(
+        3,
+        help="""New hosts a move tries in all once the old server no longer serves (frozen
+        for the final checkpoint, or found dead): each retry starts the server on another
+        host from the checkpoint the move already has, the route held all along. When all
+        fail the server is stopped with that checkpoint kept (the next start resumes it).
+        Before the freeze a failed move ends and the old server goes on serving (a standing
+        notice is taken in again at the next watch interval).""",
+    ).tag(config=True)
+
     api_ip = Unicode(
         "127.0.0.1", help="Address the control API (the `migrate` service) binds."
     ).tag(config=True)
@@ -311,7 +332,14 @@ class MigratingController(SingletonConfigurable):
 
     def _make_move(self, server: MovableServer, reason: str, deadline: float) -> Move:
         return Move.scheduled(
-            self.scheduler, self.provider, self.final_checkpoint_margin, server, reason, deadline
+            self.scheduler,
+            self.provider,
+            self.final_checkpoint_margin,
+            server,
+            reason,
+            deadline,
+            ready_timeout=self.move_ready_timeout,
+            tries=self.move_tries,
         )
 
     def host_lost(self, server: MovableServer) -> int | None:

@@ -265,6 +265,9 @@ class ServerHistory(LoggingConfigurable):
         }
         if reason.startswith("requested by "):
             fields["by"] = reason[len("requested by ") :]
+        if getattr(move, "attempts", 1) > 1:
+            # new hosts tried: the first one's server did not come up after the freeze
+            fields["new_hosts_tried"] = move.attempts
         if error is not None:
             fields.update(outcome="failed", error=str(error))
         return self.record(server.key, MOVE, reason_kind(reason), **fields)

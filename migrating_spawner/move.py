@@ -21,11 +21,15 @@ from .hosts.base import Host, HostError, HostProvider
 from .moving.clock import Clock
 from .moving.protocol import MovableServer, RouteHold
 from .moving.record import SWITCHED, MoveRecord
-from .moving.scheduler import MoveScheduler
+from .moving.scheduler import MoveError, MoveScheduler
 
 
 def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+
+def _nth(n: int) -> str:
+    return {1: "first", 2: "second", 3: "third"}.get(n, f"{n}th")
 
 
 class Move:
@@ -38,6 +42,8 @@ class Move:
         deadline: float,
         margin: float,
         clock: Clock | None = None,
+        ready_timeout: float = 180.0,
+        tries: int = 3,
     ):
         self.server = server
         self.routes = routes
@@ -46,6 +52,12 @@ class Move:
         self.deadline = deadline
         self.margin = margin  # freeze this many seconds before the deadline
         self.clock = clock or Clock()
+        # seconds a new server gets to answer; hosts tried in all once the old server no
+        # longer serves (the first new host, then others from the committed checkpoint)
+        self.ready_timeout = ready_timeout
+        self.tries = max(1, tries)
+        self.attempts = 1
+        self.old_stopped = False  # the old server no longer serves: never route back to it
         self.old: Host | None = server.host
         self.new: Host | None = None
         self.record: MoveRecord | None = None
@@ -73,9 +85,21 @@ class Move:
         server: MovableServer,
         reason: str,
         deadline: float,
+        ready_timeout: float = 180.0,
+        tries: int = 3,
     ) -> Move:
         """A move for `scheduler` to run (its `make_move`): with its route hold and clock."""
-        return cls(server, scheduler.routes, provider, reason, deadline, margin, scheduler.clock)
+        return cls(
+            server,
+            scheduler.routes,
+            provider,
+            reason,
+            deadline,
+            margin,
+            scheduler.clock,
+            ready_timeout=ready_timeout,
+            tries=tries,
+        )
 
     def tighten(self, deadline: float) -> None:
         """A notice came in during the move (e.g. a `migrate` whose host is now being
@@ -99,6 +123,19 @@ class Move:
             await self._freeze_by_deadline(prepare)
             await prepare
             await self._cut_over()
+        except Exception as e:
+            if not prepare.done():
+                prepare.cancel()
+            if not (self.frozen or self.old_stopped) or server.host is self.new:
+                await self._abort()
+                raise
+            # the old server is stopped (or frozen): the route stays held and the move
+            # goes on to another host from the checkpoint it has, never back to the old one
+            try:
+                await self._retry_elsewhere(e)
+            except asyncio.CancelledError:
+                await self._abort()
+                raise
         except BaseException:
             if not prepare.done():
                 prepare.cancel()
@@ -110,6 +147,10 @@ class Move:
         self.steps.append("released old host")
         self.timings["total"] = self.clock.monotonic() - started
         message = f"Moved to {self.new.id} ({self.new.address}) in {self.timings['total']:.1f} s"
+        if self.attempts > 1:
+            message += f" (on the {_nth(self.attempts)} new host tried)"
+            if not self.lost:
+                message += "; nothing was lost"
         if self.lost:
             message += f"; {self.lost}"
         server.emit(message, level="warning" if self.lost else "info")
@@ -139,6 +180,7 @@ class Move:
         server = self.server
         old_alive = await server.server_alive(self.old)
         if not old_alive:
+            self.old_stopped = True
             self._note_loss("the old host was gone before the move")
             # nothing serves the route any more: requests wait for the new server instead
             # of getting the proxy's 503 (the freeze re-checks and saves what it still can)
@@ -165,7 +207,7 @@ class Move:
                 self.current_files = await server.restore_home(self.new, server.checkpoint_id)
         self.port = await server.launch(self.new)
         self.steps.append("launched")
-        await server.wait_ready(self.new, self.port)
+        await server.wait_ready(self.new, self.port, self.ready_timeout)
         self.steps.append("ready")
         server.emit(f"Server ready on {self.new.address}:{self.port}; switching over")
 
@@ -197,6 +239,7 @@ class Move:
             # SIGKILL, no grace: a clean shutdown would close websockets with 1001,
             # which JupyterLab does not retry; a dropped connection it does
             await server.kill_server(self.old)
+        self.old_stopped = True
         self.steps.append("frozen")
 
     async def _hold(self) -> None:
@@ -271,23 +314,105 @@ class Move:
             self.lost = f"{why}: no checkpoint existed"
         server.emit(self.lost, level="warning")
 
+    async def _retry_elsewhere(self, error: Exception) -> None:
+        """The old server no longer serves and the new one failed: keep the route held and
+        start the server on another host from the checkpoint the move has (its final one,
+        when the freeze took it), up to `tries` hosts in all; then end it (_give_up)."""
+        server = self.server
+        if self.old is not None and not self.old_stopped:
+            await server.kill_server(self.old)  # a freeze cut short: frozen, not serving
+            self.old_stopped = True
+        checkpoint = self.final_id or server.checkpoint_id
+        if self.final_id:
+            source = f"the final checkpoint {self.final_id}, taken while requests were held"
+        elif server.home_mode == "synced" and checkpoint:
+            source = f"checkpoint {checkpoint}"
+        else:
+            source = "its home on shared storage"
+        while True:
+            server.log.warning(
+                "move of %s, new host %d failed: %r", server.key, self.attempts, error
+            )
+            failed, self.new = self.new, None
+            if failed is not None:
+                await server.release_host(failed)
+            if self.attempts >= self.tries:
+                await self._give_up(error, checkpoint)
+                raise MoveError(
+                    f"the server did not come up on {self.tries} new hosts: {error}"
+                ) from error
+            self.attempts += 1
+            kept = "" if self.lost else "; nothing was lost"
+            server.emit(
+                f"The new server did not come up ({error}). Requests stay held: trying "
+                f"another host ({self.attempts} of {self.tries}) from {source}{kept}",
+                level="warning",
+            )
+            self.steps.append("retry")
+            try:
+                await self._start_elsewhere(checkpoint)
+                await self._cut_over()
+                return
+            except Exception as e:
+                error = e
+
+    async def _start_elsewhere(self, checkpoint: str | None) -> None:
+        """A retry: another host, the checkpoint restored, the server started and ready."""
+        server = self.server
+        instance_type = self.old.instance_type if self.old else ""
+        self.new = await self.provider.take(instance_type, owner=server.key)
+        if self.record is None:  # the first host was never acquired
+            self.record = MoveRecord(self.reason, self.deadline, self.old, self.new)
+        self.record.new_host = self.new
+        server.persist_move(self.record)
+        self.steps.append("acquired")
+        server.emit(f"New host {self.new.id} at {self.new.address}")
+        self.current_files = None
+        if server.home_mode == "synced" and checkpoint:
+            # before the start, as a resume does; the cut-over's restore then finds it there
+            self.current_files = await server.restore_home(self.new, checkpoint)
+        self.port = await server.launch(self.new)
+        self.steps.append("launched")
+        await server.wait_ready(self.new, self.port, self.ready_timeout)
+        self.steps.append("ready")
+
+    async def _give_up(self, error: BaseException | str, checkpoint: str | None) -> None:
+        """No new host's server came up: end the server as a stop that kept its work. The
+        route is not released to the old, stopped server: the hub's stop removes it (held
+        requests get one 503, then JupyterHub's own "not running" page)."""
+        server = self.server
+        self.steps.append("gave up")
+        if server.home_mode == "synced" and checkpoint:
+            what = "files and kernels" if self.kernels_saved else "files"
+            kept = f"your {what} are in checkpoint {checkpoint}"
+        else:
+            kept = "your files are on shared storage" + (
+                ", the kernels' state in the home" if self.kernels_saved else ""
+            )
+        lost = f" ({self.lost})" if self.lost else " Nothing was lost"
+        message = (
+            f"The move failed ({error}) after the old server was stopped, on "
+            f"{self.attempts} new host(s); the server is stopped.{lost}: {kept}, and the next "
+            "start resumes from it."
+        )
+        server.persist_move(None)
+        await server.end_after_failed_move(message, kernels_saved=self.kernels_saved)
+
     async def _abort(self) -> None:
-        """The move failed: the old server (if not yet frozen) keeps serving; the new host goes."""
+        """The move failed or was cancelled: the old server (if not yet stopped) keeps
+        serving; the new host goes. A stopped old server gets no route back (_give_up)."""
         server = self.server
         self.steps.append("aborted")
-        if self.frozen:
-            server.emit(
-                f"The move failed after the old server was stopped; your files are in "
-                f"checkpoint {server.checkpoint_id}: start the server again to resume",
-                level="error",
-            )
+        switched = self.new is not None and server.host is self.new
+        if self.new is not None and not switched:
+            await server.release_host(self.new)
+        if self.old_stopped and not switched:
+            await self._give_up("cancelled", self.final_id or server.checkpoint_id)
+            return
         if self.held:
             try:
                 await self.routes.release(server)
             except Exception as e:
                 server.log.error("could not release the hold of %s: %s", server.key, e)
-        if self.new is not None and server.host is not self.new:
-            await server.release_host(self.new)
         server.persist_move(None)
-        if not self.frozen:
-            server.start_precopy()  # the old server goes on serving: keep its home saved
+        server.start_precopy()  # the old server goes on serving: keep its home saved

@@ -504,7 +504,8 @@ class MigratingSpawner(Spawner):
         return port
 
     async def wait_ready(self, host: Host, port: int, timeout: float | None = None) -> None:
-        """Wait until the server on `host` answers its API, as the hub does after start."""
+        """Wait until the server on `host` answers its API, as the hub does after start
+        (`timeout`: a move's `move_ready_timeout`; else the hub's `http_timeout`)."""
         import aiohttp
 
         url = f"http://{host.address}:{port}" + url_path_join(self.server.base_url, "api")
@@ -626,6 +627,23 @@ class MigratingSpawner(Spawner):
             await getattr(gateway, verb)(self.user.name, self.name, *args)
         except Exception as e:
             self.log.error("TCP gateway %s for %s failed: %s", verb, self._log_name, e)
+
+    async def end_after_failed_move(self, message: str, kernels_saved: bool) -> None:
+        """A move stopped the old server and started it on no new host: the server ends as
+        a stop that kept its work. The hub's own poll callback then stops it (as a server
+        that exited): the route goes (held requests get one 503, then JupyterHub's "not
+        running" page), and the next start resumes from the checkpoint."""
+        self.host = None
+        self.kernels_stale = not kernels_saved  # the next start says how old they are
+        self.suspended = time.time()
+        self.save_state()
+        await self.tcp_gateway("park")
+        self.emit(message, level="error")
+        asyncio.ensure_future(self._stop_after_move())
+
+    async def _stop_after_move(self) -> None:
+        await self.controller.wait_for_move(self)  # poll() says alive while it moves
+        await self.poll_and_notify()
 
     async def rearm_route(self) -> None:
         await self._proxy.add_user(self.user, self.name)

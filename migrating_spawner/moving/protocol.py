@@ -51,8 +51,9 @@ class MovableServer(Protocol):
     async def launch(self, host: Host) -> int:
         """Start the server on `host`; returns its port."""
 
-    async def wait_ready(self, host: Host, port: int) -> None:
-        """Wait until the server on host:port answers (raises if it exits)."""
+    async def wait_ready(self, host: Host, port: int, timeout: float | None = None) -> None:
+        """Wait until the server on host:port answers, `timeout` seconds at most (raises if
+        it exits or does not answer in time)."""
 
     async def checkpoint_home(self, host: Host, reason: str) -> str:
         """Snapshot the home on `host`; returns the checkpoint id."""
@@ -72,6 +73,11 @@ class MovableServer(Protocol):
 
     async def switch_to(self, host: Host, port: int, record: MoveRecord) -> None:
         """Point the hub's record and the route at host:port, keeping `record` with it."""
+
+    async def end_after_failed_move(self, message: str, kernels_saved: bool) -> None:
+        """A move stopped the old server and could start it on no new host: end the server
+        as a stop that kept its work (the route removed, never sent back to the old host;
+        the next start resumes from the checkpoint); tell the user `message`."""
 
     async def rearm_route(self) -> None:
         """Point the route at the server where it is now (a dead hub may have held it)."""

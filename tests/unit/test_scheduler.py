@@ -60,6 +60,7 @@ class World:
         self.state: dict[str, dict[str, Any]] = {}  # server key -> persisted state
         self.committed: list[tuple[str, str]] = []  # (reason, checkpoint id)
         self.failing: set[str] = set()  # steps that raise HostError
+        self.ready_failures = 0  # this many new servers do not answer (after their gate)
         self._gates: dict[str, asyncio.Event] = {}
         self._reached: dict[str, asyncio.Event] = {}
         self._hosts = 0
@@ -138,6 +139,8 @@ class FakeServer:
         self.stopping = False
         self.check_pending = False
         self.events: list[str] = []
+        self.ready_timeouts: list[float | None] = []
+        self.ended: tuple[str, bool] | None = None  # end_after_failed_move's arguments
         saved = world.state.setdefault(key, {})
         self.host: Host | None = saved.get("host")
         self.port = saved.get("port", 0)
@@ -179,8 +182,12 @@ class FakeServer:
         self.world.running.add(host.id)
         return 2000
 
-    async def wait_ready(self, host: Host, port: int) -> None:
+    async def wait_ready(self, host: Host, port: int, timeout: float | None = None) -> None:
+        self.ready_timeouts.append(timeout)
         await self.world.step("ready")
+        if self.world.ready_failures:
+            self.world.ready_failures -= 1
+            raise HostError(f"server on {host.id} did not answer in time")
 
     async def checkpoint_home(self, host: Host, reason: str) -> str:
         await self.world.step(reason)
@@ -212,6 +219,14 @@ class FakeServer:
 
     async def rearm_route(self) -> None:
         await self.world.step(f"rearm {self.host.id}")
+
+    async def end_after_failed_move(self, message: str, kernels_saved: bool) -> None:
+        if self.dead:
+            return
+        await self.world.step("end server")
+        self.ended = (message, kernels_saved)
+        self.host = None
+        self._persist(host=None)
 
     async def release_host(self, host: Host) -> None:
         if self.dead:
@@ -630,3 +645,63 @@ async def test_a_notice_move_starts_past_the_worker_limit_before_its_deadline(hu
     await hub.scheduler.wait_for(third)
     assert third.host.id != old.id
     assert [reason for reason, _ in world.committed].count("move final") == 3
+
+
+async def test_a_new_server_that_fails_after_the_freeze_is_tried_again_elsewhere(hub, world, clock):
+    server = hub.add(await FakeServer.running(world))
+    old = server.host
+    world.gate("ready")
+    hub.scheduler.on_notice(old.id, clock.time() + 20)
+    move = asyncio.ensure_future(hub.scheduler.wait_for(server))
+    await world.reached("ready")
+    clock.advance(20 - MARGIN)  # frozen while the first new server is not ready
+    await world.reached(f"kill {old.id}")
+    world.ready_failures = 1
+    world.open("ready")  # ... and then that server does not answer in time
+    await move
+
+    final = dict(world.committed)["move final"]
+    assert server.host.id == "h2" and world.running >= {"h2"}
+    # the route was held from the freeze until the switch to the second new host, never
+    # released in between (to the old, stopped server)
+    assert world.log.count("release route") == 1
+    assert world.before("switch h2", "release route")
+    assert "release h1" in world.log and world.before("release h1", "restore " + final)
+    # the second new server starts on the final checkpoint's files
+    second_launch = [i for i, name in enumerate(world.log) if name == "launch"][1]
+    assert world.log.index(f"restore {final}") < second_launch
+    assert "restore kernels final=True" in world.log and "restore kernels final=False" not in (
+        world.log
+    )
+    # each new server got the move's own ready timeout, not the hub's http_timeout
+    assert server.ready_timeouts == [180.0, 180.0]
+    assert hub.moves[-1].attempts == 2 and len(hub.moves) == 1
+    said = "\n".join(server.events)
+    assert "nothing was lost" in said and "were lost" not in said, said
+    assert "trying another host (2 of 3)" in said and f"final checkpoint {final}" in said, said
+    assert said.count("Moved to h2") == 1
+
+
+async def test_a_move_that_fails_on_every_new_host_ends_the_server_with_its_checkpoint(
+    hub, world, clock
+):
+    server = hub.add(await FakeServer.running(world))
+    old = server.host
+    world.gate("ready")
+    hub.scheduler.on_notice(old.id, clock.time() + 20)
+    move = asyncio.ensure_future(hub.scheduler.wait_for(server))
+    await world.reached("ready")
+    clock.advance(20 - MARGIN)
+    await world.reached(f"kill {old.id}")
+    world.ready_failures = 99
+    world.open("ready")
+    await move
+
+    final = dict(world.committed)["move final"]
+    assert "release route" not in world.log  # never routed back to the stopped server
+    assert [h for h in ("h1", "h2", "h3") if f"release {h}" in world.log] == ["h1", "h2", "h3"]
+    assert server.ended is not None
+    message, kernels_saved = server.ended
+    assert kernels_saved and final in message and "next start resumes" in message, message
+    assert "Nothing was lost" in message
+    assert world.state[server.key]["move"] is None and not hub.scheduler.is_moving(server.key)

@@ -18,6 +18,11 @@ folder: folders above the interpreter and above `root` that keep others out (her
 pyenv's home, and pytest's 0700 folders) let others through (o+x, not listing) while the
 world runs, and get their mode back after. `firewall=True` lets the simulator run the user
 data's iptables rule for each instance's metadata address (removed at the instance's end).
+
+The hub configs of the tests and benchmarks in this region come from one builder:
+
+    ec2_config(world, hub_name="test-hub")        # the ec2 provider on the world's endpoint
+    cloud_config(moto_url, *cloud_resources(moto)) # S3 store (synced homes) + SQS channel
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +47,15 @@ import requests
 from motoserver import MotoServer, running_moto
 from realhub import free_port
 
+from migrating_spawner.hosts.cloudevents import put_rule
+
 VENV_BIN = Path(sys.executable).parent
 FIRST_ADDRESS = "127.0.0.2"
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 20)]
 AMI = "ami-12c6146b"  # one of moto's
+#: the one profile of the region's hubs: two spot types (the second one takes over from an
+#: interrupted or capacity-less first)
+TYPES = ("t3.medium", "t3a.medium")
 
 
 @dataclass
@@ -98,21 +110,41 @@ class World:
 @contextlib.contextmanager
 def interpreter_reachable(*more: Path) -> Iterator[None]:
     """Let unprivileged users through the folders above this venv's Python and above `more`
-    (o+x, not listing) for a while; their modes are restored after."""
-    changed = []
+    (o+x, not listing) for a while; their modes are restored after.
+
+    The grant is kept while it lasts: every pytest that starts on this machine (another
+    engineer's, the CI's) sets /tmp/pytest-of-root back to 0700, which cut a running
+    world's users off their homes ("Permission denied" at a move's new server start)."""
+    changed: dict[Path, int] = {}
     folders = {
         p for path in (Path(sys.executable), *more) for p in Path(os.path.realpath(path)).parents
     }
-    try:
+    done = threading.Event()
+
+    def grant() -> None:
         for folder in sorted(f for f in folders if f.is_dir()):
             mode = folder.stat().st_mode
             if not mode & 0o001:
                 folder.chmod((mode & 0o7777) | 0o001)
-                changed.append((folder, mode & 0o7777))
+                changed.setdefault(folder, mode & 0o7777)
+
+    def keep() -> None:
+        while not done.wait(0.2):
+            with contextlib.suppress(OSError):
+                grant()
+
+    keeper = threading.Thread(target=keep, name="ec2world-reach", daemon=True)
+    try:
+        grant()
+        keeper.start()
         yield
     finally:
-        for folder, mode in changed:
-            folder.chmod(mode)
+        done.set()
+        if keeper.is_alive():
+            keeper.join(5)
+        for folder, mode in changed.items():
+            with contextlib.suppress(OSError):
+                folder.chmod(mode)
 
 
 @contextlib.contextmanager
@@ -121,9 +153,9 @@ def ec2_world(root: Path, firewall: bool = False) -> Iterator[World]:
     machines = Path(tempfile.mkdtemp(prefix="ec2sim-machines-"))
     machines.chmod(0o711)  # users' servers reach their homes inside, nothing else
     try:
-        # `root`'s folders too: the test's own (pytest's are 0700), where a hub beside the
-        # world keeps shared homes
-        with interpreter_reachable(root), _ec2_world(root, machines, firewall) as world:
+        # `root` and the folders above it too: the test's own (pytest's are 0700), where a
+        # hub beside the world keeps shared homes, or a kernel its working folder
+        with interpreter_reachable(root / "inside"), _ec2_world(root, machines, firewall) as world:
             yield world
     finally:
         shutil.rmtree(machines, ignore_errors=True)
@@ -193,3 +225,68 @@ def wait_for(condition, timeout: float = 60, message: str = "") -> Any:
         if time.monotonic() > deadline:
             raise TimeoutError(message or f"{condition} did not come true")
         time.sleep(0.2)
+
+
+def ec2_config(
+    world: World,
+    *,
+    ec2_url: str = "",
+    hub_name: str = "test-hub",
+    boot_timeout: float = 60,
+    watch_interval: float = 1,
+    types: tuple[str, ...] = TYPES,
+) -> str:
+    """The hub config of the `ec2` provider in `world` (its endpoint: the simulator's, with
+    its capacity errors, unless `ec2_url` names a proxy in front of it)."""
+    return f"""
+c.MigratingController.provider_class = "migrating_spawner.hosts.ec2.EC2HostProvider"
+c.EC2HostProvider.endpoint_url = "{ec2_url or world.sim_ec2_url}"
+c.EC2HostProvider.region = "us-east-1"
+c.EC2HostProvider.image_id = "{AMI}"
+c.EC2HostProvider.hub_name = "{hub_name}"
+c.EC2HostProvider.agent_port = {world.agent_port}
+c.EC2HostProvider.python = "{sys.executable}"
+c.EC2HostProvider.boot_timeout = {boot_timeout}
+c.EC2HostProvider.instance_types = {{"small": {{"types": {list(types)!r}}}}}
+c.EC2HostProvider.watch_interval = {watch_interval}
+"""
+
+
+def cloud_resources(moto: MotoServer, prefix: str = "hub") -> tuple[str, str]:
+    """A fresh bucket and SQS queue in moto, the queue fed by the EventBridge rules for
+    EC2's interruption, rebalance and state-change events: (bucket, queue URL)."""
+    s3, sqs = moto.client("s3"), moto.client("sqs")
+    bucket = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    queue = sqs.create_queue(QueueName=f"{prefix}-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
+    put_rule(moto.client("events"), arn["Attributes"]["QueueArn"])
+    return bucket, queue
+
+
+def cloud_config(
+    moto_url: str,
+    bucket: str,
+    queue: str,
+    *,
+    wait_seconds: float = 2,
+    precopy_interval: float | None = None,
+) -> str:
+    """The hub config of the S3 checkpoint store (synced homes) and the EventBridge -> SQS
+    channel on moto (`precopy_interval`: seconds between pre-copy checkpoints, 0 none,
+    None the spawner's default)."""
+    precopy = (
+        ""
+        if precopy_interval is None
+        else f"c.MigratingSpawner.precopy_interval = {precopy_interval}"
+    )
+    return f"""
+c.MigratingSpawner.home_mode = "synced"
+{precopy}
+c.MigratingController.store_class = "migrating_spawner.checkpoint.s3.S3CheckpointStore"
+c.S3CheckpointStore.bucket = "{bucket}"
+c.S3CheckpointStore.endpoint_url = "{moto_url}"
+c.CloudEventsChannel.queue_url = "{queue}"
+c.CloudEventsChannel.endpoint_url = "{moto_url}"
+c.CloudEventsChannel.wait_seconds = {wait_seconds}
+"""

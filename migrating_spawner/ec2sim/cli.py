@@ -1,7 +1,7 @@
 """`jupyterhub-migrate-ec2-sim`: the machine simulator of a moto region.
 
     jupyterhub-migrate-ec2-sim run --moto-url http://127.0.0.1:5000 [--state-dir D]
-    jupyterhub-migrate-ec2-sim interrupt INSTANCE_ID [--notice SECONDS]
+    jupyterhub-migrate-ec2-sim interrupt INSTANCE_ID [--notice SECONDS] [--only CHANNEL]
     jupyterhub-migrate-ec2-sim rebalance INSTANCE_ID
     jupyterhub-migrate-ec2-sim capacity-error TYPE [--market spot|on-demand|any] [--clear]
     jupyterhub-migrate-ec2-sim list
@@ -83,6 +83,12 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("interrupt", help="spot interruption: notice now, terminate at deadline")
     i.add_argument("instance_id")
     i.add_argument("--notice", type=notice_seconds, default=120.0, help="seconds (AWS: 120)")
+    i.add_argument(
+        "--only",
+        choices=["metadata", "eventbridge"],
+        help="tell it through this channel alone (metadata blocked, or no EventBridge rule); "
+        "default: both, as on EC2",
+    )
     r = sub.add_parser("rebalance", help="a rebalance recommendation for an instance")
     r.add_argument("instance_id")
     c = sub.add_parser("capacity-error", help="the next fleets for TYPE fail for lack of capacity")
@@ -142,9 +148,10 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(sim.serve(args.control_port, args.ec2_port))
         return
     if args.verb == "interrupt":
-        out = call(
-            root, "POST", "/interrupt", {"instance_id": args.instance_id, "notice": args.notice}
-        )
+        body = {"instance_id": args.instance_id, "notice": args.notice}
+        if args.only:
+            body["channels"] = [args.only]
+        out = call(root, "POST", "/interrupt", body)
     elif args.verb == "rebalance":
         out = call(root, "POST", "/rebalance", {"instance_id": args.instance_id})
     elif args.verb == "capacity-error":

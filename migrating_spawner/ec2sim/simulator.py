@@ -7,7 +7,8 @@ folder of its own standing for its `/` (its disk). An instance moto reports term
 stopped (the hub released it) loses its processes and its disk.
 
 `interrupt(id, notice)` arms the instance's `spot/instance-action`, puts EventBridge's
-"EC2 Spot Instance Interruption Warning" on the default bus, and at the deadline kills the
+"EC2 Spot Instance Interruption Warning" on the default bus (`channels` may name one of
+the two alone: metadata blocked, or no EventBridge rule), and at the deadline kills the
 instance's processes, wipes its disk, terminates it in moto and puts the "EC2 Instance
 State-change Notification". `rebalance(id)` arms `events/recommendations/rebalance` and
 puts "EC2 Instance Rebalance Recommendation". `capacity_error(type)` makes the next fleets
@@ -26,6 +27,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from .userdata import Instance, UserDataError
 
 log = logging.getLogger("migrating.ec2sim")
 
+#: how an interruption is told: the instance's metadata notice, the EventBridge event
+CHANNELS = ("metadata", "eventbridge")
 GONE_STATES = {"shutting-down", "terminated", "stopping", "stopped"}
 
 
@@ -221,23 +225,38 @@ class Simulator:
             raise KeyError(f"no running instance {iid}")
         return inst
 
-    async def interrupt(self, iid: str, notice: float) -> dict[str, Any]:
+    async def interrupt(
+        self, iid: str, notice: float, channels: Iterable[str] = CHANNELS
+    ) -> dict[str, Any]:
+        """A spot interruption told through `channels` (both by default; one alone stands
+        for the other being blocked or not routed): the metadata notice and/or the
+        EventBridge warning. The end at the deadline is the same either way."""
+        channels = set(channels)
+        if not channels or channels - set(CHANNELS):
+            raise ValueError(f"channels must be some of {', '.join(CHANNELS)}")
         inst = self._get(iid)
         deadline = time.time() + notice
         if inst.deadline is not None and inst.deadline <= deadline:
             return {"instance_id": iid, "deadline": inst.deadline}
         inst.deadline = deadline
-        inst.metadata.arm_interruption(deadline)
-        await self._event(
-            "EC2 Spot Instance Interruption Warning",
-            {"instance-id": iid, "instance-action": "terminate"},
-            iid,
-        )
+        if "metadata" in channels:
+            inst.metadata.arm_interruption(deadline)
+        if "eventbridge" in channels:
+            await self._event(
+                "EC2 Spot Instance Interruption Warning",
+                {"instance-id": iid, "instance-action": "terminate"},
+                iid,
+            )
         task = asyncio.create_task(self._reclaim_at(inst, deadline))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        log.warning("%s will be interrupted in %.0f s", iid, notice)
-        return {"instance_id": iid, "deadline": deadline, "address": inst.address}
+        log.warning("%s will be interrupted in %.0f s (told: %s)", iid, notice, sorted(channels))
+        return {
+            "instance_id": iid,
+            "deadline": deadline,
+            "address": inst.address,
+            "channels": sorted(channels),
+        }
 
     async def _reclaim_at(self, inst: SimInstance, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - time.time()))
@@ -303,11 +322,17 @@ class Simulator:
         body = await self._body(request)
         try:
             notice = float(body.get("notice", 120))
-            return web.json_response(await self.interrupt(str(body.get("instance_id")), notice))
-        except KeyError as e:
-            return web.json_response({"message": e.args[0]}, status=404)
         except (TypeError, ValueError):
             return web.json_response({"message": "notice must be a number"}, status=400)
+        channels = body.get("channels") or CHANNELS
+        try:
+            return web.json_response(
+                await self.interrupt(str(body.get("instance_id")), notice, channels)
+            )
+        except KeyError as e:
+            return web.json_response({"message": e.args[0]}, status=404)
+        except (TypeError, ValueError) as e:
+            return web.json_response({"message": str(e)}, status=400)
 
     async def h_rebalance(self, request: web.Request) -> web.Response:
         body = await self._body(request)

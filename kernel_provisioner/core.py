@@ -32,6 +32,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from migrating_spawner import kernelstate as state
 from migrating_spawner.agent.client import AgentError
 from migrating_spawner.hosts.base import Host, HostProvider
+from migrating_spawner.kernelstate.transfer import KernelStateTransfer
 
 from .moving import MOVE_RETRY_SECONDS, KernelMover, KernelServer, mover_for
 from .relay import KernelRelay
@@ -41,6 +42,10 @@ MOVE_SNAPSHOT_ATTEMPTS = 5
 #: version stamp of ``MovableKernel.to_info()``: old records load after an upgrade
 INFO_VERSION = 1
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+SNAPSHOT_REPORT = "snapshot-report.json"
+RESTORE_REPORT = "restore-report.json"
+#: a report's key for the store's checkpoint of that snapshot (kernels with a transfer)
+CHECKPOINT_KEY = "checkpoint"
 
 
 class KernelMoveError(Exception):
@@ -85,6 +90,14 @@ def process_name(kernel_id: str) -> str:
     return f"kernel-{kernel_id}"
 
 
+def kernel_owner(configured: str, env: dict[str, str], process_env: dict[str, str]) -> str:
+    """The hub user a kernel runs as on hosts whose agents run processes as users (EC2):
+    the configured one, else the kernel's ``KERNEL_USERNAME`` (gateway clients send it),
+    else this process's ``JUPYTERHUB_USER`` (a kernel of the user's own server); "" if
+    none (such an agent then refuses the kernel: it never runs one as root)."""
+    return configured or env.get("KERNEL_USERNAME") or process_env.get("JUPYTERHUB_USER") or ""
+
+
 def snapshot_failure(reply: dict | None, report: dict[str, Any] | None) -> str:
     """What went wrong with a snapshot request, from its execute_reply and the report the
     snapshot code wrote; "" if nothing did."""
@@ -101,6 +114,16 @@ def snapshot_failure(reply: dict | None, report: dict[str, Any] | None) -> str:
     if not report.get("ok"):
         return f"the snapshot failed: {report.get('error') or 'no reason given'}"
     return ""
+
+
+def drop_report_code(language: str, path: str) -> str:
+    """Code that removes a kernel's last snapshot report before a new snapshot writes its
+    own (no name is left in the user's namespace): a snapshot that writes none is then
+    not taken for the one before. For kernels whose state folder only their host reaches."""
+    quoted = json.dumps(path)
+    if state.supported(language) and language.lower() == "r":
+        return f"invisible(if (file.exists({quoted})) file.remove({quoted}))\n"
+    return f"__import__('os').path.exists({quoted}) and __import__('os').unlink({quoted})\n"
 
 
 def interrupted_text(loss: str) -> str:
@@ -141,6 +164,8 @@ class MovableKernel:
         relay_key: bytes | str | None = None,
         kernel_name: str = "",
         work_dir: str = "",
+        user: str = "",
+        transfer: KernelStateTransfer | None = None,
         timings: KernelTimings | None = None,
         log: logging.Logger | None = None,
     ) -> None:
@@ -152,6 +177,14 @@ class MovableKernel:
         # where the kernel starts when its caller names no cwd: on storage every host sees,
         # so files written by relative path move with it (empty: the host's own disk)
         self.work_dir = work_dir
+        # the hub user it runs as where agents run processes as users ("": from the env at
+        # each start, see kernel_owner)
+        self.configured_user = user
+        self.user = user
+        # snapshots through the checkpoint store (None: `state_dir` is a folder every host
+        # reaches): each host keeps the kernel's folder on its own disk (state_dir_on)
+        self.transfer = transfer
+        self._launched: dict[tuple[str, int], Host] = {}  # target (ip, shell port) -> host
         self.timings = timings or KernelTimings()
         self.log = log or logging.getLogger(__name__)
         self.relay = KernelRelay(ip=relay_ip, key=relay_key, ports=relay_ports, log=self.log)
@@ -178,7 +211,17 @@ class MovableKernel:
 
     @property
     def snapshot_report(self) -> Path:
-        return Path(self.state_dir) / "snapshot-report.json"
+        return Path(self.state_dir) / SNAPSHOT_REPORT
+
+    def state_dir_on(self, host: Host | None) -> str:
+        """Where the kernel on `host` writes and reads its snapshots: `state_dir`, or with
+        a transfer a folder on that host's own disk."""
+        if self.transfer is None or host is None:
+            return self.state_dir
+        return os.path.join(host.disk, "kernel-state", self.kernel_id)
+
+    def _host_of(self, target: dict[str, Any]) -> Host | None:
+        return self._launched.get((target.get("ip", ""), target.get("shell_port", 0)), self.host)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -198,6 +241,7 @@ class MovableKernel:
             os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
             cwd = self.work_dir
         self.argv, self.env, self.cwd = list(argv), dict(env or {}), cwd
+        self.user = kernel_owner(self.configured_user, self.env, dict(os.environ))
         self.stopping = False
         # a fresh namespace (a restart too): an older snapshot is not this kernel's state
         self.good_snapshot = None
@@ -262,6 +306,11 @@ class MovableKernel:
             await self.relay.stop()
             self._relay_started = False
         _rmtree(self.state_dir)
+        if self.transfer is not None:
+            try:
+                await self.transfer.forget(self.kernel_id)
+            except Exception as e:  # its snapshots stay for the garbage collector
+                self.log.warning("kernel %s: snapshots left in the store: %s", self.kernel_id, e)
         if self.work_dir:
             # the user's files stay; an empty folder does not
             with contextlib.suppress(OSError):
@@ -409,9 +458,33 @@ class MovableKernel:
             if self._snapshot_due():
                 await self._background_snapshot()
 
-    def _snapshot_code(self) -> str:
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        return state.snapshot_code(self.language, self.state_dir)
+    def _snapshot_code(self, host: Host | None) -> str:
+        if self.transfer is None:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+            return state.snapshot_code(self.language, self.state_dir)
+        where = self.state_dir_on(host)
+        return drop_report_code(
+            self.language, os.path.join(where, SNAPSHOT_REPORT)
+        ) + state.snapshot_code(self.language, where)
+
+    async def _snapshot_result(self, host: Host | None) -> dict[str, Any] | None:
+        """The report of the snapshot just taken. With a transfer the kernel's folder is
+        uploaded from its host into the store and committed only if that report is good
+        (the report then names its checkpoint)."""
+        if self.transfer is None or host is None:
+            return _read_json(self.snapshot_report)
+        try:
+            manifest, report = await self.transfer.save_snapshot(
+                self.provider.agent(host),
+                self.kernel_id,
+                self.state_dir_on(host),
+                SNAPSHOT_REPORT,
+            )
+        except Exception as e:  # the store or the agent: this snapshot is not kept
+            return {"ok": False, "error": f"the snapshot could not be stored: {e}"}
+        if manifest is not None and report is not None:
+            report = {**report, CHECKPOINT_KEY: manifest.id}
+        return report
 
     async def _snapshot(self, target: dict[str, Any], bound: float) -> dict[str, Any] | None:
         """A background snapshot (no move under way) into ``state_dir``: the last snapshot
@@ -421,10 +494,10 @@ class MovableKernel:
             return None
         client = self._client(target)
         try:
-            reply = await self._run_hidden(client, self._snapshot_code(), bound)
+            reply = await self._run_hidden(client, self._snapshot_code(self.host), bound)
         finally:
             client.stop_channels()
-        report = _read_json(self.snapshot_report)
+        report = await self._snapshot_result(self.host)
         why = snapshot_failure(reply, report)
         if why:
             self.log.warning("kernel %s: background snapshot failed: %s", self.kernel_id, why)
@@ -449,7 +522,8 @@ class MovableKernel:
             left = deadline - now
             cell_bound = max(1.0, min(cell_bound, left - 5))
             end = start + max(cell_bound + 1, left - 1)
-        code = self._snapshot_code()
+        host = self.host  # the kernel's, until the move ends
+        code = self._snapshot_code(host)
         client = self._client(target)
         interrupted = False
         why = ""
@@ -482,7 +556,7 @@ class MovableKernel:
                         + (" of the interrupt" if interrupted else "")
                     )
                     break
-                report = _read_json(self.snapshot_report)
+                report = await self._snapshot_result(host)
                 why = snapshot_failure(reply, report)
                 if not why:
                     # the cell running when the move began sent its reply before ours: give
@@ -548,20 +622,41 @@ class MovableKernel:
                 "of them could be taken): it starts fresh. Re-run the cells you need."
             )
             return None
-        report_path = Path(self.state_dir) / "restore-report.json"
-        report_path.unlink(missing_ok=True)
+        host = self._host_of(target)
+        where = self.state_dir_on(host)
+        report_path = Path(where) / RESTORE_REPORT
+        code = state.restore_code(self.language, where)
+        if self.transfer is None or host is None:
+            report_path.unlink(missing_ok=True)
+        else:
+            try:
+                # the snapshot's folder from the store, verified, into the new host's disk
+                await self.transfer.load(
+                    self.provider.agent(host),
+                    self.kernel_id,
+                    where,
+                    checkpoint_id=snapshot.get(CHECKPOINT_KEY),
+                    user=self.user or None,
+                )
+            except Exception as e:  # a tampered or missing checkpoint, an unreachable store
+                report = {"ok": False, "error": f"its snapshot could not be loaded: {e}"}
+                self.relay.announce(state.lost_message(report) or "")
+                return report
+            code = drop_report_code(self.language, str(report_path)) + code
         client = self._client(target)
         try:
-            msg_id = client.execute(
-                state.restore_code(self.language, self.state_dir),
-                silent=True,
-                store_history=False,
-            )
+            msg_id = client.execute(code, silent=True, store_history=False)
             self.relay.hide(msg_id)
             await self._reply(client, msg_id, self.timings.start_timeout)
         finally:
             client.stop_channels()
-        report = _read_json(report_path) or {"ok": False, "error": "no restore report"}
+        if self.transfer is None or host is None:
+            found = _read_json(report_path)
+        else:
+            found = await self.transfer.read_json(
+                self.provider.agent(host), self.kernel_id, where, RESTORE_REPORT
+            )
+        report = found or {"ok": False, "error": "no restore report"}
         message = state.lost_message(report)
         if message:
             self.log.warning("kernel %s: %s", self.kernel_id, message)
@@ -583,6 +678,9 @@ class MovableKernel:
             if len(ports) == len(PORT_NAMES):
                 break
         info = build_connection_info(host.address, ports, self.relay.key.decode())
+        if self.transfer is not None:
+            # the folder its snapshots go to, on this host's disk and the kernel user's
+            await self.transfer.prepare(agent, self.state_dir_on(host), self.user or None)
         rel = f"kernels/{self.process}.json"
         path = os.path.join(host.disk, rel)
         argv = kernel_argv(self.argv, path)
@@ -592,6 +690,7 @@ class MovableKernel:
             {**self.env, state.HOST_ROOT: host.disk},
             self.cwd,
             files={rel: connection_file_text(info, self.kernel_name)},
+            user=self.user or None,
         )
         client = self._client(info)
         try:
@@ -613,6 +712,7 @@ class MovableKernel:
         finally:
             client.stop_channels()
         self.log.info("kernel %s runs on %s (%s)", self.kernel_id, host.id, host.address)
+        self._launched[(info["ip"], info["shell_port"])] = host
         return info
 
     def _client(self, info: dict[str, Any]) -> AsyncKernelClient:
@@ -698,6 +798,7 @@ class MovableKernel:
             "state_dir": self.state_dir,
             "argv": self.argv,
             "cwd": self.cwd,
+            "user": self.user,
         }
 
     @classmethod
@@ -720,6 +821,7 @@ class MovableKernel:
         )
         kernel.argv = list(info.get("argv") or [])
         kernel.cwd = info.get("cwd") or ""
+        kernel.user = info.get("user") or kernel.user
         kernel.target = info.get("target")
         return kernel
 

@@ -16,14 +16,20 @@ from typing import Any
 from traitlets import Dict, Float, Integer, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from migrating_spawner.checkpoint.signed import SignedCheckpoints, secret_from_file
+from migrating_spawner.checkpoint.store import CheckpointStore
 from migrating_spawner.hosts.base import HostProvider
 from migrating_spawner.hosts.local import LocalHostProvider
+from migrating_spawner.kernelstate.transfer import KernelStateTransfer
 
 from .core import KernelTimings, MovableKernel
 
 # One provider per configuration in this process: kernels of one server share its lock
 # (local hosts pick addresses under it) instead of racing for the same address.
 _PROVIDERS: dict[str, HostProvider] = {}
+# One transfer per store configuration in this process (it remembers, per kernel and
+# folder, the snapshot last saved or loaded there: the next save sends only what changed).
+_TRANSFERS: dict[str, KernelStateTransfer] = {}
 
 
 class KernelHostSettings(LoggingConfigurable):
@@ -84,6 +90,56 @@ class KernelHostSettings(LoggingConfigurable):
         # the local provider's root is storage every local host sees
         return os.path.join(getattr(self.provider, "root_dir", "") or os.getcwd(), name)
 
+    kernel_user = Unicode(
+        "",
+        help="""The hub user kernels run as on hosts whose agents run processes as users
+        (EC2 hosts: as that user's unprivileged `jupyter-<name>` uid, never root). Empty:
+        the kernel's `KERNEL_USERNAME` (gateway clients send it), else this process's
+        `JUPYTERHUB_USER` (kernels of a user's own server).""",
+    ).tag(config=True)
+
+    state_store_class = Type(
+        None,
+        klass=CheckpointStore,
+        allow_none=True,
+        help="""A checkpoint store (e.g.
+        `migrating_spawner.checkpoint.s3.S3CheckpointStore`) that carries the kernels'
+        snapshots between hosts: each host keeps a kernel's snapshot folder on its own disk,
+        its agent uploads it into the store and the new host's agent writes it from the
+        signed manifest, so no folder both hosts reach is needed (EC2 hosts). None: the
+        snapshots go to `state_root`, which every host must reach (local hosts).""",
+    ).tag(config=True)
+
+    state_store_config = Dict(
+        help="""Traits of `state_store_class`, e.g. {"bucket": "my-bucket", "region":
+        "us-east-1"}."""
+    ).tag(config=True)
+
+    state_secret_file = Unicode(
+        "jupyterhub_migrating_kernel_secret",
+        help="""File holding the secret that signs the manifests of kernel snapshots in
+        `state_store_class` (made, mode 0600, if missing). Only this process (the
+        gateway or the user's server) needs it: a snapshot changed by anyone else is
+        refused.""",
+    ).tag(config=True)
+
+    @property
+    def transfer(self) -> KernelStateTransfer | None:
+        """The kernels' snapshot carrier through `state_store_class`, or None."""
+        if self.state_store_class is None:
+            return None
+        key = json.dumps(
+            [self.state_store_class.__qualname__, self.state_store_config, self.state_secret_file],
+            sort_keys=True,
+        )
+        if key not in _TRANSFERS:
+            store = self.state_store_class(log=self.log, **self.state_store_config)
+            secret_file = self.state_secret_file
+            _TRANSFERS[key] = KernelStateTransfer(
+                SignedCheckpoints(store, lambda: secret_from_file(secret_file))
+            )
+        return _TRANSFERS[key]
+
     notice_poll_interval = Float(
         1.0,
         help="""Seconds between polls of the kernels' host agents for a reclaim notice (the
@@ -122,7 +178,12 @@ class KernelHostSettings(LoggingConfigurable):
     def kernel_options(self) -> dict[str, Any]:
         """MovableKernel's keyword arguments that come from these settings."""
         timings = {f.name: getattr(self, f.name) for f in dataclasses.fields(KernelTimings)}
-        return {"timings": KernelTimings(**timings), "log": self.log}
+        return {
+            "timings": KernelTimings(**timings),
+            "user": self.kernel_user,
+            "transfer": self.transfer,
+            "log": self.log,
+        }
 
     def new_kernel(self, kernel_id: str, language: str, **kw: Any) -> MovableKernel:
         """A kernel (not started yet) with its snapshot folder under ``state_root`` and its

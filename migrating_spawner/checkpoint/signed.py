@@ -14,6 +14,8 @@ A store's own request retries (S3: botocore's) happen inside each try.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,6 +24,20 @@ from .store import CheckpointStore
 
 Secret = bytes | Callable[[], bytes]
 T = TypeVar("T")
+
+
+def secret_from_file(path: str) -> bytes:
+    """The signing secret kept in `path` (hex), made there (mode 0600) if missing."""
+    if not os.path.exists(path):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # made meanwhile by another process
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    with open(path) as f:
+        return bytes.fromhex(f.read().strip())
 
 
 class SignedCheckpoints:

@@ -13,6 +13,9 @@ Never imported by kernels (they import `store.py` only).
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from ..agent.client import AgentClient
 from ..checkpoint import Manifest, SignedCheckpoints, get_blob, new_checkpoint_id
 
@@ -42,6 +45,41 @@ class KernelStateTransfer:
     ) -> Manifest:
         """Upload `state_dir` (on the agent's host) and commit it as the kernel's latest
         snapshot; only what changed since the last save through this host's agent is read."""
+        parent, checkpoint_id, result = await self._upload(agent, kernel_id, state_dir)
+        return await self._commit(kernel_id, state_dir, parent, checkpoint_id, result, reason)
+
+    async def save_snapshot(
+        self,
+        agent: AgentClient,
+        kernel_id: str,
+        state_dir: str,
+        report_name: str,
+        reason: str = "snapshot",
+    ) -> tuple[Manifest | None, dict[str, Any] | None]:
+        """Upload `state_dir` and read the kernel's report `report_name` from what was
+        uploaded (re-hashed); commit it as the latest snapshot only if that report says ok.
+        Returns (the manifest or None, the report or None): a failed snapshot never
+        replaces the last good one."""
+        parent, checkpoint_id, result = await self._upload(agent, kernel_id, state_dir)
+        report = await self._read_entry(result["files"].get(report_name), report_name)
+        if not isinstance(report, dict) or not report.get("ok"):
+            return None, report if isinstance(report, dict) else None
+        manifest = await self._commit(kernel_id, state_dir, parent, checkpoint_id, result, reason)
+        return manifest, report
+
+    async def read_json(
+        self, agent: AgentClient, kernel_id: str, state_dir: str, name: str
+    ) -> dict[str, Any] | None:
+        """One JSON file of `state_dir` on the agent's host (e.g. the restore report the
+        kernel just wrote), through the store and re-hashed; nothing is committed. Only
+        what changed since the last save or load there is uploaded."""
+        _, _, result = await self._upload(agent, kernel_id, state_dir)
+        value = await self._read_entry(result["files"].get(name), name)
+        return value if isinstance(value, dict) else None
+
+    async def _upload(
+        self, agent: AgentClient, kernel_id: str, state_dir: str
+    ) -> tuple[str | None, str, dict[str, Any]]:
         parent = self._last.get((kernel_id, state_dir))
         checkpoint_id = new_checkpoint_id()
         result = await agent.snapshot_home(
@@ -52,6 +90,28 @@ class KernelStateTransfer:
             parent_id=parent,
             checkpoint_id=checkpoint_id,
         )
+        return parent, checkpoint_id, result
+
+    async def _read_entry(self, entry: Any, name: str) -> Any:
+        if not isinstance(entry, dict) or entry.get("type") != "file":
+            return None
+        data = await self.checkpoints.off_loop(
+            f"read of {name}", get_blob, self.checkpoints.store, entry["chunks"]
+        )
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None
+
+    async def _commit(
+        self,
+        kernel_id: str,
+        state_dir: str,
+        parent: str | None,
+        checkpoint_id: str,
+        result: dict[str, Any],
+        reason: str,
+    ) -> Manifest:
         key = key_of(kernel_id)
         manifest = await self.checkpoints.commit_async(
             key,
@@ -70,10 +130,12 @@ class KernelStateTransfer:
         kernel_id: str,
         state_dir: str,
         checkpoint_id: str | None = None,
+        user: str | None = None,
     ) -> Manifest:
         """Write the kernel's snapshot (default: the latest) into `state_dir` on the agent's
         host, after verifying its manifest; CheckpointError if there is none or it was
-        tampered with (nothing is written then)."""
+        tampered with (nothing is written then). `user`: the hub user the kernel runs as
+        (an agent that runs processes as users gives them the folder)."""
         manifest = await self.checkpoints.load_async(key_of(kernel_id), checkpoint_id)
         await agent.restore_home(
             state_dir,
@@ -83,6 +145,7 @@ class KernelStateTransfer:
             # files an earlier load through this agent wrote and this one lacks go
             current_id=self._last.get((kernel_id, state_dir)),
             checkpoint_id=manifest.id,
+            user=user,
         )
         # the next save from that folder sends only what changed since this
         self._last[(kernel_id, state_dir)] = manifest.id
@@ -96,6 +159,13 @@ class KernelStateTransfer:
             return None
         return await self.checkpoints.off_loop(
             f"read of {path}", get_blob, self.checkpoints.store, entry["chunks"]
+        )
+
+    async def prepare(self, agent: AgentClient, state_dir: str, user: str | None = None) -> None:
+        """Make `state_dir` on the agent's host, empty and the user's (the kernel runs as
+        `user` there and writes its snapshots into it)."""
+        await agent.restore_home(
+            state_dir, {}, self.checkpoints.store.agent_config(), self.timeout, user=user
         )
 
     async def forget(self, kernel_id: str) -> None:

@@ -6,7 +6,11 @@ One acquire serves the module: the instance is spot with the tags; the agent reg
 and answers with the derived secret; the spent bootstrap token, a wrong one and an
 instance the hub did not launch are refused; a provider made afresh (a restarted hub)
 finds the host by tag; a release terminates the instance (its processes end with it).
-Interruptions are in test_ec2_hub.py.
+A kernel that MigratingProvisioner's MovableKernel starts on an ec2 host runs as its hub
+user's unprivileged unix user (KERNEL_USERNAME), with the uid derived from the name; with
+the S3 store as its state store, a spot interruption (metadata) moves it to another ec2
+host with its variables, its snapshot carried through the bucket (each host keeps the
+kernel's folder on its own disk). Servers' interruptions are in test_ec2_hub.py.
 """
 
 from __future__ import annotations
@@ -18,16 +22,24 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
 from ec2world import AMI, ec2_world, wait_for
+from gateways import until
 from motoserver import moto_environ
 from realhub import free_port
+from test_movable_kernel import client, run
 from tornado import web
 
+from kernel_provisioner.core import KernelTimings, MovableKernel
 from migrating_spawner.agent.client import AgentError
+from migrating_spawner.agent.users import stable_id, unix_name
+from migrating_spawner.checkpoint import SignedCheckpoints
+from migrating_spawner.checkpoint.s3 import S3CheckpointStore
 from migrating_spawner.hosts.ec2 import TAG, EC2HostProvider, _Bootstrap
+from migrating_spawner.kernelstate.transfer import KernelStateTransfer, key_of
 from migrating_spawner.service.registration import registration_handlers
 
 pytestmark = pytest.mark.timeout(300)
@@ -57,7 +69,7 @@ def world(tmp_path_factory):
             yield world
 
 
-def make_provider(world, tmp, api_port):
+def make_provider(world, tmp, api_port, profile="lab"):
     return EC2HostProvider(
         endpoint_url=world.sim_ec2_url,
         region="us-east-1",
@@ -68,7 +80,7 @@ def make_provider(world, tmp, api_port):
         python=sys.executable,
         install_command="pip install jupyterhub-migrating-spawner",
         hub_api_url=f"http://127.0.0.1:{api_port}/api/",
-        instance_types={"lab": {"types": ["m6i.large", "m5.large"]}},
+        instance_types={profile: {"types": ["m6i.large", "m5.large"]}},
         boot_timeout=60,
     )
 
@@ -79,10 +91,8 @@ async def register(api_port, body):
             return r.status, await r.json()
 
 
-async def test_an_ec2_host_from_launch_to_release(world, tmp_path):
-    api_port = free_port()
-    provider = make_provider(world, tmp_path, api_port)
-    notices: list = []
+def serve_registration(provider, api_port, notices):
+    """The hub's side of a registration (and its notices endpoint), started."""
     app = web.Application(
         [
             *registration_handlers("/api/", FakeController(provider)),
@@ -91,6 +101,14 @@ async def test_an_ec2_host_from_launch_to_release(world, tmp_path):
     )
     server = app.listen(api_port, "127.0.0.1")
     provider.start(f"http://127.0.0.1:{api_port}/api/notices")
+    return server
+
+
+async def test_an_ec2_host_from_launch_to_release(world, tmp_path):
+    api_port = free_port()
+    provider = make_provider(world, tmp_path, api_port)
+    notices: list = []
+    server = serve_registration(provider, api_port, notices)
     said: list[str] = []
     try:
         host = await provider.acquire("lab", owner="alice/", progress=said.append)
@@ -173,3 +191,87 @@ async def test_an_ec2_host_from_launch_to_release(world, tmp_path):
             await provider.agent(host).status(quick=True)
     finally:
         server.stop()
+
+
+ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+
+def ec2_kernel(world, provider, kernel_id, **kw):
+    # its working folder where the user's uid reaches it (the world lets others through)
+    return MovableKernel(
+        provider,
+        kernel_id,
+        "python",
+        str(world.root / "kernel-state" / kernel_id),
+        work_dir=str(world.root / "kernel-files" / kernel_id),
+        timings=KernelTimings(snapshot_interval=0, start_timeout=60, notice_poll_interval=0.5),
+        **kw,
+    )
+
+
+async def test_a_kernel_on_an_ec2_host_runs_as_its_hub_user(world, tmp_path):
+    api_port = free_port()
+    provider = make_provider(world, tmp_path, api_port, profile="small")  # kernels' default
+    server = serve_registration(provider, api_port, [])
+    kernel = ec2_kernel(world, provider, "k-ec2")
+    try:
+        # the user comes from the gateway client's KERNEL_USERNAME
+        info = await kernel.start(ARGV, {"KERNEL_USERNAME": "carol"})
+        assert kernel.user == "carol" and kernel.to_info()["user"] == "carol"
+        kc = await client(info)
+        try:
+            out, reply = await run(kc, "import os; print(os.getuid(), os.getgid())")
+        finally:
+            kc.stop_channels()
+        assert reply["status"] == "ok", reply
+        uid = stable_id(unix_name("carol"))
+        assert out.split() == [str(uid), str(uid)]  # never root; the same uid on every host
+        assert Path(kernel.work_dir).stat().st_uid == uid
+    finally:
+        await kernel.shutdown(grace=0)
+        server.stop()
+
+
+async def test_a_kernel_moves_between_ec2_hosts_with_its_state_through_s3(world, tmp_path):
+    bucket = "kernels-" + tmp_path.name.lower()[-20:].strip("_-")
+    world.moto.client("s3").create_bucket(Bucket=bucket)
+    store = S3CheckpointStore(bucket=bucket, endpoint_url=world.moto.endpoint_url)
+    api_port = free_port()
+    provider = make_provider(world, tmp_path, api_port, profile="small")
+    provider.watch_interval = 0.5
+    server = serve_registration(provider, api_port, [])
+    transfer = KernelStateTransfer(SignedCheckpoints(store, b"kernel-secret"))
+    kernel = ec2_kernel(world, provider, "k-s3", transfer=transfer)
+    try:
+        info = await kernel.start(ARGV, {"KERNEL_USERNAME": "dora"})
+        old = kernel.host
+        kc = await client(info)
+        try:
+            _, reply = await run(kc, "x = 42; blob = bytes(range(256)) * 4096")
+            assert reply["status"] == "ok", reply
+            notice = world.sim(
+                "interrupt", old.meta["instance_id"], "--notice", "60", "--only", "metadata"
+            )
+            await until(
+                lambda: kernel.moves and kernel.moves[-1].get("from") == old.id,
+                55,
+                "the kernel did not move off its interrupted host",
+            )
+            assert time.time() < notice["deadline"]
+            out, reply = await run(kc, "import os; print(x, len(blob), os.getuid())")
+        finally:
+            kc.stop_channels()
+        assert reply["status"] == "ok", reply
+        assert out.split() == ["42", str(256 * 4096), str(stable_id(unix_name("dora")))]
+        # through the bucket: the kernel's signed snapshot, and each host's own folder
+        assert store.list_checkpoints(key_of("k-s3")), "no kernel snapshot in the bucket"
+        assert kernel.state_dir_on(kernel.host) != kernel.state_dir_on(old)
+        assert kernel.state_dir_on(kernel.host).startswith(kernel.host.disk)
+        assert not Path(kernel.state_dir).exists()  # nothing went through the shared folder
+        record = kernel.moves[-1]
+        assert record.get("to") == kernel.host.id != old.id, record
+        assert "snapshot_error" not in record and (record.get("restore") or {}).get("ok"), record
+    finally:
+        await kernel.shutdown(grace=0)
+        server.stop()
+    assert store.list_checkpoints(key_of("k-s3")) == []  # its snapshots go with it

@@ -14,7 +14,9 @@ from kernel_provisioner.core import (
     MovableKernel,
     build_connection_info,
     connection_file_text,
+    drop_report_code,
     kernel_argv,
+    kernel_owner,
     python_executable,
 )
 from kernel_provisioner.provisioner import MigratingProvisioner
@@ -120,3 +122,25 @@ async def test_provisioner_info_round_trip(tmp_path):
     assert loaded.kernel.state_dir == str(tmp_path / "kernel-state" / "kid")
     assert not loaded.has_process
     assert await loaded.poll() == 0
+
+
+def test_a_kernels_user_is_configured_else_from_its_client_else_this_servers_user():
+    env = {"KERNEL_USERNAME": "carol"}
+    server = {"JUPYTERHUB_USER": "alice"}
+    assert kernel_owner("dave", env, server) == "dave"
+    assert kernel_owner("", env, server) == "carol"
+    assert kernel_owner("", {}, server) == "alice"
+    assert kernel_owner("", {}, {}) == ""  # an agent running processes as users refuses it
+
+
+def test_the_code_that_drops_a_stale_report_leaves_no_name_behind(tmp_path):
+    report = tmp_path / "snapshot-report.json"
+    report.write_text("{}")
+    namespace: dict = {}
+    code = drop_report_code("python", str(report))
+    exec(code, namespace)
+    assert not report.exists()
+    exec(code, namespace)  # no report: nothing to do, no error
+    assert set(namespace) == {"__builtins__"}
+    r_code = drop_report_code("R", str(report))
+    assert r_code.startswith("invisible(if (file.exists(") and str(report) in r_code

@@ -20,6 +20,7 @@ from kernel_provisioner.core import (
     python_executable,
 )
 from kernel_provisioner.provisioner import MigratingProvisioner
+from kernel_provisioner.settings import KernelHostSettings
 from migrating_spawner.hosts.local import LocalHostProvider
 
 
@@ -144,3 +145,20 @@ def test_the_code_that_drops_a_stale_report_leaves_no_name_behind(tmp_path):
     assert set(namespace) == {"__builtins__"}
     r_code = drop_report_code("R", str(report))
     assert r_code.startswith("invisible(if (file.exists(") and str(report) in r_code
+
+
+def test_kernels_get_the_state_store_their_settings_name(tmp_path):
+    plain = KernelHostSettings(root_dir=str(tmp_path / "hosts"))
+    assert plain.transfer is None and plain.new_kernel("k0", "python").transfer is None
+    settings = KernelHostSettings(
+        root_dir=str(tmp_path / "hosts"),
+        state_store_class="migrating_spawner.checkpoint.store.LocalCheckpointStore",
+        state_store_config={"root_dir": str(tmp_path / "store")},
+        state_secret_file=str(tmp_path / "kernel-secret"),
+        kernel_user="erin",
+    )
+    kernel = settings.new_kernel("k1", "python")
+    assert kernel.transfer is settings.transfer is not None
+    assert kernel.configured_user == "erin"
+    secret = kernel.transfer.checkpoints.secret
+    assert len(secret) == 32 and (tmp_path / "kernel-secret").stat().st_mode & 0o777 == 0o600

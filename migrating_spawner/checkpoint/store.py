@@ -274,6 +274,15 @@ class LocalCheckpointStore(CheckpointStore):
         with contextlib.suppress(FileNotFoundError):
             self._manifest_path(server, checkpoint_id).unlink()
 
+    def delete_checkpoints(self, server: str, keep: int = 0) -> list[str]:
+        """As the base class; deleting all of them removes the server's manifest folder too
+        (a removed job server's would stay behind, empty)."""
+        doomed = super().delete_checkpoints(server, keep)
+        if not keep:
+            with contextlib.suppress(OSError):  # not empty: a checkpoint came meanwhile
+                self._server_dir(server).rmdir()
+        return doomed
+
     def list_checkpoints(self, server: str) -> list[str]:
         folder = self._server_dir(server)
         if not folder.is_dir():

@@ -195,7 +195,7 @@ def test_missing_or_corrupt_chunk(store):
         store.get_chunk("../../etc/passwd")
 
 
-def test_list_and_latest(store):
+def test_list_and_latest(store, tmp_path):
     assert store.list_checkpoints("alice/") == [] and store.latest("alice/") is None
     ids = [new_checkpoint_id(t) for t in (300.0, 100.0, 200.0)]
     for checkpoint_id in ids:
@@ -208,6 +208,10 @@ def test_list_and_latest(store):
     assert store.read_manifest("alice/", ids[1], SECRET).id == ids[1]
     assert store.delete_checkpoints("alice/", keep=1) == [ids[1], ids[2]]
     assert store.list_checkpoints("alice/") == [ids[0]]
+    # deleting all of a server's checkpoints (a removed job server's) leaves no empty folder
+    assert store.delete_checkpoints("alice/gpu") == [ids[0]]
+    assert store.list_servers() == ["alice/"]
+    assert not (tmp_path / "store" / "manifests" / "alice%2Fgpu").exists()
 
 
 def test_server_keys_stay_in_their_folder(store):

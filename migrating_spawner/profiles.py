@@ -102,13 +102,18 @@ def batch_profile(profiles: list[dict[str, Any]], slug: str | None) -> dict[str,
     return next((p for p in profiles if p.get("batch")), None) or choose_profile(profiles, None)
 
 
-def render_form(profiles: list[dict[str, Any]]) -> str:
-    """The spawn page's form: one radio button a profile (batch profiles are for jobs)."""
+def render_form(profiles: list[dict[str, Any]], chosen: str | None = None, note: str = "") -> str:
+    """The spawn page's form: one radio button a profile (batch profiles are for jobs),
+    `chosen` ticked (a suspended server's own profile; the default one if it is gone), and
+    `note` above them (what a start of this server does, e.g. that it resumes)."""
     profiles = [p for p in profiles if not p.get("batch")]
     if len(profiles) < 2:
         return ""
-    default = choose_profile(profiles, None)["slug"]
-    rows = []
+    try:
+        default = choose_profile(profiles, chosen)["slug"]
+    except ProfileError:  # no longer offered
+        default = choose_profile(profiles, None)["slug"]
+    rows = [f'<p class="alert alert-info">{html.escape(note)}</p>'] if note else []
     for p in profiles:
         slug = html.escape(p["slug"])
         checked = " checked" if p["slug"] == default else ""

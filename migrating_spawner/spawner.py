@@ -135,7 +135,28 @@ class MigratingSpawner(Spawner):
 
     @default("options_form")
     def _default_options_form(self):
-        return lambda spawner: profiles_mod.render_form(spawner._profiles())
+        return type(self)._resume_form
+
+    def _resume_form(self) -> str:
+        """The profiles; for a suspended server its own one ticked, and a line that a
+        start resumes it (files and kernels kept, from which checkpoint)."""
+        if not (self.suspended or self.checkpoint_id) or self.fresh_start:
+            return profiles_mod.render_form(self._profiles())
+        created = self.checkpoint_time(self.checkpoint_id) if self.checkpoint_id else None
+        when = created or self.suspended
+        stamp = time.strftime(" of %Y-%m-%d %H:%M:%S", time.localtime(when)) if when else ""
+        kept = (
+            f"from checkpoint {self.checkpoint_id}{stamp}"
+            if self.checkpoint_id
+            else f"files on shared storage, kernels as suspended{stamp}"
+        )
+        note = (
+            f"Start resumes this server where it was suspended: its files and kernels are "
+            f"kept ({kept}). Its profile is ticked; another one resumes it on that kind of "
+            f"host."
+        )
+        chosen = (self.user_options or {}).get("profile")
+        return profiles_mod.render_form(self._profiles(), chosen=chosen, note=note)
 
     @default("options_from_form")
     def _default_options_from_form(self):

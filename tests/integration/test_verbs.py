@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import aiohttp
@@ -261,6 +262,19 @@ async def test_a_browser_cookie_works_and_its_posts_need_the_xsrf_token(hub):
         async with browser.post(api, headers={"X-XSRFToken": token}) as resp:
             data = await resp.json()
             assert resp.status == 409 and "nothing to suspend" in data["message"], data
+
+        # suspended on a profile that is not the default: the spawn form (what the hub's
+        # "Launch Server" leads to) ticks that profile and says a start resumes it
+        await hub.spawn("bob", options={"profile": "lab-medium"})
+        status, suspended = await hub.migrate_api("POST", "/servers/bob/suspend")
+        assert status == 200 and suspended["state"] == "Suspended", suspended
+        async with browser.get(hub.url + "/hub/spawn/bob") as resp:
+            assert resp.status == 200
+            form = await resp.text()
+        ticked = re.findall(r'<input [^>]*value="([^"]+)"[^>]* checked>', form)
+        assert ticked == ["lab-medium"], form
+        kept = f"from checkpoint {suspended['checkpoint_id']} of "
+        assert "Start resumes this server where it was suspended" in form and kept in form
 
 
 async def test_history_survives_a_restart_and_the_idle_culler_suspends(hub, capsys):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
+import types
 
 import pytest
 
+from migrating_spawner.checkpoint import checkpoint_time, new_checkpoint_id
 from migrating_spawner.profiles import (
     DEFAULT_PROFILES,
     ProfileError,
@@ -14,6 +17,7 @@ from migrating_spawner.profiles import (
     options_from_form,
     render_form,
 )
+from migrating_spawner.spawner import MigratingSpawner
 
 PROFILES = [
     {"slug": "small", "display_name": "Small", "description": "1 CPU"},
@@ -96,3 +100,38 @@ def test_options_from_form():
     assert options_from_form({"profile": ["big", "small"]}) == {"profile": "big"}
     assert options_from_form({}) == {"profile": ""}
     assert options_from_form({"profile": []}) == {"profile": ""}
+
+
+def test_render_form_ticks_the_chosen_profile_and_shows_the_note():
+    form = render_form(PROFILES[:2], chosen="small", note="Start resumes <it>")
+    radios = re.findall(r"<input [^>]*>", form)
+    assert "checked" in radios[0] and "checked" not in radios[1]
+    assert form.index("Start resumes &lt;it&gt;") < form.index("<input")
+    # a profile no longer offered: the default one
+    radios = re.findall(r"<input [^>]*>", render_form(PROFILES[:2], chosen="gone"))
+    assert "checked" in radios[1]
+
+
+def test_a_suspended_servers_form_ticks_its_profile_and_says_it_resumes():
+    """MigratingSpawner's own options_form, on what a suspend leaves (no hub needed)."""
+    checkpoint = new_checkpoint_id()
+    server = types.SimpleNamespace(
+        suspended=time.time(),
+        checkpoint_id=checkpoint,
+        fresh_start=False,
+        user_options={"profile": "small"},
+        checkpoint_time=checkpoint_time,
+        _profiles=lambda: PROFILES[:2],
+    )
+    form = MigratingSpawner._resume_form(server)
+    assert re.findall(r'value="([^"]+)" checked', form) == ["small"]
+    assert "Start resumes this server where it was suspended" in form
+    assert f"from checkpoint {checkpoint} of " in form
+    # after a cancel (fresh start) or never suspended: the default, no note
+    for fresh in (
+        {"fresh_start": True},
+        {"suspended": None, "checkpoint_id": None},
+    ):
+        form = MigratingSpawner._resume_form(types.SimpleNamespace(**{**vars(server), **fresh}))
+        assert re.findall(r'value="([^"]+)" checked', form) == ["big"]
+        assert "resumes" not in form

@@ -5,7 +5,7 @@ answer within the hub's 30 s `http_timeout`, after the old server had been stopp
 final checkpoint; the move then released the route to the old, dead address (503s,
 JupyterLab's "not running" dialog) and a later move told of files lost that were not.
 
-Here the server command is wrapped (tests/standin/slowstart) so its second start, the
+Here the server command is wrapped (tests/standin/slowstart) so a user's second start, the
 move's first new host, never answers and exits after 8 s: a server that cannot start on its
 host. The notice (6 s) freezes the old server 3 s after it (`final_checkpoint_margin`), so
 the failure always comes after the freeze, whatever the load. The move must keep the route
@@ -34,7 +34,8 @@ c.MigratingSpawner.home_mode = "synced"
 c.MigratingSpawner.cmd = ["{SLOWSTART}", "jupyterhub-singleuser"]
 c.MigratingSpawner.environment = {{
     "SLOW_START_COUNTER": "{workdir / "starts"}",
-    "SLOW_START_AT": "2",
+    # rita: the move's first new host fails; gus: all three new hosts fail
+    "SLOW_START_PLAN": "rita:2 gus:2,3,4",
 }}
 # a held request waits through the failed host and the retry (CI machines are loaded)
 c.MigratingProxy.hold_timeout = 240
@@ -145,4 +146,65 @@ async def test_a_move_whose_new_server_fails_after_the_freeze_retries_under_the_
         stop.set()
         if poller is not None:
             await asyncio.gather(poller, return_exceptions=True)
+        await conn.close()
+
+
+async def test_a_move_that_fails_on_every_new_host_stops_the_server_with_its_checkpoint(
+    retry_hub,
+):
+    hub = retry_hub
+    await hub.spawn("gus")
+    token = await hub.user_token("gus")
+    status, _ = await hub.request(
+        "PUT",
+        "/user/gus/api/contents/notes.txt",
+        token,
+        {"type": "file", "format": "text", "content": "kept in the checkpoint"},
+    )
+    assert status in (200, 201)
+    session = await hub.new_session("gus", token, "work.ipynb")
+    kernel_id = session["kernel"]["id"]
+    conn = KernelConnection(hub.url + "/user/gus", kernel_id, token, "gus")
+    await conn.start()
+    try:
+        out, _ = await conn.run("y = 7\nprint(y)")
+        assert out.strip() == "7"
+    finally:
+        await conn.close()
+    old_host = (await hub.server_info("gus"))["host_id"]
+    old_address = next(h["address"] for h in hub.hosts() if h["id"] == old_host)
+    status, data = await hub.migrate_api(
+        "POST", f"/hosts/{old_host}/reclaim", body={"notice_seconds": 6}
+    )
+    assert status == 202, data
+
+    async def stopped():
+        status, user = await hub.api("GET", "/users/gus")
+        return status == 200 and "" not in user["servers"] and not user.get("pending")
+
+    await until(stopped, 120, "gus's server stopped after three failed new hosts")
+    info = await hub.server_info("gus")
+    assert info["state"] == "Suspended", info
+    said = "\n".join(e["message"] for e in info.get("events", []))
+    assert "trying another host (3 of 3)" in said, said
+    ended = next(e["message"] for e in info["events"] if "the server is stopped" in e["message"])
+    checkpoint = info.get("checkpoint_id") or ""
+    assert "Nothing was lost" in ended and "next start resumes" in ended, ended
+    assert checkpoint and checkpoint in ended, (checkpoint, ended)
+    # the route was never sent back to the old, stopped server: JupyterHub says not running
+    log = hub.log_path.read_text()
+    assert f"Released /user/gus/ to http://{old_address}:" not in log, hub.tail(200)
+    status, _ = await hub.request("GET", "/user/gus/api/status", token)
+    assert status in (424, 503), status  # the hub's own answer for a server not running
+
+    # the next start resumes the checkpoint: the file and the kernel's variable
+    await hub.spawn("gus")
+    status, model = await hub.request("GET", "/user/gus/api/contents/notes.txt?content=1", token)
+    assert status == 200 and model["content"] == "kept in the checkpoint", model
+    conn = KernelConnection(hub.url + "/user/gus", kernel_id, token, "gus")
+    await conn.start()
+    try:
+        out, _ = await conn.run("print(y)", timeout=90)
+        assert out.strip() == "7", out
+    finally:
         await conn.close()

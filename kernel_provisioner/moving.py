@@ -159,6 +159,12 @@ class KernelServer:
     async def restore_home(self, host: Host, checkpoint: Any, /, current: Any = None) -> Any:
         raise NotImplementedError("a kernel has no home of its own to restore")
 
+    async def precopy_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
+        return {}  # not yet: a MovableKernel's move restores its whole snapshot in the freeze
+
+    async def prestart_kernels(self, host: Host, port: int) -> dict[str, Any]:
+        return {}
+
     async def snapshot_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
         self._frozen = await self.kernel.freeze_for_move(time.time() + timeout + 1)
         snap, notice = self._frozen

@@ -262,6 +262,8 @@ class ServerHistory(LoggingConfigurable):
             "checkpoint_id": getattr(move, "final_id", None),
             "lost_files": getattr(move, "lost", None),
             "lost_since": getattr(move, "lost_since", None),
+            # per kernel: pre-copy, freeze delta and restore mode (issue 14's pre-copy)
+            "kernel_state": getattr(move, "kernel_state", None) or None,
         }
         if reason.startswith("requested by "):
             fields["by"] = reason[len("requested by ") :]

@@ -72,6 +72,10 @@ class Move:
         self.kernels_saved = False
         self.current_files: Any = None
         self.port: int | None = None
+        #: the kernels' pre-copy and delta: what the history entry records (per kernel:
+        #: precopy written_bytes, freeze mode/changed/written_bytes, restore mode/why/loaded)
+        self.kernel_state: dict[str, Any] = {}
+        self._precopied = False
         #: the steps this move took, in order (what tests and the log read)
         self.steps: list[str] = []
         self._sooner = asyncio.Event()  # a notice brought the deadline forward
@@ -191,6 +195,9 @@ class Move:
         server.persist_move(self.record)
         self.steps.append("acquired")
         server.emit(f"New host {self.new.id} at {self.new.address}")
+        if old_alive and not self.frozen:
+            # before the home pre-copy, which then carries the kernels' snapshots along
+            await self._precopy_kernels()
         if server.home_mode == "synced":
             if old_alive and not self.frozen:
                 # a task the freeze can cancel: a pre-copy committed after the final
@@ -209,6 +216,8 @@ class Move:
         self.steps.append("launched")
         await server.wait_ready(self.new, self.port, self.ready_timeout)
         self.steps.append("ready")
+        if self._precopied and not self.frozen:
+            await self._prestart_kernels()
         server.emit(f"Server ready on {self.new.address}:{self.port}; switching over")
 
     async def _freeze(self) -> None:
@@ -260,7 +269,8 @@ class Move:
         elif server.home_mode == "synced" and server.checkpoint_id and self.current_files is None:
             await server.restore_home(self.new, server.checkpoint_id)
         # without a final snapshot the kernels come back from an older one: say how old
-        await server.restore_kernels(self.new, self.port, final=self.kernels_saved)
+        restored = await server.restore_kernels(self.new, self.port, final=self.kernels_saved)
+        self._note_kernels("restore", restored, ("mode", "why", "precopy", "loaded_bytes"))
         self.record.phase = SWITCHED
         await server.switch_to(self.new, self.port, self.record)
         self.steps.append("switched")
@@ -269,6 +279,50 @@ class Move:
             self.held = False
             self.steps.append("released")
         self.timings["hold"] = self.clock.monotonic() - self.hold_started
+
+    async def _precopy_kernels(self) -> None:
+        """Snapshot the old server's kernels while they keep serving, so the freeze only
+        ships what cells change from now on (a failure costs only that: the freeze then
+        takes and restores whole snapshots, as without a pre-copy)."""
+        server = self.server
+        budget = max(2.0, min(server.kernel_state_timeout, self._left() - self.margin - 1))
+        try:
+            report = await server.precopy_kernels(self.old, server.port, budget)
+        except (HostError, OSError, asyncio.TimeoutError) as e:
+            server.log.warning("kernel pre-copy for the move failed: %r", e)
+            self.kernel_state["precopy_error"] = str(e)
+            return
+        self._note_kernels("precopy", report, ("mode", "written_bytes", "seconds"))
+        kernels = report.get("kernels") or {}
+        self._precopied = any(r.get("ok") for r in kernels.values())
+        if self._precopied:
+            self.steps.append("kernels pre-copied")
+            size = sum(r.get("written_bytes") or 0 for r in kernels.values())
+            server.emit(
+                f"Kernels pre-copied ({size / 1e6:.0f} MB written); what cells change from "
+                "now on moves in the freeze"
+            )
+
+    async def _prestart_kernels(self) -> None:
+        """On the new server: the kernels start under their ids with the pre-copy restored
+        (nobody reaches them before the switch); the freeze's restore applies the delta."""
+        server = self.server
+        try:
+            report = await server.prestart_kernels(self.new, self.port)
+        except (HostError, OSError, asyncio.TimeoutError) as e:
+            server.log.warning("kernel prestart for the move failed: %r", e)
+            self.kernel_state["prestart_error"] = str(e)
+            return
+        self._note_kernels("prestart", report, ("ok", "error", "mode", "seconds"))
+        self.steps.append("kernels prestarted")
+
+    def _note_kernels(self, phase: str, report: Any, keys: tuple[str, ...]) -> None:
+        kernels = (report or {}).get("kernels") or {}
+        for kernel_id, result in kernels.items():
+            mine = self.kernel_state.setdefault("kernels", {}).setdefault(kernel_id, {})
+            mine[phase] = {k: result.get(k) for k in keys if k in result}
+            if phase == "freeze":
+                mine[phase]["changed"] = result.get("changed")
 
     async def _snapshot_kernels(self) -> bool:
         """The final kernel snapshot on the old server, written into the home; whether it
@@ -280,6 +334,7 @@ class Move:
         except (HostError, OSError, asyncio.TimeoutError) as e:
             server.emit(f"Kernel state could not be saved: {e}", level="warning")
             return False
+        self._note_kernels("freeze", report, ("mode", "why", "written_bytes", "seconds"))
         for kernel_id, result in report.get("kernels", {}).items():
             if result.get("failed"):
                 server.emit(

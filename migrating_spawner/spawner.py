@@ -392,6 +392,15 @@ class MigratingSpawner(Spawner):
         60, help="Seconds a move may spend snapshotting or restoring kernels."
     ).tag(config=True)
 
+    kernel_precopy = Bool(
+        True,
+        help="""Pre-copy kernel state when a move starts: snapshot the kernels while they
+        serve, restore them ahead into kernels started under the same ids on the new server,
+        and ship only what cells changed since in the freeze. False: the freeze snapshots
+        and restores every kernel whole (the path before issue 14).
+        """,
+    ).tag(config=True)
+
     rstudio_suspend_grace = Float(
         10,
         help="""Seconds an RStudio session gets to suspend itself at a move or stop.
@@ -595,6 +604,25 @@ class MigratingSpawner(Spawner):
             self.emit(note, level="warning")  # e.g. RStudio force-suspended
         return report
 
+    async def precopy_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
+        """Snapshot the kernels on host:port into the home while they serve (no freeze)."""
+        if not self.kernel_precopy:
+            return {}
+        return await self.server_api(
+            host, port, "POST", "migrating/checkpoint", {"timeout": timeout}, timeout=timeout + 10
+        )
+
+    async def prestart_kernels(self, host: Host, port: int) -> dict[str, Any]:
+        """Start the kernels on the new server and restore the pre-copy into them."""
+        return await self.server_api(
+            host,
+            port,
+            "POST",
+            "migrating/prestart",
+            {"timeout": self.kernel_state_timeout},
+            timeout=self.kernel_state_timeout + 10,
+        )
+
     async def kill_server(self, host: Host) -> None:
         """SIGKILL the server on `host`, no grace (a move's freeze)."""
         await self.tcp_gateway("hold")  # new TCP connections wait for the new host
@@ -669,7 +697,7 @@ class MigratingSpawner(Spawner):
     async def rearm_route(self) -> None:
         await self._proxy.add_user(self.user, self.name)
 
-    async def restore_kernels(self, host: Host, port: int, final: bool = True) -> None:
+    async def restore_kernels(self, host: Host, port: int, final: bool = True) -> Any:
         """Re-create the kernels (same ids) on the server at host:port from the snapshots in
         its home, and tell the user what did not come back. `final`: the snapshots were
         taken as the old server stopped; if not, each kernel says how old its state is."""
@@ -688,7 +716,7 @@ class MigratingSpawner(Spawner):
             )
         except (HostError, OSError, asyncio.TimeoutError) as e:
             self.emit(f"Kernels could not be restored: {e}", level="warning")
-            return
+            return None
         self.controller.observer.history.note_restore(self.key, report)  # what did not come
         kernels = report.get("kernels", {})
         if kernels:
@@ -705,6 +733,7 @@ class MigratingSpawner(Spawner):
                 self.emit(f"Kernel {kernel_id[:8]}: {message}", level="warning")
         for note in (report.get("apps") or {}).get("notes", []):
             self.emit(note)  # web apps started again, an R version that differs
+        return report
 
     async def poll(self) -> int | None:
         if self.moving:

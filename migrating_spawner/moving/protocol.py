@@ -62,11 +62,21 @@ class MovableServer(Protocol):
         """Restore a checkpoint (its id) into the home on `host` (`current`: what is there
         already, as the last restore returned it)."""
 
+    async def precopy_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
+        """A move's pre-copy: snapshot the kernels of the server on host:port into its home
+        while they keep serving (no freeze); returns the per-kernel reports ({} if it
+        cannot pre-copy kernels)."""
+
+    async def prestart_kernels(self, host: Host, port: int) -> dict[str, Any]:
+        """On the new server at host:port: start the kernels under their ids and restore
+        the pre-copy snapshots into them, ahead of the freeze; returns per-kernel reports."""
+
     async def snapshot_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
         """Freeze and snapshot the kernels of the server on host:port into its home."""
 
-    async def restore_kernels(self, host: Host, port: int, final: bool = True) -> None:
-        """Bring the kernels back on the server at host:port (`final`: from a freeze)."""
+    async def restore_kernels(self, host: Host, port: int, final: bool = True) -> Any:
+        """Bring the kernels back on the server at host:port (`final`: from a freeze);
+        returns the restore's report (per kernel: mode delta|full, loaded_bytes), or None."""
 
     async def kill_server(self, host: Host) -> None:
         """Stop the server on `host` at once (no grace; never raises)."""

@@ -11,8 +11,11 @@ It keeps the server's live state in files under the home, so that state moves wi
 `POST api/migrating/checkpoint` writes it (the final snapshot of a move, or a suspend);
 `POST api/migrating/restore` re-creates sessions and kernels with the same ids and restores
 their namespaces on the new host (the move, and a resume after a stop, call it before the
-server is reported ready). Between moves, idle kernels that ran something are snapshotted
-every `snapshot_interval` seconds, so a host lost without notice loses little.
+server is reported ready). A move's pre-copy calls `POST api/migrating/prestart` on the new
+server first: it starts the kernels under their ids and restores the pre-copy snapshots
+into them, so the restore in the freeze only applies each kernel's delta. Between moves,
+idle kernels that ran something are snapshotted every `snapshot_interval` seconds, so a
+host lost without notice loses little.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ class ServerState:
         self.restoring = False
         self.last_restore: dict[str, Any] | None = None
         self.last_checkpoint: dict[str, Any] | None = None
+        #: kernels started ahead by a move's pre-copy (not reachable until the move switches
+        #: the route here): kernel id -> the report of the restore into it
+        self.prestarted: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
         self._snapshotted_activity: dict[str, Any] = {}
         # other extensions' work saved with the server: `await hook(until) -> dict` runs
@@ -129,7 +135,9 @@ class ServerState:
             _write_json(self.root / "terminals.json", self._terminals())
             hooks = [asyncio.ensure_future(h(until)) for h in self.freeze_hooks if freeze]
             for kernel_id in list(self.kernels.list_kernel_ids()):
-                report["kernels"][kernel_id] = await self._snapshot_kernel(kernel_id, until)
+                report["kernels"][kernel_id] = await self._snapshot_kernel(
+                    kernel_id, until, interrupt=freeze
+                )
             for result in await asyncio.gather(*hooks, return_exceptions=True):
                 if isinstance(result, BaseException):
                     self.log.error("a freeze hook failed: %r", result)
@@ -157,13 +165,19 @@ class ServerState:
             for kernel_id in self.kernels.list_kernel_ids()
         ]
 
-    async def _snapshot_kernel(self, kernel_id: str, until: float) -> dict[str, Any]:
+    async def _snapshot_kernel(
+        self, kernel_id: str, until: float, interrupt: bool = True
+    ) -> dict[str, Any]:
         """Snapshot one kernel; a failure is retried while time allows, and if it still
-        fails it is recorded, so the restore says how old the state it brings back is."""
+        fails it is recorded, so the restore says how old the state it brings back is.
+        Without `interrupt` (a move's pre-copy: the kernel goes on serving) a busy kernel
+        is left alone: its running cell is never cut short, and the freeze snapshots it."""
         kernel = self.kernels.get_kernel(kernel_id)
         language = kernel.kernel_spec.language if kernel.kernel_spec else ""
         if not kernel_state.supported(language):
             return {"ok": False, "reason": f"no state support for {language or 'this kernel'}"}
+        if not interrupt and getattr(kernel, "execution_state", "idle") == "busy":
+            return {"ok": False, "busy": True, "reason": "busy: the freeze snapshots it"}
         interrupted: str | bool = False
         target = self._kernel_dir(kernel_id)
         started = time.monotonic()
@@ -171,7 +185,9 @@ class ServerState:
         # a running cell gets half of the time left; the snapshot needs the rest
         cell_until = until - max(1.0, (until - time.time()) / 2)
         while True:
-            if not await self._wait_idle(kernel_id, cell_until):
+            if not await self._wait_idle(kernel_id, cell_until if interrupt else until):
+                if not interrupt:
+                    return {"ok": False, "busy": True, "reason": "busy: the freeze snapshots it"}
                 interrupted = await self._interrupt(kernel_id) or interrupted or True
                 await self._wait_idle(kernel_id, until - 0.5)
             try:
@@ -266,14 +282,34 @@ class ServerState:
     async def _restore(self, timeout: float, final: bool, delivered: list[str]) -> dict[str, Any]:
         report: dict[str, Any] = {"kernels": {}, "sessions": 0, "terminals": 0}
         kernels, paths = self._saved_kernels()
+        wanted = {k["id"] for k in kernels}
+        ahead, self.prestarted = self.prestarted, {}
+        for kernel_id in [k for k in ahead if k not in wanted and k in self.kernels]:
+            await self.kernels.shutdown_kernel(kernel_id, now=True)  # closed during the move
         for kernel in kernels:
             kernel_id = kernel["id"]
-            if kernel_id in self.kernels:
+            pre = ahead.get(kernel_id)
+            running = kernel_id in self.kernels
+            precopy = None
+            if pre is not None and pre.get("ok") and running:
+                precopy = "used"  # the pre-copy's kernel: the restore applies only the delta
+            elif pre is None and running:
                 continue
-            await self.kernels.start_kernel(
-                kernel_id=kernel_id, kernel_name=kernel.get("name"), path=paths.get(kernel_id, "")
-            )
+            else:
+                if running:  # started ahead, but its pre-copy restore failed
+                    await self.kernels.shutdown_kernel(kernel_id, now=True)
+                if pre is not None and pre.get("ok"):
+                    precopy = "fallback: the kernel started ahead was gone"
+                elif pre is not None:
+                    precopy = pre.get("whole") or (
+                        f"fallback: the restore of the pre-copy failed ({pre.get('error')})"
+                    )
+                elif ahead:
+                    precopy = "fallback: a kernel the pre-copy did not know"
+                await self._start_saved(kernel, paths)
             result = await self._restore_kernel(kernel_id, timeout, final)
+            if precopy:
+                result["precopy"] = precopy
             report["kernels"][kernel_id] = result
             if result.get("message"):
                 self.gate.announce(kernel_id, result["message"])
@@ -301,8 +337,17 @@ class ServerState:
             report["apps"] = {"notes": [f"Web apps could not be started again: {e}"]}
         return report
 
-    async def _restore_kernel(self, kernel_id: str, timeout: float, final: bool) -> dict[str, Any]:
-        """Restore one kernel's namespace; the report's `message` is what the user must know."""
+    async def _start_saved(self, kernel: dict[str, Any], paths: dict[str, str]) -> None:
+        """Start a kernel the last checkpoint names, under its id, in its session's folder."""
+        await self.kernels.start_kernel(
+            kernel_id=kernel["id"], kernel_name=kernel.get("name"), path=paths.get(kernel["id"], "")
+        )
+
+    async def _restore_kernel(
+        self, kernel_id: str, timeout: float, final: bool, ahead: bool = False
+    ) -> dict[str, Any]:
+        """Restore one kernel's namespace; the report's `message` is what the user must know
+        (`ahead`: a move's pre-copy, before the home is final; see `prestart`)."""
         kernel = self.kernels.get_kernel(kernel_id)
         language = kernel.kernel_spec.language if kernel.kernel_spec else ""
         source = self._kernel_dir(kernel_id)
@@ -314,9 +359,9 @@ class ServerState:
             why = ""
         if why:
             message = f"This kernel was moved to another machine and starts fresh: {why}."
-            return {"ok": False, "reason": message, "message": message}
+            return {"ok": False, "error": why, "reason": message, "message": message}
         try:
-            code = kernel_state.restore_code(language, str(source))
+            code = kernel_state.restore_code(language, str(source), ahead=ahead)
             await self._run_in_kernel(kernel_id, code, timeout)
             result = json.loads((source / "restore-report.json").read_text())
         except Exception as e:
@@ -351,6 +396,45 @@ class ServerState:
         if not result.get("ok"):
             result["reason"] = result["message"]
         return result
+
+    async def prestart(self, timeout: float = 60) -> dict[str, Any]:
+        """A move's pre-copy, on the new server: start the Python kernels the old server's
+        pre-copy snapshot names, under their ids, and restore those snapshots into them.
+        Nobody reaches them before the move switches the route here; its `restore` then
+        only applies each kernel's delta, and a kernel whose restore failed here is started
+        again fresh there and restored whole. Other kernels are restored whole there."""
+        async with self._lock:
+            report: dict[str, Any] = {"kernels": {}}
+            kernels, paths = self._saved_kernels()
+            specs = self.kernels.kernel_spec_manager
+            for kernel in kernels:
+                kernel_id = kernel["id"]
+                if kernel_id in self.kernels or kernel_id in self.prestarted:
+                    continue
+                name = kernel.get("name") or self.kernels.default_kernel_name
+                try:
+                    language = specs.get_kernel_spec(name).language
+                except Exception as e:  # its restore says so, as without a pre-copy
+                    language = f"unknown ({type(e).__name__})"
+                if not kernel_state.precopies(language):
+                    whole = f"not pre-copied: {language} kernels are restored whole"
+                    self.prestarted[kernel_id] = {"ok": False, "whole": whole}
+                    report["kernels"][kernel_id] = {"ok": False, "error": whole}
+                    continue
+                try:
+                    await self._start_saved(kernel, paths)
+                    result = await self._restore_kernel(kernel_id, timeout, True, ahead=True)
+                except Exception as e:
+                    result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                if not result.get("ok"):
+                    self.log.warning(
+                        "pre-copy restore of kernel %s failed: %s", kernel_id, result.get("error")
+                    )
+                self.prestarted[kernel_id] = result
+                report["kernels"][kernel_id] = {
+                    k: result.get(k) for k in ("ok", "error", "mode", "seconds")
+                }
+            return report
 
     def _restore_terminals(self) -> int:
         manager = self.app.web_app.settings.get("terminal_manager")
@@ -397,20 +481,22 @@ class ServerState:
                 self.log.exception("background kernel snapshot failed")
 
 
+def _seconds(body: dict[str, Any], key: str, default: float) -> float:
+    """A number of seconds from a request's JSON body (400 if it is not one)."""
+    try:
+        return float(body.get(key, default))
+    except (TypeError, ValueError):
+        raise web.HTTPError(400, f"{key} must be a number of seconds") from None
+
+
 class CheckpointHandler(APIHandler):
     @web.authenticated
     async def post(self) -> None:
         body = self.get_json_body() or {}
-        try:
-            timeout = float(body.get("timeout", 30))
-        except (TypeError, ValueError):
-            raise web.HTTPError(400, "timeout must be a number of seconds") from None
-        try:
-            grace = float(body.get("rstudio_suspend_grace", 10))
-        except (TypeError, ValueError):
-            raise web.HTTPError(400, "rstudio_suspend_grace must be a number of seconds") from None
         report = await self.settings["migrating_state"].checkpoint(
-            timeout, freeze=bool(body.get("freeze")), rstudio_grace=grace
+            _seconds(body, "timeout", 30),
+            freeze=bool(body.get("freeze")),
+            rstudio_grace=_seconds(body, "rstudio_suspend_grace", 10),
         )
         self.finish(json.dumps(report, default=str))
 
@@ -419,15 +505,19 @@ class RestoreHandler(APIHandler):
     @web.authenticated
     async def post(self) -> None:
         body = self.get_json_body() or {}
-        try:
-            timeout = float(body.get("timeout", 60))
-        except (TypeError, ValueError):
-            raise web.HTTPError(400, "timeout must be a number of seconds") from None
         report = await self.settings["migrating_state"].restore(
-            timeout,
+            _seconds(body, "timeout", 60),
             final=bool(body.get("final", True)),
             delivered=[str(seal) for seal in body.get("delivered") or []],
         )
+        self.finish(json.dumps(report, default=str))
+
+
+class PrestartHandler(APIHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        body = self.get_json_body() or {}
+        report = await self.settings["migrating_state"].prestart(_seconds(body, "timeout", 60))
         self.finish(json.dumps(report, default=str))
 
 
@@ -466,6 +556,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
         [
             (base + "/checkpoint", CheckpointHandler),
             (base + "/restore", RestoreHandler),
+            (base + "/prestart", PrestartHandler),
             (base + "/status", StatusHandler),
         ],
     )

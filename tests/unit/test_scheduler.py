@@ -201,6 +201,12 @@ class FakeServer:
         await self.world.step(f"restore {checkpoint_id}")
         return checkpoint_id
 
+    async def precopy_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
+        return {}  # no kernels to pre-copy: the steps stay those of a move without
+
+    async def prestart_kernels(self, host: Host, port: int) -> dict[str, Any]:
+        raise AssertionError("nothing was pre-copied")
+
     async def snapshot_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
         await self.world.step("snapshot kernels")
         return {"kernels": {}}

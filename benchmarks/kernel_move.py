@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import platform
 import sys
 import tempfile
@@ -29,52 +30,76 @@ from realhub import RealHub  # noqa: E402
 from results import replace_section  # noqa: E402
 
 SECTION = "## Move downtime with kernel state"
+SYNCED = 'c.MigratingSpawner.home_mode = "synced"\n'
 
 
-async def one_case(size_mb: int, workdir: Path) -> dict:
-    hub = RealHub(workdir, 'c.MigratingSpawner.home_mode = "synced"\n')
+@contextlib.asynccontextmanager
+async def notebook_kernel(workdir: Path, config: str = SYNCED, user: str = "alice"):
+    """A real hub (CHP, local hosts) with `user`'s server and one notebook kernel; yields
+    (hub, token, the server's URL, kernel id) and stops it all (hosts included)."""
+    hub = RealHub(workdir, config)
     hub.start()
     try:
         await hub.wait_up()
-        await hub.spawn("alice")
-        token = await hub.user_token("alice")
-        session = await hub.new_session("alice", token, "b.ipynb")
-        base = hub.url + "/user/alice"
-        kernel_id = session["kernel"]["id"]
-        code = f"import numpy as np\narr = np.full({size_mb} * 2**20 // 8, 7.0)\nx = 42"
-        async with KernelSocket(base, kernel_id, token) as kernel:
-            await kernel.run(code, timeout=300)
-        old = (await hub.server_info("alice"))["host_id"]
-        since = time.time()
-        status, _ = await hub.migrate_api(
-            "POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 20}
-        )
-        assert status == 202
-        while True:
-            info = await hub.server_info("alice")
-            if info["state"] == "Running" and info["host_id"] != old:
-                break
-            await asyncio.sleep(0.2)
-        moved = time.time() - since
-        async with KernelSocket(base, kernel_id, token) as kernel:
-            out, _ = await kernel.run("print(x, arr.nbytes // 2**20, arr[-1])", timeout=120)
-        answered = time.time() - since
-        lines = _log_lines(hub, since)
-        held = next((ts for ts, line in lines if "Holding /user/alice/" in line), None)
-        released = next(
-            (ts for ts, line in lines if "Released /user/alice/" in line and held), None
-        )
-        return {
-            "size": size_mb,
-            "hold": (released - held) if held and released else None,
-            "moved": moved,
-            "answered": answered,
-            "intact": out.split() == ["42", str(size_mb), "7.0"],
-        }
+        await hub.spawn(user)
+        token = await hub.user_token(user)
+        session = await hub.new_session(user, token, "b.ipynb")
+        yield hub, token, f"{hub.url}/user/{user}", session["kernel"]["id"]
     finally:
         hub.stop()
         hub.kill_proxy()
         hub.release_all_hosts()
+
+
+async def reclaim(hub: RealHub, notice: float, user: str = "alice") -> tuple[str, float]:
+    """Reclaim `user`'s host with `notice` seconds: (that host's id, when)."""
+    old = (await hub.server_info(user))["host_id"]
+    since = time.time()
+    status, _ = await hub.migrate_api(
+        "POST", f"/hosts/{old}/reclaim", body={"notice_seconds": notice}
+    )
+    assert status == 202
+    return old, since
+
+
+async def moved(hub: RealHub, old: str, timeout: float, user: str = "alice") -> None:
+    """Until `user`'s server runs on a host other than `old`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await hub.server_info(user)
+        if info["state"] == "Running" and info["host_id"] != old:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no move in {timeout:.0f} s: {info}")
+        await asyncio.sleep(0.05)
+
+
+def hold_seconds(hub: RealHub, since: float, user: str = "alice") -> float | None:
+    """The route's hold of the move after `since`: hub log "Holding" to "Released"."""
+    lines = _log_lines(hub, since)
+    held = next((ts for ts, line in lines if f"Holding /user/{user}/" in line), None)
+    released = next((ts for ts, line in lines if f"Released /user/{user}/" in line and held), None)
+    return (released - held) if held and released else None
+
+
+async def one_case(size_mb: int, workdir: Path) -> dict:
+    async with notebook_kernel(workdir) as (hub, token, base, kernel_id):
+        code = f"import numpy as np\narr = np.full({size_mb} * 2**20 // 8, 7.0)\nx = 42"
+        async with KernelSocket(base, kernel_id, token) as kernel:
+            await kernel.run(code, timeout=300)
+        old, since = await reclaim(hub, 20)
+        await moved(hub, old, 300)
+        moved_after = time.time() - since
+        async with KernelSocket(base, kernel_id, token) as kernel:
+            out, _ = await kernel.run("print(x, arr.nbytes // 2**20, arr[-1])", timeout=120)
+        answered = time.time() - since
+        return {
+            "size": size_mb,
+            "hold": hold_seconds(hub, since),
+            "moved": moved_after,
+            "answered": answered,
+            "intact": out.split() == ["42", str(size_mb), "7.0"],
+        }
 
 
 def table(rows: list[dict]) -> str:

@@ -199,6 +199,11 @@ async def test_alice_finds_her_running_server_from_the_hub_home(hub, alice):
         arg=info["host_id"],
     )
     assert await card(page).locator(".address").inner_text() == info["address"]
+    # what the uptime counts, said; the intro speaks of her own servers
+    uptime = await card(page).locator(".uptime").inner_text()
+    assert re.fullmatch(r"\d+:\d\d since it started \(moves included\)", uptime), uptime
+    intro = await page.locator("#migrate-page > p").first.inner_text()
+    assert intro.startswith("Your servers run on reclaimable hosts"), intro
     assert await card(page).locator("button[data-verb=migrate]").is_enabled()
     assert await card(page).locator("button[data-verb=resume]").is_disabled()
     # not an admin: no Hosts tab
@@ -242,6 +247,9 @@ async def test_an_admin_sees_every_server_and_the_hosts(hub, browser, alice):
     try:
         await page.goto(hub.url + "/services/migrate/")
         assert await state_of(page) == "Running"
+        # not "Your servers": an admin sees everyone's
+        intro = await page.locator("#migrate-page > p").first.inner_text()
+        assert intro.startswith("Every user's servers are listed here"), intro
         await page.click("#tab-hosts")
         row = page.locator(f'#hosts tr.host-row[data-host="{info["host_id"]}"]')
         await row.wait_for()
@@ -311,7 +319,10 @@ async def test_a_reclaim_notice_counts_down_on_the_page(hub, alice):
 async def test_suspend_resume_and_cancel_from_the_page(hub, alice):
     page = alice
     message = card(page).locator(".message")
-    await card(page).locator("button[data-verb=suspend]").click()
+    async with page.expect_request(lambda r: r.method == "POST") as posted:
+        await card(page).locator("button[data-verb=suspend]").click()
+    # the default server's verb: no empty server name between two slashes
+    assert (await posted.value).url == hub.url + "/services/migrate/api/servers/alice/suspend"
     await until_state(page, "Suspended")
     await page.wait_for_function(
         "() => document.querySelector('article[data-key=\"alice/\"] .message')"
@@ -350,6 +361,7 @@ async def test_suspend_resume_and_cancel_from_the_page(hub, alice):
     # the API's own words, once ("Discarded: ..."), not "Cancelled. Lost: Discarded: ..."
     said = await message.inner_text()
     assert said.startswith("Discarded") and "Lost:" not in said, said
+    assert said.endswith("The next start is fresh."), said
     info = await hub.server_info("alice")
     assert (info["state"], info["checkpoint_id"]) == ("Stopped", None)
     # the history has each of them (it is polled: the last one may come a poll later)

@@ -67,8 +67,10 @@
     return body;
   }
 
+  // servers/alice for the default server (not servers/alice/ and then //suspend)
   function serverPath(user, server) {
-    return "servers/" + encodeURIComponent(user) + "/" + encodeURIComponent(server);
+    const named = server ? "/" + encodeURIComponent(server) : "";
+    return "servers/" + encodeURIComponent(user) + named;
   }
 
   // -- formatting ------------------------------------------------------------------------
@@ -116,7 +118,13 @@
   function lostText(lost) {
     if (!lost) return "";
     const parts = [];
-    if (lost.files) parts.push(lost.files);
+    // the hub words it in its own clock ("files changed after 21:15:36"): say that time
+    // as this page's Time column does (files_since is its timestamp)
+    if (lost.files && lost.files_since) {
+      parts.push(lost.files.replace(/\b\d{1,2}:\d{2}:\d{2}\b/, clock(lost.files_since)));
+    } else if (lost.files) {
+      parts.push(lost.files);
+    }
     for (const [kernel, names] of Object.entries(lost.variables || {})) {
       if (names && names.length) {
         parts.push("variables " + names.join(", ") + " (kernel " + kernel.slice(0, 8) + ")");
@@ -274,8 +282,10 @@
     if (countdown.textContent !== words) countdown.textContent = words;
     let up = "";
     if (s.state === "Running" || s.state === "Floating") {
+      // JupyterHub's start time: a move keeps it, a Suspend and Resume starts anew
       if (s.started) up = duration(now - s.started);
       else if (typeof s.uptime === "number") up = duration(s.uptime + (now - card.fetched));
+      if (up) up += " since it started (moves included)";
     }
     text(card, ".uptime", up);
   }

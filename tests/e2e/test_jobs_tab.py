@@ -1,5 +1,6 @@
 """The Jobs tab of the migrate service's hub page in a real browser: the control API's
-headless jobs (GET jobs) with their status, moves, cost and output.
+headless jobs (GET jobs) with their status, moves, cost and output, and Cancel of a running
+one from the tab (its server removed).
 
 One real hub (CHP, local hosts, real named servers and kernels), headless Debian chromium
 through Playwright.
@@ -7,12 +8,14 @@ through Playwright.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from jobnotebook import counter_notebook
+from jobnotebook import counter_notebook, ran
 from labpage import ARTIFACTS, CHROMIUM, chromium_page
 
 pytestmark = pytest.mark.integration
@@ -35,8 +38,17 @@ async def submit(hub, token, notebook: str, name: str) -> str:
     return job["id"]
 
 
+async def wait_status(page, job_id: str, status: str, timeout: float = 120_000) -> None:
+    await page.wait_for_function(
+        "([id, status]) => { const r = document.querySelector(`#jobs tr[data-job='${id}']`);"
+        " return r && r.dataset.status === status }",
+        arg=[job_id, status],
+        timeout=timeout,
+    )
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
-async def test_the_jobs_tab_lists_a_job_to_its_end(hub_factory):
+async def test_the_jobs_tab_lists_a_job_to_its_end_and_cancels_a_running_one(hub_factory, tmp_path):
     pytest.importorskip("playwright.async_api")
     hub = await hub_factory(CONFIG)
     token = await hub.user_token("alice")
@@ -62,18 +74,46 @@ async def test_the_jobs_tab_lists_a_job_to_its_end(hub_factory):
             assert await row(page, quick).locator("td.notebook").inner_text() == "quick.ipynb"
 
             # the page follows the job to its end by itself
-            await page.wait_for_function(
-                "(id) => { const r = document.querySelector(`#jobs tr[data-job='${id}']`);"
-                " return r && r.dataset.status === 'completed' }",
-                arg=quick,
-                timeout=120_000,
-            )
+            await wait_status(page, quick, "completed")
             done = row(page, quick)
             assert await done.locator("td.status").inner_text() == "Completed"
             assert await done.locator("td.moves").inner_text() == "0"
             assert (await done.locator("td.cost").inner_text()).startswith("$")
             assert (await done.locator("td.output").inner_text()).startswith("quick.")
             assert await done.locator("button[data-verb=cancel-job]").count() == 0
+
+            # a job that runs until cancelled: its counter at a path every server can
+            # write (the job's server has a home of its own), its cell waits for a file
+            # that never comes
+            os.chmod(tmp_path, 0o777)
+            counter = tmp_path / "long-counter.txt"
+            wait = (
+                "import os, time\n"
+                f"while not os.path.exists({str(tmp_path / 'never')!r}): time.sleep(0.1)"
+            )
+            nbformat.write(counter_notebook([wait], counter), str(home / "long.ipynb"))
+            long = await submit(hub, token, "long.ipynb", "long")
+            deadline = time.monotonic() + 120
+            while 1 not in ran(counter):
+                assert time.monotonic() < deadline, "the long job's cell did not start"
+                await asyncio.sleep(0.3)
+            await wait_status(page, long, "running")
+            await row(page, long).locator("button[data-verb=cancel-job]").click()
+            await page.locator("#jobs-message", has_text="long: Cancelled.").wait_for(
+                timeout=120_000
+            )
+            await wait_status(page, long, "cancelled", timeout=30_000)
+            cancelled = row(page, long)
+            assert await cancelled.locator("td.status").inner_text() == "Cancelled"
+            assert await cancelled.locator("button[data-verb=cancel-job]").count() == 0
+            message = await cancelled.locator("td.message").inner_text()
+            assert message.startswith("its server was stopped and removed"), message
+            status, job = await hub.migrate_api("GET", f"/jobs/{long}", token)
+            assert status == 200 and job["status"] == "cancelled", job
+            assert any(e["message"] == "cancelled by alice" for e in job["events"]), job
+            status, user = await hub.api("GET", "/users/alice")
+            assert long not in user["servers"], user["servers"]
+            assert ran(counter) == [1]
 
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "jobs-tab.png"), full_page=True)

@@ -36,7 +36,6 @@ import re
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,13 +46,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
-from ec2world import AMI, ec2_world  # noqa: E402
+from ec2world import cloud_config, cloud_resources, ec2_config, ec2_world  # noqa: E402
 from kernelws import KernelSocket  # noqa: E402
 from motoserver import moto_environ  # noqa: E402
 from realhub import RealHub  # noqa: E402
 from results import replace_section  # noqa: E402
-
-from migrating_spawner.hosts.cloudevents import put_rule  # noqa: E402
 
 SECTION = "## EC2 spot storm (simulated region)"
 NOTICE = 120.0
@@ -65,26 +62,9 @@ _CKPT = re.compile(
     r"(?P<read>\d+) bytes read, (?P<sent>\d+) bytes sent"
 )
 
-CONFIG = """
-c.MigratingController.provider_class = "migrating_spawner.hosts.ec2.EC2HostProvider"
-c.EC2HostProvider.endpoint_url = "{ec2_url}"
-c.EC2HostProvider.region = "us-east-1"
-c.EC2HostProvider.image_id = "{ami}"
-c.EC2HostProvider.hub_name = "storm-hub"
-c.EC2HostProvider.agent_port = {agent_port}
-c.EC2HostProvider.python = "{python}"
-c.EC2HostProvider.boot_timeout = 240
-c.EC2HostProvider.instance_types = {{"small": {{"types": ["t3.medium", "t3a.medium"]}}}}
-c.EC2HostProvider.watch_interval = 2
+#: what the storm's hub adds to the region's configs (tests/ec2world.py)
+STORM_CONFIG = """
 c.MigratingController.max_concurrent_moves = {servers}
-c.MigratingSpawner.home_mode = "synced"
-c.MigratingSpawner.precopy_interval = 10
-c.MigratingController.store_class = "migrating_spawner.checkpoint.s3.S3CheckpointStore"
-c.S3CheckpointStore.bucket = "{bucket}"
-c.S3CheckpointStore.endpoint_url = "{moto_url}"
-c.CloudEventsChannel.queue_url = "{queue}"
-c.CloudEventsChannel.endpoint_url = "{moto_url}"
-c.CloudEventsChannel.wait_seconds = 5
 c.JupyterHub.concurrent_spawn_limit = 0
 c.Spawner.start_timeout = 300
 c.Spawner.http_timeout = 240
@@ -199,21 +179,13 @@ async def storm(servers: int, home_mb: int, kernel_mb: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="ec2-storm-") as tmp:
         root = Path(tmp)
         with ec2_world(root / "region") as world, moto_environ(world.moto):
-            s3, sqs = world.moto.client("s3"), world.moto.client("sqs")
-            bucket = f"storm-{uuid.uuid4().hex[:10]}"
-            s3.create_bucket(Bucket=bucket)
-            queue = sqs.create_queue(QueueName=f"storm-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-            arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
-            put_rule(world.moto.client("events"), arn["Attributes"]["QueueArn"])
-            config = CONFIG.format(
-                ec2_url=world.sim_ec2_url,
-                ami=AMI,
-                agent_port=world.agent_port,
-                python=sys.executable,
-                servers=servers,
-                bucket=bucket,
-                moto_url=world.moto.endpoint_url,
-                queue=queue,
+            bucket, queue = cloud_resources(world.moto, "storm")
+            config = (
+                ec2_config(world, hub_name="storm-hub", boot_timeout=240, watch_interval=2)
+                + cloud_config(
+                    world.moto.endpoint_url, bucket, queue, wait_seconds=5, precopy_interval=10
+                )
+                + STORM_CONFIG.format(servers=servers)
             )
             (root / "hub").mkdir()
             hub = RealHub(root / "hub", config)

@@ -9,26 +9,18 @@ kernel's state, which lives in it) through the bucket themselves.
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
+from ec2world import cloud_config, cloud_resources
 from kernelws import KernelSocket
 from motoserver import moto_environ, moto_server  # noqa: F401  (pytest fixture)
 from test_move import read_file, wait_moved, wait_released, write_file
 
-from migrating_spawner.hosts.cloudevents import INTERRUPTION, put_rule
+from migrating_spawner.hosts.cloudevents import INTERRUPTION
 
 pytestmark = pytest.mark.integration
 
-HUB_CONFIG = """
-c.MigratingSpawner.home_mode = "synced"
-c.MigratingController.store_class = "migrating_spawner.checkpoint.s3.S3CheckpointStore"
-c.S3CheckpointStore.bucket = "{bucket}"
-c.S3CheckpointStore.endpoint_url = "{endpoint}"
-c.CloudEventsChannel.queue_url = "{queue}"
-c.CloudEventsChannel.endpoint_url = "{endpoint}"
-c.CloudEventsChannel.wait_seconds = 2
-
+PROVIDER_CONFIG = """
 from migrating_spawner.hosts.cloudevents import CloudEventsChannel
 from migrating_spawner.hosts.local import LocalHostProvider
 
@@ -48,13 +40,9 @@ async def test_servers_move_with_their_home_through_s3_on_an_eventbridge_notice(
     hub_factory,
     moto_server,  # noqa: F811
 ):
-    s3, sqs, events = (moto_server.client(n) for n in ("s3", "sqs", "events"))
-    bucket = f"hub-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(Bucket=bucket)
-    queue = sqs.create_queue(QueueName=f"hub-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
-    put_rule(events, arn["Attributes"]["QueueArn"])
-    config = HUB_CONFIG.format(bucket=bucket, endpoint=moto_server.endpoint_url, queue=queue)
+    s3, events = moto_server.client("s3"), moto_server.client("events")
+    bucket, queue = cloud_resources(moto_server)
+    config = cloud_config(moto_server.endpoint_url, bucket, queue) + PROVIDER_CONFIG
     with moto_environ(moto_server):  # the hub and its agents: credentials from the env
         hub = await hub_factory(config)
 

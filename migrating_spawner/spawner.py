@@ -9,6 +9,7 @@ holds the per-server steps a move is made of.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from typing import Any
@@ -20,7 +21,7 @@ from tornado import web
 from traitlets import Bool, Enum, Float, List, Unicode, default
 
 from . import profiles as profiles_mod
-from .agent.client import AgentClient, AgentError
+from .agent.client import AgentClient, AgentError, send
 from .batch.messages import job_paused_message
 from .checkpoint import CheckpointError, Manifest, checkpoint_time, new_checkpoint_id
 from .controller import MigratingController
@@ -33,7 +34,7 @@ from .history import (
     human_bytes,
     requester,
 )
-from .hosts.base import Host, HostError
+from .hosts.base import Host, HostError, ServerAPIError
 from .kernelstate import lost_message
 from .moving import MoveRecord
 from .serverspec import ServerSettings, build_server_spec, home_folder
@@ -559,24 +560,44 @@ class MigratingSpawner(Spawner):
         raise HostError(f"server on {host.id} did not answer {url} in time")
 
     async def server_api(
-        self, host: Host, port: int, method: str, path: str, body: Any = None, timeout: float = 60
+        self,
+        host: Host,
+        port: int,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 60,
+        *,
+        params: dict[str, str] | None = None,
+        under: str = "api",
     ) -> Any:
-        """Call the singleuser extension's API on the server at host:port (its own token)."""
+        """Call the server at host:port with its own token, over the hub's one shared HTTP
+        client (agent.client.send): `path` is under the server's `api/` (the singleuser
+        extension's and Jupyter's REST API), or under `under` ("" for the server's root:
+        jupyter-scheduler's `scheduler/...`). The JSON answer (None when empty);
+        ServerAPIError (a HostError with the HTTP `status`, 0 when the server did not answer)."""
         import aiohttp
 
-        url = f"http://{host.address}:{port}" + url_path_join(self.server.base_url, "api", path)
+        url = f"http://{host.address}:{port}" + url_path_join(self.server.base_url, under, path)
         headers = {"Authorization": f"token {self.api_token}"}
         try:
-            async with aiohttp.ClientSession() as session:
-                async with session.request(
-                    method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(timeout)
-                ) as resp:
-                    text = await resp.text()
-                    if resp.status >= 400:
-                        raise HostError(f"{method} {path} on {host.id}: {resp.status} {text[:300]}")
-                    return await resp.json(content_type=None)
-        except aiohttp.ClientError as e:  # e.g. the host died under the call
-            raise HostError(f"{method} {path} on {host.id}: {type(e).__name__}: {e}") from e
+            resp = await send(
+                method,
+                url,
+                json=body,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(timeout),
+            )
+            async with resp:
+                text = await resp.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # e.g. the host died
+            raise ServerAPIError(f"{method} {path} on {host.id}: {type(e).__name__}: {e}") from e
+        if resp.status >= 400:
+            raise ServerAPIError(
+                f"{method} {path} on {host.id}: {resp.status} {text[:300]}", resp.status
+            )
+        return json.loads(text) if text else None
 
     async def snapshot_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
         """Freeze the kernels of the server at host:port and snapshot them into its home,

@@ -20,10 +20,9 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
 from ..checkpoint import CheckpointError
 from ..checkpoint.chunks import split_bytes
+from ..hosts.base import ServerAPIError
 from ..serverspec import home_folder
 
 #: tries of a call to a running server (it may be moving: its address changes meanwhile)
@@ -114,31 +113,23 @@ class HomeFiles:
         last: Exception | None = None
         for attempt in range(TRIES):
             spawner = self.spawner
-            if not spawner.ready or spawner.server is None:
+            if not spawner.ready or spawner.server is None or spawner.host is None:
                 raise HomeError(f"{spawner.key} stopped while its home was in use")
-            url = spawner.server.url.rstrip("/") + "/api/contents/" + quote(rel)
-            headers = {"Authorization": f"token {spawner.api_token}"}
             try:
-                async with aiohttp.ClientSession() as http:
-                    async with http.request(
-                        method,
-                        url,
-                        json=body,
-                        params=params,
-                        headers=headers,
-                        timeout=aiohttp.ClientTimeout(60),
-                    ) as resp:
-                        if resp.status == 404 and method == "GET":
-                            return None
-                        if resp.status < 400:
-                            return await resp.json(content_type=None)
-                        last = HomeError(
-                            f"{method} {rel}: {resp.status} {(await resp.text())[:200]}"
-                        )
-                        if resp.status < 500:
-                            raise last
-            except aiohttp.ClientError as e:  # moving: the old address is gone
-                last = e
+                return await spawner.server_api(
+                    spawner.host,
+                    spawner.server.port,
+                    method,
+                    "contents/" + quote(rel),
+                    body,
+                    params=params,
+                )
+            except ServerAPIError as e:
+                if e.status == 404 and method == "GET":
+                    return None
+                if 400 <= e.status < 500:
+                    raise HomeError(str(e)) from None
+                last = e  # moving: the old address is gone, or the server is restarting
             await asyncio.sleep(1 + attempt)
         raise HomeError(f"{method} {rel} on {self.spawner.key}: {last}")
 

@@ -128,6 +128,8 @@ class JobRecord:
     profile: str
     name: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: the kernel it runs on (submit's, else the notebook's, else JobRunner.default_kernel)
+    kernel: str = ""
     by: str = ""
     status: str = QUEUED
     submitted: float = field(default_factory=time.time)
@@ -180,6 +182,7 @@ class JobRecord:
             "notebook": self.notebook,
             "profile": self.profile,
             "parameters": self.parameters,
+            "kernel": self.kernel,
             "server": self.server,
             "status": self.status,
             "submitted": self.submitted,
@@ -212,7 +215,8 @@ def render_log(record: JobRecord) -> str:
     """The job's log file: one line per event, UTC."""
     lines = [
         f"job {record.id} ({record.name or record.notebook}) of {record.user}: {record.notebook}",
-        f"profile {record.profile}; parameters {json.dumps(record.parameters)}",
+        f"profile {record.profile}; kernel {record.kernel or '-'}; "
+        f"parameters {json.dumps(record.parameters)}",
     ]
     for event in record.events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(event["time"]))

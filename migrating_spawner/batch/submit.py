@@ -40,6 +40,8 @@ from traitlets import Dict, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .. import profiles as profiles_mod
+from ..agent.client import send
+from ..hosts.base import ServerAPIError
 from .homefiles import HomeError, HomeFiles
 from .jobs import (
     CANCELLED,
@@ -101,6 +103,12 @@ class JobRunner(LoggingConfigurable):
         believed yet: the old host's job process may write one as it is killed, before the
         resumed run on the new host takes the job up again.""",
     ).tag(config=True)
+    default_kernel = Unicode(
+        "python3",
+        help="""The kernel a job runs on when neither the submit (`--kernel`, papermill's
+        -k) nor the notebook (`metadata.kernelspec.name`) names one; the job's record warns
+        that it was used.""",
+    ).tag(config=True)
     runtime_environment = Unicode(
         "python", help="jupyter-scheduler's runtime_environment_name for the jobs."
     ).tag(config=True)
@@ -143,6 +151,9 @@ class JobRunner(LoggingConfigurable):
 
     # -- the hub's objects ------------------------------------------------------------
 
+    def has_user(self, name: str) -> bool:
+        return orm.User.find(self.app.db, name) is not None
+
     def user(self, name: str) -> Any:
         orm_user = orm.User.find(self.app.db, name)
         if orm_user is None:
@@ -168,6 +179,7 @@ class JobRunner(LoggingConfigurable):
         parameters: Any = None,
         name: Any = None,
         by: str = "",
+        kernel: Any = None,
     ) -> JobRecord:
         """Check the input and queue the job; JobInputError (400/404/409) when it cannot run."""
         if not self.app.allow_named_servers:
@@ -181,6 +193,8 @@ class JobRunner(LoggingConfigurable):
             raise JobInputError(400, str(e)) from None
         if name is not None and not isinstance(name, str):
             raise JobInputError(400, "name must be a string")
+        if kernel is not None and not (isinstance(kernel, str) and kernel.strip()):
+            raise JobInputError(400, "kernel must be a kernel's name (e.g. python3)")
         if profile is not None and not isinstance(profile, str):
             raise JobInputError(400, "profile must be a string (a profile's slug)")
         user = self.user(username)
@@ -210,8 +224,7 @@ class JobRunner(LoggingConfigurable):
                 raise ValueError("no cells")
         except ValueError:
             raise JobInputError(400, f"{path} is not a notebook (not nbformat JSON)") from None
-        if not (nb.get("metadata", {}).get("kernelspec") or {}).get("name"):
-            raise JobInputError(400, f"{path} names no kernel (metadata.kernelspec.name)")
+        named = (nb.get("metadata", {}).get("kernelspec") or {}).get("name")
         record = JobRecord(
             id=new_job_id(),
             user=username,
@@ -220,11 +233,16 @@ class JobRunner(LoggingConfigurable):
             name=name or os.path.basename(path)[: -len(".ipynb")],
             parameters=params,
             by=by or username,
+            kernel=(kernel or "").strip() or named or self.default_kernel,
         )
         while record.id in user.orm_spawners or self.store.get(record.id):
             record.id = new_job_id()
         if params and not has_parameters_cell(nb):
             record.warnings.append(NO_PARAMETERS_CELL)
+        if not kernel and not named:
+            record.warnings.append(
+                f"this notebook names no kernel (metadata.kernelspec): it runs on {record.kernel}"
+            )
         record.note(f"submitted by {record.by}: {path} on profile {record.profile or 'default'}")
         self.store.save(record)
         self._launch(record)
@@ -317,6 +335,7 @@ class JobRunner(LoggingConfigurable):
         data = await self.home(self.user(record.user)).read(record.notebook)
         if data is None:
             raise RuntimeError(f"{record.notebook} is no longer in the home")
+        data = await self._on_kernel(record, data)
         parts = record.notebook.split("/")
         for i in range(1, len(parts)):
             await self._server_call(
@@ -338,9 +357,38 @@ class JobRunner(LoggingConfigurable):
             },
         )
         record.scheduler_job_id = created["job_id"]
-        record.status = RUNNING
-        record.note(f"running on {spawner.host.id if spawner.host else '?'}")
+        # queued in jupyter-scheduler: `running on <host>` once its process runs (_watch)
+        record.note(f"created in jupyter-scheduler on {self._host_id(spawner)}")
         self.store.save(record)
+
+    async def _on_kernel(self, record: JobRecord, data: bytes) -> bytes:
+        """The notebook as the job runs it: on `record.kernel`, which its server must have
+        (RuntimeError naming the kernels it has); its kernelspec rewritten if it names
+        another one or none (papermill's -k)."""
+        nb = json.loads(data)
+        meta = nb.setdefault("metadata", {})
+        named = (meta.get("kernelspec") or {}).get("name")
+        # (a record from before `kernel` was kept has none)
+        record.kernel = record.kernel or named or self.default_kernel
+        specs = await self._server_call(record, "GET", "api/kernelspecs")
+        known = sorted((specs or {}).get("kernelspecs", {}))
+        if record.kernel not in known:
+            raise RuntimeError(
+                f"no kernel {record.kernel} on its server (it has: {', '.join(known) or 'none'})"
+            )
+        if named == record.kernel:
+            return data
+        spec = specs["kernelspecs"][record.kernel].get("spec", {})
+        meta["kernelspec"] = {
+            "name": record.kernel,
+            "display_name": spec.get("display_name", record.kernel),
+            "language": spec.get("language", ""),
+        }
+        return json.dumps(nb).encode()
+
+    @staticmethod
+    def _host_id(spawner: Any) -> str:
+        return spawner.host.id if spawner.host else "?"
 
     async def _watch(self, record: JobRecord) -> None:
         last_save = time.monotonic()
@@ -358,6 +406,7 @@ class JobRunner(LoggingConfigurable):
                 last_move = time.monotonic()
             self._account(record, spawner)
             job = None
+            noted = False
             if moving:
                 status = MOVING
             elif spawner.ready:
@@ -387,16 +436,20 @@ class JobRunner(LoggingConfigurable):
             ):
                 last_message = job["status_message"]
                 if status == RUNNING and last_message not in record.message:
-                    record.note(last_message)
-                    changed = True
+                    record.note(last_message)  # e.g. resumed on <host> at cell N after ...
+                    changed = noted = True
+            if status == RUNNING and record.status != RUNNING and not noted:
+                record.note(f"running on {self._host_id(spawner)}")
             settled = time.monotonic() - last_move > self.settle_after_move
-            if status in FINISHED and settled:
+            # only a run that reached the end writes COMPLETED: believed at once
+            if status in FINISHED and (settled or status == COMPLETED):
                 await self._complete(record, status, job or {})
                 return
             if status in FINISHED:
                 # the old host's job process, killed at the reclaim, may have written FAILED
-                # into a shared home's scheduler database; the resumed run sets IN_PROGRESS
-                status = MOVING
+                # into a shared home's scheduler database; the resumed run sets IN_PROGRESS:
+                # until then the status stays what it was (moving, or running)
+                status = record.status
             if status != record.status:
                 record.status = status
                 changed = True
@@ -458,16 +511,18 @@ class JobRunner(LoggingConfigurable):
         own download (which copies it into the server's home, in a process of its own: the
         job's files have a path once they are there)."""
         sid = record.scheduler_job_id
-        download = f"scheduler/jobs/{sid}/download_files?redownload=true"
-        await self._server_call(record, "GET", download)
+        download = f"scheduler/jobs/{sid}/download_files"
+        await self._server_call(record, "GET", download, params={"redownload": "true"})
         deadline = time.monotonic() + 30
         while True:
             job = await self._server_call(record, "GET", f"scheduler/jobs/{sid}")
             files = job.get("job_files") or []
             path = next((f["file_path"] for f in files if f["file_format"] == "ipynb"), None)
             if path:
-                query = "?content=1&format=base64&type=file"
-                model = await self._server_call(record, "GET", f"api/contents/{quote(path)}{query}")
+                query = {"content": "1", "format": "base64", "type": "file"}
+                model = await self._server_call(
+                    record, "GET", f"api/contents/{quote(path)}", params=query
+                )
                 return base64.b64decode(model["content"])
             if time.monotonic() > deadline:
                 raise RuntimeError("jupyter-scheduler did not copy the output notebook in 30 s")
@@ -518,7 +573,8 @@ class JobRunner(LoggingConfigurable):
     # -- HTTP ----------------------------------------------------------------------------
 
     async def _hub_call(self, record: JobRecord, method: str, body: Any = None) -> None:
-        """The hub's REST API on the job's server, with a token of its owner for the call."""
+        """The hub's REST API on the job's server, with a token of its owner for the call
+        (over the hub's shared HTTP client)."""
         user = self.user(record.user)
         token = user.orm_user.new_api_token(
             # removing the server when the job ends needs delete:servers
@@ -530,15 +586,15 @@ class JobRunner(LoggingConfigurable):
             self.app.hub.api_url, f"users/{user.escaped_name}/servers/{quote(record.server)}"
         )
         try:
-            async with aiohttp.ClientSession() as http:
-                async with http.request(
-                    method,
-                    url,
-                    json=body,
-                    headers={"Authorization": f"token {token}"},
-                    timeout=aiohttp.ClientTimeout(60),
-                ) as resp:
-                    status, text = resp.status, await resp.text()
+            resp = await send(
+                method,
+                url,
+                json=body,
+                headers={"Authorization": f"token {token}"},
+                timeout=aiohttp.ClientTimeout(60),
+            )
+            async with resp:
+                status, text = resp.status, await resp.text()
         finally:
             orm_token = orm.APIToken.find(self.app.db, token)
             if orm_token is not None:
@@ -552,40 +608,42 @@ class JobRunner(LoggingConfigurable):
             raise RuntimeError(f"the hub refused {method} of its server: {text}")
 
     async def _server_call(
-        self, record: JobRecord, method: str, path: str, body: Any = None, tries: int = 5
+        self,
+        record: JobRecord,
+        method: str,
+        path: str,
+        body: Any = None,
+        tries: int = 5,
+        params: dict[str, str] | None = None,
     ) -> Any:
-        """The job server's own API (contents, jupyter-scheduler), with its own token;
-        retried while it may be moving."""
+        """The job server's own API (contents, jupyter-scheduler) through the spawner's
+        `server_api` (its own token, the hub's shared HTTP client); retried while it may be
+        moving."""
         last = ""
         for attempt in range(tries):
             spawner = self.spawner(record)
             if spawner is None or not spawner.ready or spawner.server is None:
                 last = "its server is not running"
-            elif self.controller.is_moving(spawner):
+            elif self.controller.is_moving(spawner) or spawner.host is None:
                 last = "its server is moving"
             else:
-                url = spawner.server.url.rstrip("/") + "/" + path
-                headers = {"Authorization": f"token {spawner.api_token}"}
                 try:
-                    async with aiohttp.ClientSession() as http:
-                        async with http.request(
-                            method,
-                            url,
-                            json=body,
-                            headers=headers,
-                            timeout=aiohttp.ClientTimeout(60),
-                        ) as resp:
-                            text = await resp.text()
-                            if resp.status < 400:
-                                return json.loads(text) if text else None
-                            last = f"{resp.status} {text[:300]}"
-                            if resp.status < 500 and resp.status != 404:
-                                break
-                except aiohttp.ClientError as e:
-                    last = f"{type(e).__name__}: {e}"
+                    return await spawner.server_api(
+                        spawner.host,
+                        spawner.server.port,
+                        method,
+                        path,
+                        body,
+                        params=params,
+                        under="",
+                    )
+                except ServerAPIError as e:
+                    last = str(e)
+                    if 400 <= e.status < 500 and e.status != 404:
+                        break
             if attempt + 1 < tries:
                 await asyncio.sleep(min(1 + attempt, 5))
-        raise ServerCallError(f"{method} {path.split('?')[0]}: {last}")
+        raise ServerCallError(f"{method} {path}: {last}")
 
 
 __all__ = ["JobInputError", "JobRunner", "QUEUED", "RUNNING"]

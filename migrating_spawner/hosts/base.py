@@ -25,10 +25,20 @@ __all__ = [
     "HostProvider",
     "ReclaimOnRequest",
     "RegistrationError",
+    "ServerAPIError",
 ]
 
 # the longest notice a reclaim on request takes (the control API's and the CLI's check)
 MAX_NOTICE_SECONDS = 3600
+
+
+class ServerAPIError(HostError):
+    """A user's server answered a call of the hub with an error (its HTTP `status`), or did
+    not answer (status 0: its host died, or it is between hosts)."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
 
 
 class RegistrationError(Exception):

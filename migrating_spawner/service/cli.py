@@ -267,7 +267,9 @@ def job_rows(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "submitted": when(j["submitted"]),
                 "took": f"{took:.0f} s" if took is not None else None,
                 "cost": f"{cost:.4f}" if cost is not None else None,
-                "message": (j.get("error") or j.get("message") or "")[:60],
+                # whole (the last column): a host name at its end is not cut off; an
+                # error's first line (the rest is in `jobs --json` and the log)
+                "message": (j.get("error") or j.get("message") or "").strip().split("\n")[0],
             }
         )
     return rows
@@ -290,6 +292,8 @@ def submit(client: Client, args: argparse.Namespace) -> tuple[Any, str]:
         body["profile"] = args.profile
     if args.name:
         body["name"] = args.name
+    if args.kernel:
+        body["kernel"] = args.kernel
     if args.user:
         body["user"] = args.user
     if args.parameters:
@@ -463,6 +467,12 @@ def parser() -> argparse.ArgumentParser:
         "numbers, True/False/None, else a string)",
     )
     submit.add_argument("--name", help="the job's name (default: the notebook's)")
+    submit.add_argument(
+        "-k",
+        "--kernel",
+        help="the kernel to run it on (papermill's -k; default: the notebook's "
+        "metadata.kernelspec, else python3)",
+    )
     submit.add_argument("--user", help="submit for this user (admins)")
     submit.add_argument(
         "--wait",

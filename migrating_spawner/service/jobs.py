@@ -1,8 +1,11 @@
 """Headless jobs' REST routes under /services/migrate/api/ (the runner: batch/submit.py):
 
     POST jobs                 {"notebook": PATH, "profile": P, "parameters": {...}, "name": N,
-                               "user": U (admins: someone else's job)}: 201 and the job
-    GET  jobs[?user=U]        {"jobs": [...]}: the caller's jobs (an admin's: everyone's)
+                               "kernel": K (papermill's -k; default: the notebook's, else
+                               python3), "user": U (admins: someone else's job)}: 201 and
+                               the job
+    GET  jobs[?user=U]        {"jobs": [...]}: the caller's jobs (an admin's: everyone's);
+                              404 for a user the hub does not know
     GET  jobs/ID              the job
     POST jobs/ID/cancel       stop it (its server is removed, its host released)
 
@@ -21,7 +24,7 @@ from tornado import web
 from ..batch.jobs import JobRecord
 from ..batch.submit import JobInputError, JobRunner
 
-SUBMIT_FIELDS = {"notebook", "profile", "parameters", "name", "user"}
+SUBMIT_FIELDS = {"notebook", "profile", "parameters", "name", "user", "kernel"}
 
 
 def _error(status: int, message: str) -> web.HTTPError:
@@ -57,7 +60,7 @@ class JobsMixin:
 class ListMixin(JobsMixin):
     async def get(self) -> None:
         user = self.get_argument("user", "") or None
-        if user is not None and not self.may_see_user(user):
+        if user is not None and not (self.may_see_user(user) and self.runner.has_user(user)):
             raise _error(404, f"no user {user}")
         jobs = [j for j in self.runner.list(user) if self.may_see_user(j.user)]
         self.write_json({"jobs": [j.public() for j in jobs]})
@@ -77,6 +80,7 @@ class ListMixin(JobsMixin):
                 parameters=body.get("parameters"),
                 name=body.get("name"),
                 by=self.current_user["name"],
+                kernel=body.get("kernel"),
             )
         )
         self.write_json(record.public(), 201)

@@ -199,7 +199,7 @@ def test_cli_submit_reads_parameters_as_papermill(monkeypatch):
     monkeypatch.setattr(cli.Client, "call", call)
     argv = ["--url", "http://127.0.0.1:1", "--token", "t", "submit", "a.ipynb"]
     argv += ["-p", "alpha", "0.5", "-p", "label", "x y", "--profile", "batch", "--name", "n"]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "-k", "ir"]) == 0
     assert sent == [
         (
             "POST",
@@ -208,10 +208,23 @@ def test_cli_submit_reads_parameters_as_papermill(monkeypatch):
                 "notebook": "a.ipynb",
                 "profile": "batch",
                 "name": "n",
+                "kernel": "ir",
                 "parameters": {"alpha": 0.5, "label": "x y"},
             },
         )
     ]
+
+
+def test_cli_jobs_message_keeps_the_host_and_an_errors_first_line():
+    long = "output and log written to the running server's home on local-12-b8304a"
+    rows = cli.job_rows(
+        [
+            {"submitted": 0, "message": long, "error": None},
+            {"submitted": 0, "message": "failed", "error": "ValueError: bad\nTraceback ..."},
+        ]
+    )
+    assert rows[0]["message"] == long
+    assert rows[1]["message"] == "ValueError: bad"
 
 
 @pytest.mark.parametrize("status, code", [("completed", 0), ("failed", 1), ("cancelled", 1)])

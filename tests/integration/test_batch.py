@@ -4,7 +4,11 @@ jupyter-scheduler's own REST API survives a reclaim of its host during its long 
 resumes at that cell on the new host, and the hub sees the server active meanwhile (what
 jupyterhub-idle-culler reads); a Suspend pauses it at its next cell boundary and says so,
 and the Resume goes on from there; across a hub restart during the reclaim's notice the
-restarted hub moves it and it completes the same way."""
+restarted hub moves it and it completes the same way. Headless jobs with these synced homes
+(the home lives on its server's host and in checkpoints): the input is read from, and the
+output notebook and log land in, the user's home whether the user's default server is
+suspended (its last checkpoint: the next resume brings them) or running (its Contents API);
+their moves, cancel and bad input are in test_jobs.py."""
 
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ import nbformat
 import pytest
 from jobnotebook import six_cell_job
 from realhub import module_hub, until
+from test_jobs import ended
 from test_move import read_file, wait_moved, wait_released, write_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 CONFIG = """
 c.MigratingSpawner.home_mode = "synced"
+# headless jobs run on named servers
+c.JupyterHub.allow_named_servers = True
 # running jobs count as activity every second (the default is every 10 s), and the server
 # tells the hub its activity every second (jupyterhub-singleuser's default is 5 minutes)
 c.Spawner.args = ["--MigratingScheduler.activity_interval=1"]
@@ -185,3 +192,69 @@ async def test_across_a_hub_restart_during_the_notice_the_job_moves_and_complete
 async def running(hub, user) -> dict | None:
     info = await hub.server_info(user)
     return info if info["state"] == "Running" else None
+
+
+def headless_notebook(text: str) -> str:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    cell = nbformat.v4.new_code_cell('greeting = "hi"')
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(f"print(greeting, {text!r})")]
+    return nbformat.writes(nb)
+
+
+async def headless(hub, user, token, body) -> dict:
+    """A headless job through the control API, to its end (completed) and its server's
+    removal."""
+    status, job = await hub.migrate_api("POST", "/jobs", token, body)
+    assert status == 201, job
+    done = await ended(hub, token, job["id"])
+    assert done["status"] == "completed", done
+
+    async def removed():
+        status, model = await hub.api("GET", f"/users/{user}")
+        return status == 200 and job["id"] not in model["servers"]
+
+    await until(removed, 120, f"server {user}/{job['id']} to be removed")
+    return done
+
+
+def printed(model: dict) -> list[str]:
+    nb = nbformat.from_dict(model)
+    return ["".join(o.get("text", "") for o in c.outputs) for c in nb.cells]
+
+
+async def test_a_headless_jobs_output_lands_in_a_suspended_home_and_in_a_running_one(hub):
+    await hub.spawn("dana")
+    token = await hub.user_token("dana")
+    await write_file(hub, "dana", token, "run.ipynb", headless_notebook("suspended"))
+    status, data = await hub.migrate_api("POST", "/servers/dana/suspend", token)
+    assert status == 200 and data["state"] == "Suspended", data
+
+    # the default server is suspended: the input is read from its checkpoint, the output
+    # goes into a new one, which its resume restores
+    body = {"notebook": "run.ipynb", "parameters": {"greeting": "bye"}}
+    done = await headless(hub, "dana", token, body)
+    assert done["output"] == f"run.{done['id']}.ipynb"
+    info = await hub.server_info("dana")
+    assert info["state"] == "Suspended" and info["host_id"] is None, info
+    assert any("written to checkpoint" in e["message"] for e in done["events"]), done["events"]
+    status, data = await hub.migrate_api("POST", "/servers/dana/resume?wait=true", token)
+    assert status == 200 and data["state"] == "Running", data
+    out = await read_file(hub, "dana", token, done["output"])
+    assert "bye suspended" in printed(out)[2], printed(out)  # after the injected cell
+    log = await read_file(hub, "dana", token, done["log"])
+    assert "status completed; 0 move(s)" in log, log
+    assert (await read_file(hub, "dana", token, "run.ipynb"))["cells"], "input kept"
+
+    # running: through its Contents API, and the job still has a server of its own
+    await write_file(hub, "dana", token, "run.ipynb", headless_notebook("running"))
+    before = await hub.server_info("dana")
+    done = await headless(hub, "dana", token, {"notebook": "run.ipynb"})
+    assert before["host_id"] not in done["hosts"], done
+    out = await read_file(hub, "dana", token, done["output"])
+    assert "hi running" in printed(out)[1], printed(out)
+    assert (await hub.server_info("dana"))["host_id"] == before["host_id"]
+    # the removed job servers leave no checkpoint folders behind (walker finding 11)
+    manifests = hub.workdir / "checkpoints" / "manifests"
+    assert not [p.name for p in manifests.iterdir() if "job-" in p.name], list(manifests.iterdir())

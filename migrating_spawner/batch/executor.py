@@ -126,6 +126,8 @@ class ResumableExecutionManager(DefaultExecutionManager):
         meta = nb.metadata.setdefault("migrating_batch", {})
         if notes:
             meta["warnings"] = notes
+            # in the job's record too, where jupyter-scheduler's UI and REST API show it
+            self._update_job({"status_message": self._status_message()})
         if resuming:
             self._note_resume(request.get("reason") or "its process ended")
         start = progress.next_cell
@@ -194,7 +196,7 @@ class ResumableExecutionManager(DefaultExecutionManager):
         p.paused = p.interrupted = None
         self.nb.metadata["migrating_batch"]["resumes"] = [r["message"] for r in p.resumes]
         self.folder.save(p, self.nb)
-        self._update_job({"status_message": "; ".join(r["message"] for r in p.resumes)[-1024:]})
+        self._update_job({"status_message": self._status_message()})
 
     # -- kernel state ---------------------------------------------------------------------
 
@@ -246,9 +248,14 @@ class ResumableExecutionManager(DefaultExecutionManager):
         self.nb.metadata["migrating_batch"]["resumes"] = [
             r["message"] for r in self.progress.resumes
         ]
-        self._update_job(
-            {"status_message": "; ".join(r["message"] for r in self.progress.resumes)[-1024:]}
-        )
+        self._update_job({"status_message": self._status_message()})
+
+    def _status_message(self) -> str:
+        """The job record's status_message: the run's warnings (papermill's parameters
+        warning), then how it resumed; a failure replaces it with the error."""
+        meta = self.nb.metadata.get("migrating_batch", {})
+        notes = [*meta.get("warnings", []), *(r["message"] for r in self.progress.resumes)]
+        return "; ".join(notes)[-1024:]
 
     # -- nbclient hooks -------------------------------------------------------------------
 

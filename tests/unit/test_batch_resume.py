@@ -242,6 +242,30 @@ async def test_a_crash_resumes_from_the_last_kept_state_and_says_what_reruns(sch
     assert "s: an open socket" in job.status_message
 
 
+async def test_a_parameter_without_a_parameters_cell_warns_in_the_jobs_record(scheduler, tmp_path):
+    counter = tmp_path / "home" / "counter.txt"
+    nb = counter_notebook(counter, {})
+    path = Path(scheduler.root_dir) / "plain.ipynb"
+    nbformat.write(nb, str(path))
+    job_id = scheduler.create_job(
+        CreateJob(
+            input_uri=path.name,
+            runtime_environment_name="python",
+            name="plain",
+            output_formats=["ipynb"],
+            parameters={"a": "5"},
+        )
+    )
+    job = await wait_status(scheduler, job_id, "COMPLETED")
+    warning = (
+        "this notebook has no cell tagged 'parameters': the parameters were injected at the top"
+    )
+    assert job.status_message == warning  # the record (jupyter-scheduler's REST API and UI)
+    out = output(scheduler, job_id)
+    assert out.metadata["migrating_batch"]["warnings"] == [warning]
+    assert "injected-parameters" in out.cells[0].metadata["tags"]
+
+
 async def test_a_failing_cell_fails_the_job_with_its_output_and_is_not_resumed(scheduler, tmp_path):
     counter = tmp_path / "home" / "counter.txt"
     nb = counter_notebook(counter, {}, {3: "raise ValueError('bad input 7')"})

@@ -183,7 +183,26 @@ class Move:
         """Everything that can happen while the old server still serves."""
         server = self.server
         old_alive = await server.server_alive(self.old)
-        if not old_alive:
+        earlier = server.saved_move()
+        final = earlier.final_checkpoint if earlier else None
+        if not old_alive and final and final == server.checkpoint_id:
+            # a move a hub restart cut short had stopped the old server after its final
+            # checkpoint (scheduler.settle kept it): this move goes on from it
+            self.old_stopped = True
+            self.final_id, self.kernels_saved = final, earlier.kernels_saved
+            self.record = MoveRecord(
+                self.reason,
+                self.deadline,
+                self.old,
+                final_checkpoint=final,
+                kernels_saved=self.kernels_saved,
+            )
+            server.emit(
+                f"The old server was stopped after the final checkpoint {self.final_id}, "
+                "taken while requests were held: restoring it; nothing was lost"
+            )
+            await self._hold()
+        elif not old_alive:
             self.old_stopped = True
             self._note_loss("the old host was gone before the move")
             # nothing serves the route any more: requests wait for the new server instead
@@ -191,7 +210,9 @@ class Move:
             await self._hold()
         instance_type = self.old.instance_type if self.old else ""
         self.new = await self.provider.take(instance_type, owner=server.key)
-        self.record = MoveRecord(self.reason, self.deadline, self.old, self.new)
+        if self.record is None:
+            self.record = MoveRecord(self.reason, self.deadline, self.old, self.new)
+        self.record.new_host = self.new  # a freeze before this kept its final checkpoint
         server.persist_move(self.record)
         self.steps.append("acquired")
         server.emit(f"New host {self.new.id} at {self.new.address}")
@@ -240,7 +261,7 @@ class Move:
                 )
             except (HostError, CheckpointError, asyncio.TimeoutError) as e:
                 self._note_loss(f"the final checkpoint failed ({e})")
-        elif not old_alive and self.lost is None:
+        elif not old_alive and self.lost is None and not self.final_id:
             # it died after the move began (e.g. a 0 s notice, or during the pre-copy):
             # the new host gets the last checkpoint, and the user must hear what that misses
             self._note_loss("the old host was gone before its final checkpoint")
@@ -249,6 +270,14 @@ class Move:
             # which JupyterLab does not retry; a dropped connection it does
             await server.kill_server(self.old)
         self.old_stopped = True
+        if self.final_id:
+            # one commit in the hold: the final checkpoint's id (only in memory until now)
+            # and the record naming it, so a hub restart before the switch resumes from it
+            if self.record is None:  # frozen before the new host was acquired
+                self.record = MoveRecord(self.reason, self.deadline, self.old)
+            self.record.final_checkpoint = self.final_id
+            self.record.kernels_saved = self.kernels_saved
+            server.persist_move(self.record)
         self.steps.append("frozen")
 
     async def _hold(self) -> None:

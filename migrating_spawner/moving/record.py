@@ -20,20 +20,29 @@ class MoveRecord:
     old_host: Host | None
     new_host: Host | None = None
     phase: str = PREPARING
+    #: the move's final checkpoint, once the old server is stopped after it: a hub restart
+    #: before the switch goes on from it (nothing lost) instead of from an older one
+    final_checkpoint: str | None = None
+    kernels_saved: bool = False  # the kernels' final snapshot is in that checkpoint
 
     @property
     def switched(self) -> bool:
         return self.phase == SWITCHED
 
     def to_dict(self) -> dict[str, Any]:
-        """The shape kept in the spawner state under `move` (unchanged since version 1)."""
-        return {
+        """The shape kept in the spawner state under `move` (version 1's keys, and the final
+        checkpoint's two once there is one)."""
+        data: dict[str, Any] = {
             "reason": self.reason,
             "deadline": self.deadline,
             "old_host": self.old_host.to_dict() if self.old_host else None,
             "new_host": self.new_host.to_dict() if self.new_host else None,
             "phase": self.phase,
         }
+        if self.final_checkpoint:
+            data["final_checkpoint"] = self.final_checkpoint
+            data["kernels_saved"] = self.kernels_saved
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MoveRecord:
@@ -46,4 +55,6 @@ class MoveRecord:
             old_host=host("old_host"),
             new_host=host("new_host"),
             phase=str(data.get("phase") or PREPARING),
+            final_checkpoint=data.get("final_checkpoint") or None,
+            kernels_saved=bool(data.get("kernels_saved")),
         )

@@ -16,6 +16,7 @@ from typing import Any
 from ..hosts.watcher import LOST, NOTICE, HostEvent, HostWatcher
 from .clock import Clock
 from .protocol import MovableServer, MoveRun, NoRouteHold, RouteHold
+from .record import MoveRecord
 
 
 class MoveError(Exception):
@@ -342,8 +343,12 @@ class MoveScheduler:
           `switched`, the old one before): it stays there, its route re-armed (the dead
           hub may have left it at its hold server); a notice still standing starts a fresh
           move at the next poll;
-        - it does not run: its host is lost, and `host_lost` decides (a move from the last
-          checkpoint, or stopped while the hub still checks its servers at start).
+        - it does not run, stopped by the move after its final checkpoint (the record names
+          it and the server's checkpoint is it): the move goes on from that checkpoint,
+          nothing lost (or, while the hub still checks its servers at start, stopped: the
+          next start resumes from it);
+        - it does not run otherwise: its host is lost, and `host_lost` decides (a move from
+          the last checkpoint, or stopped while the hub still checks its servers at start).
         Runs once per server at a time, whoever asks (poll() or `recover`).
         """
         task = self._settling.get(server.key)
@@ -363,7 +368,31 @@ class MoveScheduler:
         if spare is not None and (serving is None or spare.id != serving.id):
             await server.release_host(spare)
         server.persist_move(None)
-        if await server.server_alive(serving, retries=1):
+        alive = await server.server_alive(serving, retries=1)
+        final = record.final_checkpoint
+        if not alive and not record.switched and final and final == server.checkpoint_id:
+            # the old server was stopped after the move's final checkpoint: the move goes on
+            # from it and says nothing was lost (Move._prepare reads the record kept here)
+            said = (
+                f"A move was interrupted by a hub restart after its final checkpoint {final} "
+                "(taken while requests were held; the old server is stopped)"
+            )
+            if not self.hub_started() or server.check_pending:
+                # as host_lost: the hub's startup check stops it, the next start resumes
+                server.emit(f"{said}: nothing was lost; the next start resumes from it")
+                return 1
+            kept = MoveRecord(
+                record.reason,
+                record.deadline,
+                record.old_host,
+                final_checkpoint=final,
+                kernels_saved=record.kernels_saved,
+            )
+            server.persist_move(kept)
+            server.emit(f"{said}: the move goes on from it")
+            self.schedule(server, record.reason, self.clock.time())
+            return None
+        if alive:
             await server.rearm_route()
             server.emit(
                 "Move finished after a hub restart"

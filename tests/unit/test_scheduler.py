@@ -169,7 +169,8 @@ class FakeServer:
         return MoveRecord.from_dict(record) if record else None
 
     def persist_move(self, record: MoveRecord | None) -> None:
-        self._persist(move=record.to_dict() if record else None)
+        # the spawner's save_state: its whole state, the checkpoint id it has in memory too
+        self._persist(move=record.to_dict() if record else None, checkpoint_id=self.checkpoint_id)
 
     def checkpoint_time(self, checkpoint_id: str) -> float | None:
         return None
@@ -193,8 +194,7 @@ class FakeServer:
         await self.world.step(reason)
         checkpoint_id = f"c{len(self.world.committed)}"
         self.world.committed.append((reason, checkpoint_id))
-        self.checkpoint_id = checkpoint_id
-        self._persist(checkpoint_id=checkpoint_id)
+        self.checkpoint_id = checkpoint_id  # in memory: the next save_state writes it
         return checkpoint_id
 
     async def restore_home(self, host: Host, checkpoint_id: str, current: Any = None) -> Any:
@@ -220,7 +220,7 @@ class FakeServer:
 
     async def switch_to(self, host: Host, port: int, record: MoveRecord) -> None:
         self.host, self.port = host, port
-        self._persist(host=host, port=port, move=record.to_dict())
+        self._persist(host=host, port=port, move=record.to_dict(), checkpoint_id=self.checkpoint_id)
         await self.world.step(f"switch {host.id}")
 
     async def rearm_route(self) -> None:
@@ -232,7 +232,7 @@ class FakeServer:
         await self.world.step("end server")
         self.ended = (message, kernels_saved)
         self.host = None
-        self._persist(host=None)
+        self._persist(host=None, checkpoint_id=self.checkpoint_id)
 
     async def release_host(self, host: Host) -> None:
         if self.dead:
@@ -481,19 +481,37 @@ async def test_restart_before_the_old_server_stopped_keeps_it(step, world, clock
     assert "the server stays where it was" in server.events[-1]
 
 
-async def test_restart_after_the_old_server_stopped_moves_from_the_checkpoint(world, clock):
+async def test_restart_after_the_old_server_stopped_moves_from_the_final_checkpoint(world, clock):
+    # killed after the final checkpoint and the old server's kill, before the switch: the
+    # final checkpoint's id was only in that hub's memory until the freeze persisted it
     hub, server, old = await restart_at("restore kernels final=True", world, clock)
+    final = dict(world.committed)["move final"]
+    assert server.checkpoint_id == final and server.saved_move().final_checkpoint == final
     world.log.clear()
-    world.gate("acquire")  # the move from the checkpoint is scheduled, no need to run it
+    world.open("restore kernels final=True")
     try:
         assert await hub.scheduler.settle(server) is None
         assert hub.scheduler.is_moving(server.key)
-        await world.reached("acquire")
+        await asyncio.wait_for(hub.scheduler.wait_for(server), 10)
     finally:
         await hub.scheduler.stop()
-    assert world.log[0] == f"release {new_host_of(world, old)}"
+    half_made = new_host_of(world, old)
+    assert world.log[0] == f"release {half_made}"
     assert "rearm" not in " ".join(world.log)
-    assert hub.moves[0].reason == f"host {old.id} lost"
+    move = hub.moves[0]
+    assert move.reason == f"reclaim notice for {old.id}"  # the same move, going on
+    # the new host gets the final checkpoint and the kernels their final snapshot; no
+    # checkpoint is taken again (the old server is stopped)
+    assert f"restore {final}" in world.log and "restore c-start" not in world.log
+    assert "restore kernels final=True" in world.log
+    assert "restore kernels final=False" not in world.log
+    assert [reason for reason, _ in world.committed].count("move final") == 1
+    assert server.host.id not in (old.id, half_made) and server.host.id in world.running
+    assert old.id not in world.hosts and server.saved_move() is None
+    said = "\n".join(server.events)
+    assert "were lost" not in said and move.lost is None, said
+    assert f"after its final checkpoint {final}" in said, said
+    assert "nothing was lost" in said, said
 
 
 async def test_restart_after_the_old_server_stopped_during_hub_start_reports_stopped(world, clock):
@@ -504,7 +522,10 @@ async def test_restart_after_the_old_server_stopped_during_hub_start_reports_sto
         await hub.scheduler.stop()
     assert new_host_of(world, old) not in world.hosts and server.saved_move() is None
     assert not hub.scheduler.is_moving(server.key)
-    assert world.state[server.key]["checkpoint_id"] == dict(world.committed)["move final"]
+    final = dict(world.committed)["move final"]
+    assert world.state[server.key]["checkpoint_id"] == final
+    assert f"after its final checkpoint {final}" in server.events[-1]
+    assert "the next start resumes from it" in server.events[-1]
 
 
 async def test_restart_after_the_switch_keeps_the_new_server(world, clock):

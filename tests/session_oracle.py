@@ -745,7 +745,9 @@ class LongSession:
                 k.set(name, value)
 
     def _compare_during(self, k: Kernel, value: Any, told: list[Told], whole: bool) -> None:
-        if not isinstance(value, list):
+        if value == MISSING and (whole or self._named(k, k.during, told)):
+            value = []  # the kernel started fresh and the user was told: all its cells go
+        elif not isinstance(value, list):
             self.fail(f"{k.label}: {k.during} is {value!r}, expected a list of cell tokens")
             value = []
         twice = sorted({t for t in value if value.count(t) > 1})

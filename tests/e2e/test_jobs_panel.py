@@ -99,9 +99,16 @@ async def test_a_job_from_the_notebook_jobs_panel_completes_across_a_reclaim(hub
             # the row's download button brings the output files into the home; the output
             # notebook has every cell's output
             await row.first.get_by_title('Download output files for "six"').click()
-            status, jobs = await hub.request("GET", f"/user/alice/scheduler/jobs?{QUIET}", token)
-            [job] = jobs["jobs"]
-            path = next(f["file_path"] for f in job["job_files"] if f["file_format"] == "ipynb")
+
+            async def output_path():
+                # jupyter-scheduler names a job file's path only once it has downloaded it
+                url = f"/user/alice/scheduler/jobs?{QUIET}"
+                status, jobs = await hub.request("GET", url, token)
+                [job] = jobs["jobs"]
+                files = [f for f in job["job_files"] if f["file_format"] == "ipynb"]
+                return files[0].get("file_path") if files else None
+
+            path = await until(output_path, 30, "the output notebook's path after the download")
 
             async def downloaded():
                 url = f"/user/alice/api/contents/{path}?{QUIET}"

@@ -235,5 +235,8 @@ async def test_held_cells_run_once_even_when_an_older_home_comes_back(synced_hub
     # what the lost host ran is lost, and the user is told; the held cells are not run again
     # (they would answer a second time, and count twice)
     assert [len(conn.replies[m]) for m in held] == [1, 1, 1], [conn.replies[m] for m in held]
-    assert out.strip().splitlines()[-1] == "0", out
+    # n is what the last background snapshot kept: 0 from the home before the held cells,
+    # or 3 if a snapshot ran after them (a loaded machine gets there before the reclaim);
+    # never more, which would be the held cells run again
+    assert out.strip().splitlines()[-1] in ("0", "3"), out
     assert "restored from its last background snapshot" in out, out

@@ -151,3 +151,58 @@ async def test_hub_killed_mid_move_recovers_without_orphans(hub_factory):
         f"hosts left: {hub.hosts()}",
         hub,
     )
+
+
+SLOWSTART = os.path.join(os.path.dirname(os.path.dirname(__file__)), "standin", "slowstart")
+
+
+async def test_hub_killed_after_the_final_checkpoint_resumes_from_it(hub_factory, tmp_path):
+    # hana's second start (the move's new host) never answers: the freeze (3 s into a 6 s
+    # notice) takes the final checkpoint and stops the old server; the hub is killed then,
+    # before any switch. The final checkpoint's id must have reached the database.
+    hub = await hub_factory(
+        f"""
+c.MigratingSpawner.home_mode = "synced"
+c.MigratingSpawner.precopy_interval = 3600
+c.MigratingSpawner.cmd = ["{SLOWSTART}", "jupyterhub-singleuser"]
+c.MigratingSpawner.environment = {{
+    "SLOW_START_COUNTER": "{tmp_path / "starts"}",
+    "SLOW_START_PLAN": "hana:2",
+    "SLOW_START_FAIL_AFTER": "300",
+}}
+"""
+    )
+    await hub.spawn("hana")
+    token = await hub.user_token("hana")
+    old = (await hub.server_info("hana"))["host_id"]
+    await write_file(hub, "hana", token, "late.txt", "written just before the notice")
+    status, _ = await hub.migrate_api("POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 6})
+    assert status == 202
+    # the final checkpoint is committed (the hub logs it), then the freeze stops the old
+    # server and writes the record naming it: kill the hub once it is there (or 5 s on)
+    await wait_for(lambda: "(move final):" in hub.log_path.read_text(), 60, "no final", hub)
+    record = None
+    for _ in range(200):
+        record = saved_move(hub, "hana")
+        if record and record.get("final_checkpoint"):
+            break
+        await asyncio.sleep(0.025)
+    hub.stop(signal.SIGKILL)
+    assert record and record["phase"] == "preparing", record
+
+    hub.start()
+    await hub.wait_up()
+    deadline = time.monotonic() + 120
+    info = await hub.server_info("hana")
+    while time.monotonic() < deadline and info["state"] != "Running":
+        if info["state"] in ("Suspended", "Stopped"):
+            # the hub's startup check reported it stopped: the next start resumes it
+            await hub.spawn("hana")
+        await asyncio.sleep(0.5)
+        info = await hub.server_info("hana")
+    assert info["state"] == "Running" and info["host_id"] != old, info
+    assert await read_file(hub, "hana", token, "late.txt") == "written just before the notice"
+    said = messages(info)
+    assert not any("were lost" in m for m in said), said
+    final = record.get("final_checkpoint")
+    assert final and any(f"after its final checkpoint {final}" in m for m in said), said

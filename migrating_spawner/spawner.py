@@ -827,9 +827,22 @@ class MigratingSpawner(Spawner):
                 if saved < len(results):
                     kernels += f" ({len(results) - saved} could not be snapshotted)"
             except (HostError, OSError, asyncio.TimeoutError) as e:
-                self.log.warning("no kernel snapshot of %s on stop: %s", self._log_name, e)
-                self.kernels_stale = True  # the start says how old the kernels' state is
-                kernel_error = f"; no kernel snapshot ({e})"
+                moved = self.saved_move()
+                if (
+                    moved is not None
+                    and moved.kernels_saved
+                    and moved.final_checkpoint == self.checkpoint_id
+                ):
+                    # a move stopped this server after its final checkpoint (a hub restart
+                    # cut it short, scheduler.settle): the kernels' final snapshot is in the
+                    # home and that checkpoint, so nothing of theirs is older or lost
+                    self.log.info("%s: kernels kept by the move's final checkpoint", self._log_name)
+                    self.kernels_stale = False
+                    kernels = f"the kernels' final snapshot (move checkpoint {self.checkpoint_id})"
+                else:
+                    self.log.warning("no kernel snapshot of %s on stop: %s", self._log_name, e)
+                    self.kernels_stale = True  # the start says how old the kernels' state is
+                    kernel_error = f"; no kernel snapshot ({e})"
         level = "warning" if kernel_error else "info"
         message = "Stopped: files kept on shared storage, kernels not kept"
         if self.home_mode == "synced" and keep:

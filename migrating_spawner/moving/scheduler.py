@@ -377,10 +377,6 @@ class MoveScheduler:
                 f"A move was interrupted by a hub restart after its final checkpoint {final} "
                 "(taken while requests were held; the old server is stopped)"
             )
-            if not self.hub_started() or server.check_pending:
-                # as host_lost: the hub's startup check stops it, the next start resumes
-                server.emit(f"{said}: nothing was lost; the next start resumes from it")
-                return 1
             kept = MoveRecord(
                 record.reason,
                 record.deadline,
@@ -389,6 +385,12 @@ class MoveScheduler:
                 kernels_saved=record.kernels_saved,
             )
             server.persist_move(kept)
+            if not self.hub_started() or server.check_pending:
+                # as host_lost: the hub's startup check stops it, the next start resumes.
+                # The kept record tells that stop the kernels' final snapshot is in the
+                # checkpoint (not stale); the stop's clear_state drops it
+                server.emit(f"{said}: nothing was lost; the next start resumes from it")
+                return 1
             server.emit(f"{said}: the move goes on from it")
             self.schedule(server, record.reason, self.clock.time())
             return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from traitlets.config import Config
 from migrating_spawner.checkpoint import CheckpointError
 from migrating_spawner.controller import MigratingController
 from migrating_spawner.hosts.base import Host
+from migrating_spawner.moving.record import MoveRecord
 from migrating_spawner.spawner import MigratingSpawner
 
 OLD_NS = 1_600_000_000 * 10**9
@@ -191,3 +193,38 @@ async def test_launch_builds_the_new_hosts_spec_and_leaves_the_spawner_alone(spa
     assert env["JUPYTERHUB_API_TOKEN"] == "the-token"
     # and the current host's environment still names the current host
     assert spawner.get_env()["JUPYTERHUB_SERVICE_URL"] == f"http://{old.address}:45678/user/alice/"
+
+
+@pytest.mark.parametrize("final_kept", [True, False])
+async def test_stop_after_a_moves_final_checkpoint_keeps_the_kernels_fresh(
+    spawner, hosts, final_kept
+):
+    # a hub restart cut a move short after its final checkpoint and the old server's stop;
+    # the hub's startup check reports it stopped (scheduler.settle keeps the record) and
+    # JupyterHub's stop runs here: the kernel snapshot fails (no server listens), yet the
+    # freeze's kernel snapshot is in that checkpoint, so the kernels are not stale
+    old, _ = hosts
+    make_home(Path(spawner.home_on(old)))
+    final = await spawner.checkpoint_home(old, reason="move final")
+    with socket.socket() as s:  # a port no server listens on: the old server is dead
+        s.bind((old.address, 0))
+        port = s.getsockname()[1]
+    orm_server = orm.Server(proto="http", ip="", port=0, base_url="/user/alice/", cookie_name="c")
+    spawner.server = Server(orm_server=orm_server)
+    spawner.host, spawner.ip, spawner.port = old, old.address, port
+    if final_kept:
+        record = MoveRecord("reclaim notice", 0.0, old, final_checkpoint=final, kernels_saved=True)
+        spawner.move_record = record.to_dict()
+    await spawner.stop()
+    said = [e for e in spawner.events if e["message"].startswith("Stopped")]
+    assert len(said) == 1, spawner.events
+    message = said[0]["message"]
+    assert spawner.checkpoint_id and spawner.checkpoint_id != final  # the stop's own
+    if final_kept:
+        assert not spawner.kernels_stale and "kernels_stale" not in spawner.get_state()
+        assert "no kernel snapshot" not in message and "lost" not in message, message
+        assert f"kernels' final snapshot (move checkpoint {final})" in message, message
+    else:  # no move kept it: the kernels' state is as old as their last snapshot
+        assert spawner.kernels_stale and "no kernel snapshot" in message, message
+    spawner.clear_state()
+    assert spawner.move_record is None

@@ -520,10 +520,13 @@ async def test_restart_after_the_old_server_stopped_during_hub_start_reports_sto
         assert await hub.scheduler.settle(server) == 1
     finally:
         await hub.scheduler.stop()
-    assert new_host_of(world, old) not in world.hosts and server.saved_move() is None
+    assert new_host_of(world, old) not in world.hosts
     assert not hub.scheduler.is_moving(server.key)
     final = dict(world.committed)["move final"]
     assert world.state[server.key]["checkpoint_id"] == final
+    # the record stays for the hub's stop (spawner.stop: the kernels are not stale)
+    kept = server.saved_move()
+    assert kept.final_checkpoint == final and kept.kernels_saved and not kept.switched
     assert f"after its final checkpoint {final}" in server.events[-1]
     assert "the next start resumes from it" in server.events[-1]
 

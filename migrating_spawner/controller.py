@@ -17,6 +17,7 @@ from typing import Any
 from traitlets import Float, Instance, Integer, Type, Unicode, default
 from traitlets.config import SingletonConfigurable
 
+from .agent.client import close_shared_session
 from .checkpoint import (
     CheckpointStore,
     LocalCheckpointStore,
@@ -243,6 +244,7 @@ class MigratingController(SingletonConfigurable):
         # unreferenced chunks go on a timer when GarbageCollector.interval is set (off: 0)
         gc = GarbageCollector(parent=self, log=self.log)
         self._tasks.append(asyncio.create_task(gc.run_forever(self.checkpoints)))
+        self._tasks.append(asyncio.create_task(self._spares_at_hub_stop()))
         self._http = http
         self.log.info("migrate API at http://%s:%d%s", self.api_ip, self.api_port, self.base_url)
 
@@ -277,6 +279,25 @@ class MigratingController(SingletonConfigurable):
                 self.log.error("could not release orphan host %s: %s", host.id, e)
         # the spare hosts kept (HostProvider.spare_hosts): found again, then kept filled
         await self.provider.spares.adopt(spares)
+
+    async def _spares_at_hub_stop(self) -> None:
+        """At a clean hub stop, give the spare hosts back when the hub stopped its servers
+        (`JupyterHub.cleanup_servers`, the default: nobody pays for idle spares); keep them
+        for the next hub to adopt when it left them running.
+
+        JupyterHub has no shutdown hook for this object: its `shutdown_cancel_tasks` (Ctrl-C,
+        SIGTERM) runs `cleanup` (the servers' stops) and then cancels every task, this one
+        too, and waits for them. A hub that dies uncleanly leaves the spares to the next.
+        """
+        try:
+            await asyncio.Event().wait()  # (nothing sets it: only the hub's stop ends this)
+        except asyncio.CancelledError:
+            release = bool(self.app.cleanup_servers)
+            self.log.info("hub stopping: %s spare hosts", "releasing" if release else "keeping")
+            await self.provider.spares.stop(release=release)
+            # (the hub closed its HTTP client in cleanup: the releases used this loop's own)
+            await close_shared_session()
+            raise
 
     def _on_host_event(self, event: HostEvent) -> None:
         """A host the watcher calls lost (its polls failed, or the cloud said it ended

@@ -1,14 +1,19 @@
 """Spare hosts (`spare_hosts`) on a real hub with local hosts: a start and a move take the
 spare host kept ready, the pool acquires a replacement in the background, and a hub
-restart finds the spare host again instead of leaking it or acquiring another one.
+restart finds the spare host again instead of leaking it or acquiring another one (the
+module's hub leaves its servers running across a stop, `cleanup_servers` False), and a hub
+that stops cleanly with its servers (`cleanup_servers` True) gives its spare hosts back.
 
 Local hosts boot with a delay (`boot_delay`), as cloud instances do, so a host that was
 not kept ready could not be the one taken without waiting for it."""
 
 from __future__ import annotations
 
+import asyncio
+
+import psutil
 import pytest
-from realhub import module_hub, until
+from realhub import RealHub, module_hub, until
 from test_move import wait_moved, wait_released
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -79,6 +84,34 @@ async def test_hub_restart_keeps_the_spare_host(hub):
     # the same two hosts: alice's and the spare one; none released, none acquired
     assert sorted(owners(hub)) == sorted([alice, spare]), owners(hub)
     assert (await hub.server_info("alice"))["host_id"] == alice
+    # the restarted hub takes the spare host the stopped one kept
+    await hub.spawn("bob")
+    assert (await hub.server_info("bob"))["host_id"] == spare, owners(hub)
+
+
+async def test_clean_hub_stop_that_stops_its_servers_releases_the_spare_hosts(tmp_path):
+    real = RealHub(tmp_path, CONFIG + "c.JupyterHub.cleanup_servers = True\n")
+    real.start()
+    try:
+        await real.wait_up()
+        spare = await one_spare(real)
+        agents = [h["meta"]["agent_pid"] for h in real.hosts()]
+        assert agents, real.hosts()
+        await asyncio.to_thread(real.stop)  # SIGTERM, as an operator stops it
+        assert f"releasing spare host {spare}: clean stop" in real.log_path.read_text(), real.tail()
+        assert real.hosts() == []  # the provider's registry: nothing left
+        assert not [pid for pid in agents if _running(pid)], agents
+    finally:
+        real.stop()
+        real.kill_proxy()
+        real.release_all_hosts()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def _log_has(hub, text: str) -> bool:

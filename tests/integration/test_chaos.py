@@ -8,6 +8,7 @@ import sqlite3
 import time
 
 import pytest
+from kernelconn import KernelConnection
 from test_move import read_file, wait_released, write_file
 
 pytestmark = pytest.mark.integration
@@ -176,6 +177,15 @@ c.MigratingSpawner.environment = {{
     token = await hub.user_token("hana")
     old = (await hub.server_info("hana"))["host_id"]
     await write_file(hub, "hana", token, "late.txt", "written just before the notice")
+    # a kernel variable set just before the notice: the freeze's final kernel snapshot has it
+    kernel_id = (await hub.new_session("hana", token, "work.ipynb"))["kernel"]["id"]
+    conn = KernelConnection(hub.url + "/user/hana", kernel_id, token, "hana")
+    await conn.start()
+    try:
+        out, _ = await conn.run("v = 'set before the notice'\nprint(v)")
+        assert out.strip() == "set before the notice", out
+    finally:
+        await conn.close()
     status, _ = await hub.migrate_api("POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 6})
     assert status == 202
     # the final checkpoint is committed (the hub logs it), then the freeze stops the old
@@ -194,7 +204,9 @@ c.MigratingSpawner.environment = {{
     await hub.wait_up()
     deadline = time.monotonic() + 120
     info = await hub.server_info("hana")
-    while time.monotonic() < deadline and info["state"] != "Running":
+    # Running with a stop pending is the startup check's stop still under way (the old
+    # host is gone, so its agent calls time out): wait for it and the start after it
+    while time.monotonic() < deadline and (info["state"] != "Running" or info["pending"]):
         if info["state"] in ("Suspended", "Stopped"):
             # the hub's startup check reported it stopped: the next start resumes it
             await hub.spawn("hana")
@@ -206,3 +218,16 @@ c.MigratingSpawner.environment = {{
     assert not any("were lost" in m for m in said), said
     final = record.get("final_checkpoint")
     assert final and any(f"after its final checkpoint {final}" in m for m in said), said
+    # the kernel comes back under its id with the variable, and nothing says its state is
+    # older than it is: when the hub's startup check reported it stopped, the hub's stop
+    # (whose own kernel snapshot fails: the old server is dead) kept the freeze's snapshot
+    assert record.get("kernels_saved") is True, record
+    stale = ("no kernel snapshot", "is lost", "older one", "last background snapshot")
+    assert not any(s in m for m in said for s in stale), said
+    conn = KernelConnection(hub.url + "/user/hana", kernel_id, token, "hana")
+    await conn.start()
+    try:
+        out, _ = await conn.run("print(v)", timeout=90)
+        assert out.strip() == "set before the notice", out
+    finally:
+        await conn.close()

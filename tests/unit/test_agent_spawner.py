@@ -35,6 +35,7 @@ def config(tmp_path: Path) -> Config:
     c.LocalCheckpointStore.fsync = False
     c.MigratingController.checkpoint_secret_file = str(tmp_path / "secret")
     c.LocalHostProvider.root_dir = str(tmp_path / "hosts")
+    c.ServerHistory.history_dir = str(tmp_path / "history")  # not migrating-history/ in cwd
     MigratingController.clear_instance()
     yield c
     MigratingController.clear_instance()

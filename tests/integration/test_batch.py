@@ -90,8 +90,14 @@ async def check_every_cell(hub, user, token, name, job_url, job) -> list[int]:
     assert 1 <= runs.count(4) <= 2, runs
     status, _ = await hub.request("GET", job_url + "/download_files?redownload=true", token)
     assert status == 204
-    status, files = await hub.request("GET", job_url, token)
-    path = next(f["file_path"] for f in files["job_files"] if f["file_format"] == "ipynb")
+
+    async def output_path():
+        # the download runs in jupyter-scheduler's background: a file has a path once done
+        status, files = await hub.request("GET", f"{job_url}?{QUIET}", token)
+        files = [f for f in files["job_files"] if f["file_format"] == "ipynb"]
+        return files[0].get("file_path") if files else None
+
+    path = await until(output_path, 30, "the output notebook's path after the download")
     out = nbformat.from_dict(await read_file(hub, user, token, path))  # a notebook model
     texts = ["".join(o.get("text", "") for o in c.outputs) for c in out.cells]
     assert "sum 6" in texts[4] and "done 6" in texts[5], texts

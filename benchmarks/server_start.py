@@ -41,14 +41,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_once(env: dict, root: str) -> tuple[float, float]:
+def start_once(
+    env: dict, root: str, timeout: float = 120, kill: bool = False
+) -> tuple[float, float]:
+    """Seconds from exec to the first answer of /api, and the CPU seconds used by then.
+    The server is then terminated, or killed (`kill`: a loaded machine's clean shutdown
+    can take longer than the start)."""
     port = free_port()
     cmd = [str(JUPYTER), "server", "--no-browser", "--allow-root", f"--port={port}",
            "--ServerApp.token=", f"--ServerApp.root_dir={root}"]  # fmt: skip
     began = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = began + 120
+        deadline = began + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"jupyter server exited with {proc.returncode}")
@@ -57,10 +62,14 @@ def start_once(env: dict, root: str) -> tuple[float, float]:
                 return time.monotonic() - began, cpu_seconds(proc.pid)
             except OSError:
                 time.sleep(0.02)
-        raise TimeoutError("jupyter server did not answer /api within 120 s")
+        raise TimeoutError(f"jupyter server did not answer /api within {timeout:.0f} s")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if kill:
+            proc.kill()
+            proc.wait()
+        else:
+            proc.terminate()
+            proc.wait(30)
 
 
 def main() -> None:

@@ -18,36 +18,10 @@ import argparse
 import multiprocessing
 import os
 import statistics
-import subprocess
 import tempfile
-import time
-import urllib.request
 
 from results import replace_section
-from server_start import JUPYTER, free_port
-
-
-def start_once(env: dict, root: str) -> float:
-    """Seconds from exec to the first answer of /api (the server is then killed: a clean
-    shutdown took more than 30 s at this load)."""
-    port = free_port()
-    cmd = [str(JUPYTER), "server", "--no-browser", "--allow-root", f"--port={port}",
-           "--ServerApp.token=", f"--ServerApp.root_dir={root}"]  # fmt: skip
-    began = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while time.monotonic() < began + 300:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyter server exited with {proc.returncode}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=2).read()
-                return time.monotonic() - began
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("jupyter server did not answer /api within 300 s")
-    finally:
-        proc.kill()
-        proc.wait()
+from server_start import start_once
 
 
 def burn() -> None:
@@ -65,14 +39,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
         name = "as the machine is"
-        rows[name] = [start_once(env, tmp) for _ in range(args.runs)]
+        rows[name] = [start_once(env, tmp, timeout=300, kill=True)[0] for _ in range(args.runs)]
         loads[name] = os.getloadavg()[0]
         burners = [multiprocessing.Process(target=burn, daemon=True) for _ in range(args.burners)]
         for p in burners:
             p.start()
         try:
             name = f"beside {args.burners} busy loops"
-            rows[name] = [start_once(env, tmp) for _ in range(args.runs)]
+            rows[name] = [start_once(env, tmp, timeout=300, kill=True)[0] for _ in range(args.runs)]
             loads[name] = os.getloadavg()[0]
         finally:
             for p in burners:

@@ -268,3 +268,15 @@ class KernelConnection:
         # the output comes on another channel: it is complete once the kernel is idle again
         await self.wait([msg_id], 10, complete=True)
         return self.output(msg_id), self.replies[msg_id][0]
+
+
+async def run_cell(server_url: str, kernel_id: str, token: str, code: str, timeout=60) -> str:
+    """Run one cell on its own connection to the kernel (opened and closed here), as a
+    user coming back to a notebook does; returns its text output."""
+    conn = KernelConnection(server_url, kernel_id, token, server_url.rsplit("/", 1)[-1])
+    await conn.start()
+    try:
+        out, _ = await conn.run(code, timeout=timeout)
+        return out
+    finally:
+        await conn.close()

@@ -8,7 +8,7 @@ import sqlite3
 import time
 
 import pytest
-from kernelconn import KernelConnection
+from kernelconn import run_cell
 from test_move import read_file, wait_released, write_file
 
 pytestmark = pytest.mark.integration
@@ -179,13 +179,8 @@ c.MigratingSpawner.environment = {{
     await write_file(hub, "hana", token, "late.txt", "written just before the notice")
     # a kernel variable set just before the notice: the freeze's final kernel snapshot has it
     kernel_id = (await hub.new_session("hana", token, "work.ipynb"))["kernel"]["id"]
-    conn = KernelConnection(hub.url + "/user/hana", kernel_id, token, "hana")
-    await conn.start()
-    try:
-        out, _ = await conn.run("v = 'set before the notice'\nprint(v)")
-        assert out.strip() == "set before the notice", out
-    finally:
-        await conn.close()
+    out = await run_cell(hub.url + "/user/hana", kernel_id, token, "v = 'set before'\nprint(v)")
+    assert out.strip() == "set before", out
     status, _ = await hub.migrate_api("POST", f"/hosts/{old}/reclaim", body={"notice_seconds": 6})
     assert status == 202
     # the final checkpoint is committed (the hub logs it), then the freeze stops the old
@@ -224,10 +219,5 @@ c.MigratingSpawner.environment = {{
     assert record.get("kernels_saved") is True, record
     stale = ("no kernel snapshot", "is lost", "older one", "last background snapshot")
     assert not any(s in m for m in said for s in stale), said
-    conn = KernelConnection(hub.url + "/user/hana", kernel_id, token, "hana")
-    await conn.start()
-    try:
-        out, _ = await conn.run("print(v)", timeout=90)
-        assert out.strip() == "set before the notice", out
-    finally:
-        await conn.close()
+    out = await run_cell(hub.url + "/user/hana", kernel_id, token, "print(v)", timeout=90)
+    assert out.strip() == "set before", out

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from kernelconn import KernelConnection
+from kernelconn import KernelConnection, run_cell
 from realhub import module_hub, until
-from test_move import wait_moved
+from test_move import wait_moved, write_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -67,13 +67,7 @@ async def test_a_move_whose_new_server_fails_after_the_freeze_retries_under_the_
     hub = retry_hub
     await hub.spawn("rita")
     token = await hub.user_token("rita")
-    status, _ = await hub.request(
-        "PUT",
-        "/user/rita/api/contents/notes.txt",
-        token,
-        {"type": "file", "format": "text", "content": "kept across the retry"},
-    )
-    assert status in (200, 201)
+    await write_file(hub, "rita", token, "notes.txt", "kept across the retry")
     session = await hub.new_session("rita", token, "work.ipynb")
     conn = KernelConnection(hub.url + "/user/rita", session["kernel"]["id"], token, "rita")
     await conn.start()
@@ -155,13 +149,7 @@ async def test_a_move_that_fails_on_every_new_host_stops_the_server_with_its_che
     hub = retry_hub
     await hub.spawn("gus")
     token = await hub.user_token("gus")
-    status, _ = await hub.request(
-        "PUT",
-        "/user/gus/api/contents/notes.txt",
-        token,
-        {"type": "file", "format": "text", "content": "kept in the checkpoint"},
-    )
-    assert status in (200, 201)
+    await write_file(hub, "gus", token, "notes.txt", "kept in the checkpoint")
     session = await hub.new_session("gus", token, "work.ipynb")
     kernel_id = session["kernel"]["id"]
     conn = KernelConnection(hub.url + "/user/gus", kernel_id, token, "gus")
@@ -201,10 +189,5 @@ async def test_a_move_that_fails_on_every_new_host_stops_the_server_with_its_che
     await hub.spawn("gus")
     status, model = await hub.request("GET", "/user/gus/api/contents/notes.txt?content=1", token)
     assert status == 200 and model["content"] == "kept in the checkpoint", model
-    conn = KernelConnection(hub.url + "/user/gus", kernel_id, token, "gus")
-    await conn.start()
-    try:
-        out, _ = await conn.run("print(y)", timeout=90)
-        assert out.strip() == "7", out
-    finally:
-        await conn.close()
+    out = await run_cell(hub.url + "/user/gus", kernel_id, token, "print(y)", timeout=90)
+    assert out.strip() == "7", out

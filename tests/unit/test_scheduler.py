@@ -677,15 +677,22 @@ async def test_a_notice_move_starts_past_the_worker_limit_before_its_deadline(hu
     assert [reason for reason, _ in world.committed].count("move final") == 3
 
 
-async def test_a_new_server_that_fails_after_the_freeze_is_tried_again_elsewhere(hub, world, clock):
+async def frozen_before_the_new_server_is_ready(hub, world, clock):
+    """A notice's move, frozen at its deadline (the old server stopped) while the first
+    new server has not answered yet. Returns the server, its old host and the move."""
     server = hub.add(await FakeServer.running(world))
     old = server.host
     world.gate("ready")
     hub.scheduler.on_notice(old.id, clock.time() + 20)
     move = asyncio.ensure_future(hub.scheduler.wait_for(server))
     await world.reached("ready")
-    clock.advance(20 - MARGIN)  # frozen while the first new server is not ready
+    clock.advance(20 - MARGIN)
     await world.reached(f"kill {old.id}")
+    return server, old, move
+
+
+async def test_a_new_server_that_fails_after_the_freeze_is_tried_again_elsewhere(hub, world, clock):
+    server, old, move = await frozen_before_the_new_server_is_ready(hub, world, clock)
     world.ready_failures = 1
     world.open("ready")  # ... and then that server does not answer in time
     await move
@@ -715,14 +722,7 @@ async def test_a_new_server_that_fails_after_the_freeze_is_tried_again_elsewhere
 async def test_a_move_that_fails_on_every_new_host_ends_the_server_with_its_checkpoint(
     hub, world, clock
 ):
-    server = hub.add(await FakeServer.running(world))
-    old = server.host
-    world.gate("ready")
-    hub.scheduler.on_notice(old.id, clock.time() + 20)
-    move = asyncio.ensure_future(hub.scheduler.wait_for(server))
-    await world.reached("ready")
-    clock.advance(20 - MARGIN)
-    await world.reached(f"kill {old.id}")
+    server, old, move = await frozen_before_the_new_server_is_ready(hub, world, clock)
     world.ready_failures = 99
     world.open("ready")
     await move

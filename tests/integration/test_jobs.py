@@ -206,16 +206,21 @@ async def test_a_job_reclaimed_mid_run_resumes_at_the_next_cell_and_lands_next_t
         await wait_released(hub, host)
 
 
+async def submit_running(hub, token, name, gate, counter) -> str:
+    """Submit a one-cell job that runs until `gate` exists; returns its id once it runs."""
+    put_notebook(hub, name, notebook([wait_for(gate, 600)]))
+    status, submitted = await hub.migrate_api(
+        "POST", "/jobs", token, {"notebook": name, "parameters": {"counter": str(counter)}}
+    )
+    assert status == 201, submitted
+    await until(lambda: _has(counter, 1), 120, "cell 1 running")
+    return submitted["id"]
+
+
 async def test_cancel_of_a_running_job_stops_its_server(hub, scratch):
     token = await hub.user_token("alice")
     counter = scratch / "counter.txt"
-    put_notebook(hub, "long.ipynb", notebook([wait_for(scratch / "never", 600)]))
-    status, submitted = await hub.migrate_api(
-        "POST", "/jobs", token, {"notebook": "long.ipynb", "parameters": {"counter": str(counter)}}
-    )
-    assert status == 201, submitted
-    job_id = submitted["id"]
-    await until(lambda: _has(counter, 1), 120, "cell 1 running")
+    job_id = await submit_running(hub, token, "long.ipynb", scratch / "never", counter)
     running = await job(hub, token, job_id)
     cancelled = await asyncio.to_thread(cli, hub, token, "cancel", job_id)
     assert cancelled["status"] == "cancelled", cancelled
@@ -375,14 +380,8 @@ async def test_the_idle_culler_culls_an_idle_server_but_not_one_under_a_running_
     counter = scratch / "counter.txt"
     gate = scratch / "go"
     # the job's one cell runs until the test lets it end: long past the culler's timeout
-    put_notebook(hub, "busy.ipynb", notebook([wait_for(gate, 600)]))
     await hub.spawn("erin")  # idle all along: the control
-    status, submitted = await hub.migrate_api(
-        "POST", "/jobs", token, {"notebook": "busy.ipynb", "parameters": {"counter": str(counter)}}
-    )
-    assert status == 201, submitted
-    job_id = submitted["id"]
-    await until(lambda: _has(counter, 1), 120, "cell 1 running")
+    job_id = await submit_running(hub, token, "busy.ipynb", gate, counter)
     started = await job(hub, token, job_id)
 
     async def erin_culled():

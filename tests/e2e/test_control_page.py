@@ -359,6 +359,11 @@ async def test_suspend_resume_and_cancel_from_the_page(hub, alice):
     await dialog.locator("button.confirm").click()
     await until_state(page, "Stopped")
     # the API's own words, once ("Discarded: ..."), not "Cancelled. Lost: Discarded: ..."
+    # (the card's state can show a poll before the answer's message does)
+    await page.wait_for_function(
+        "() => document.querySelector('article[data-key=\"alice/\"] .message')"
+        ".textContent.includes('Discarded')",
+    )
     said = await message.inner_text()
     assert said.startswith("Discarded") and "Lost:" not in said, said
     assert said.endswith("The next start is fresh."), said

@@ -8,6 +8,8 @@ thing, and ``new_kernel()`` gives the ``MovableKernel`` both adapters wrap.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import dataclasses
 import json
 import os
@@ -16,6 +18,7 @@ from typing import Any
 from traitlets import Dict, Float, Integer, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from migrating_spawner.agent.client import run
 from migrating_spawner.checkpoint.signed import SignedCheckpoints, secret_from_file
 from migrating_spawner.checkpoint.store import CheckpointStore
 from migrating_spawner.hosts.base import HostProvider
@@ -207,3 +210,21 @@ class KernelHostSettings(LoggingConfigurable):
             work_dir=os.path.join(self.work_root, kernel_id),
             **self.kernel_options(),
         )
+
+
+@atexit.register
+def _release_spare_hosts_at_exit() -> None:
+    """This process's own spare hosts (`host_provider_config`'s `spare_hosts`) go back when
+    it exits cleanly, as the hub's do at a clean stop: no other process adopts a kernel
+    process's spares. Its loop has ended by now (jupyter_server and Kernel Gateway stop it
+    after shutting their kernels down, Enterprise Gateway closes it), so on a loop of our
+    own. A process that dies (SIGKILL) leaves them running."""
+    pools = [provider.spares for provider in _PROVIDERS.values() if provider.spares.hosts()]
+    if not pools:
+        return
+    pools[0].log.info("exiting: releasing the spare hosts (%d host providers)", len(pools))
+    run(_stop_pools(pools))
+
+
+async def _stop_pools(pools: list[Any]) -> None:
+    await asyncio.gather(*(pool.stop(release=True) for pool in pools), return_exceptions=True)

@@ -167,10 +167,14 @@ class SparePool:
         """Stop filling; with `release`, give every spare host back (a clean stop that asked
         for it). Without, they stay for the next hub to adopt."""
         self._started = False
+        here = asyncio.get_running_loop()
         tasks = list(self._tasks)
         for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            # (an exit hook stops the pool on a loop of its own: a task of the process's
+            # ended loop is cancelled if that loop is not closed, and not waited for)
+            if not task.get_loop().is_closed():
+                task.cancel()
+        await asyncio.gather(*(t for t in tasks if t.get_loop() is here), return_exceptions=True)
         if release:
             hosts, self._ready = self.hosts(), {}
             await asyncio.gather(*(self._release(h, "clean stop") for h in hosts))

@@ -2,7 +2,8 @@
 spare host kept ready, the pool acquires a replacement in the background, and a hub
 restart finds the spare host again instead of leaking it or acquiring another one (the
 module's hub leaves its servers running across a stop, `cleanup_servers` False), and a hub
-that stops cleanly with its servers (`cleanup_servers` True) gives its spare hosts back.
+that stops cleanly with its servers (`cleanup_servers` True) gives its spare hosts back; so
+does a kernel process (jupyter_server with the migrating-provisioner) with its own spares.
 
 Local hosts boot with a delay (`boot_delay`), as cloud instances do, so a host that was
 not kept ready could not be the one taken without waiting for it."""
@@ -10,9 +11,11 @@ not kept ready could not be the one taken without waiting for it."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import psutil
 import pytest
+from gateways import JupyterServer
 from realhub import RealHub, module_hub, until
 from test_move import wait_moved, wait_released
 
@@ -105,6 +108,36 @@ async def test_clean_hub_stop_that_stops_its_servers_releases_the_spare_hosts(tm
         real.stop()
         real.kill_proxy()
         real.release_all_hosts()
+
+
+async def test_a_kernel_process_that_stops_cleanly_releases_its_spare_hosts(tmp_path):
+    server = JupyterServer(tmp_path)
+    spec_file = server.jupyter_path / "kernels" / server.kernel / "kernel.json"
+    config = server.kernelspec["metadata"]["kernel_provisioner"]["config"]
+    config["host_provider_config"] = {"spare_hosts": {"small": 1}}
+    spec_file.write_text(json.dumps(server.kernelspec, indent=1))
+    server.start()
+    try:
+        await server.wait_up()
+        status, kernel = await server.request("POST", "/api/kernels", {"name": server.kernel})
+        assert status == 201, (kernel, server.tail())
+
+        async def spare_ready():
+            ids = [h.id for h in server.hosts() if h.meta.get("owner") == "spare:small"]
+            if len(ids) == 1 and f"spare host {ids[0]} (small) ready" in server.kernel_log():
+                return ids[0]
+            return None
+
+        spare = await until(spare_ready, 60, "the kernel process kept no spare host")
+        agents = [h.meta["agent_pid"] for h in server.hosts()]
+        assert len(agents) == 2, server.hosts()  # the kernel's host and the spare
+        # SIGTERM, as an operator stops it: it shuts its kernel down, then exits
+        left = await server.stop(release_hosts=False)
+        assert left == [], server.report()  # the provider's registry: nothing left
+        assert f"releasing spare host {spare}: clean stop" in server.kernel_log(), server.tail()
+        assert not [pid for pid in agents if _running(pid)], agents
+    finally:
+        await server.stop()
 
 
 def _running(pid: int) -> bool:

@@ -248,6 +248,15 @@ class MovableKernel:
         self.snapshot_report.unlink(missing_ok=True)
         await self.start_relay()
         fresh_host = self.host is None
+        if not fresh_host and self.transfer is not None:
+            # a restart: the store's snapshots are of the namespace before it, which a
+            # process taking this kernel over must not restore
+            try:
+                await self.transfer.forget(self.kernel_id)
+            except Exception as e:
+                self.log.warning(
+                    "kernel %s: old snapshots left in the store: %s", self.kernel_id, e
+                )
         if fresh_host:
             self.host = await self.provider.take(owner=self.kernel_id)
         try:
@@ -270,7 +279,28 @@ class MovableKernel:
         self.target = dict(target)
         await self.start_relay()
         await self._retarget(self.target)
+        if self.transfer is not None:
+            # the last good snapshot was known to the process before this one only: the
+            # store has it (a host lost without notice, or a failed move snapshot, comes
+            # back from it; without a transfer it is state_dir's report)
+            self.good_snapshot = await self._stored_snapshot()
         self._join_mover()
+
+    async def _stored_snapshot(self) -> tuple[dict[str, Any], float] | None:
+        """The kernel's latest snapshot in the store: its report naming its checkpoint, and
+        when it was committed (epoch); None if there is none or it cannot be read."""
+        assert self.transfer is not None
+        try:
+            found = await self.transfer.latest_snapshot(self.kernel_id, SNAPSHOT_REPORT)
+        except Exception as e:  # an unreachable store, a tampered manifest
+            self.log.warning("kernel %s: its last snapshot in the store: %s", self.kernel_id, e)
+            return None
+        if found is None:
+            self.log.info("kernel %s: no snapshot in the store", self.kernel_id)
+            return None
+        manifest, report = found
+        self.log.info("kernel %s: last snapshot in the store: %s", self.kernel_id, manifest.id)
+        return {**report, CHECKPOINT_KEY: manifest.id}, manifest.created
 
     def _join_mover(self) -> None:
         """Moves from now on: the process's scheduler takes this kernel's notices, and its

@@ -161,6 +161,29 @@ class KernelStateTransfer:
             f"read of {path}", get_blob, self.checkpoints.store, entry["chunks"]
         )
 
+    async def latest_snapshot(
+        self, kernel_id: str, report_name: str
+    ) -> tuple[Manifest, dict[str, Any]] | None:
+        """The kernel's latest committed snapshot in the store, verified, and its report
+        `report_name` (only good snapshots are committed); None if the store has none. For
+        a process that takes a kernel over and so knows of no snapshot in memory.
+        CheckpointError if the latest one cannot be read or was tampered with."""
+        key = key_of(kernel_id)
+        latest = await self.checkpoints.off_loop(
+            f"latest of {key}", self.checkpoints.store.latest, key
+        )
+        if latest is None:
+            return None
+        manifest = await self.checkpoints.load_async(key, latest)
+        data = await self.read(manifest, report_name)
+        try:
+            report = json.loads(data) if data is not None else None
+        except ValueError:
+            report = None
+        if not isinstance(report, dict) or not report.get("ok"):
+            return None
+        return manifest, report
+
     async def prepare(self, agent: AgentClient, state_dir: str, user: str | None = None) -> None:
         """Make `state_dir` on the agent's host, empty and the user's (the kernel runs as
         `user` there and writes its snapshots into it)."""

@@ -1,19 +1,31 @@
 """MovableKernel itself, on real local hosts (agents) with real ipykernel kernels: the paths
-no gateway can steer into on purpose, such as a shutdown in the middle of a move."""
+no gateway can steer into on purpose, such as a shutdown in the middle of a move, and a
+kernel taken over by a new process after its owning one died, with its snapshots in S3
+(moto's server on loopback)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import signal
+import subprocess
 import sys
 import uuid
 
 import pytest
 from gateways import until
 from jupyter_client import AsyncKernelClient
+from motoserver import moto_environ, running_moto
 from realhub import free_port
 
+from kernel_provisioner.core import KernelTimings, MovableKernel
 from kernel_provisioner.settings import KernelHostSettings
+from migrating_spawner.checkpoint import SignedCheckpoints
+from migrating_spawner.checkpoint.s3 import S3CheckpointStore
+from migrating_spawner.hosts.local import LocalHostProvider
+from migrating_spawner.kernelstate.transfer import KernelStateTransfer, key_of
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +156,113 @@ async def test_a_move_without_a_snapshot_says_it_restored_an_older_one(settings,
         kc.stop_channels()
         await kernel.shutdown(grace=0)
     assert await provider.list_hosts() == []
+
+
+# The first owner of a kernel (a gateway process): it starts the kernel with its snapshots
+# in S3, runs x = 42, waits for the background snapshot, prints what a successor needs
+# (MovableKernel.to_info, as get_provisioner_info keeps it) and dies without cleaning up.
+FIRST_OWNER = """
+import asyncio, json, os, sys
+from jupyter_client import AsyncKernelClient
+from kernel_provisioner.core import KernelTimings, MovableKernel
+from migrating_spawner.checkpoint import SignedCheckpoints
+from migrating_spawner.checkpoint.s3 import S3CheckpointStore
+from migrating_spawner.hosts.local import LocalHostProvider
+from migrating_spawner.kernelstate.transfer import KernelStateTransfer
+
+args = json.loads(sys.argv[1])
+
+async def main():
+    provider = LocalHostProvider(**args["provider"])
+    store = S3CheckpointStore(bucket=args["bucket"], endpoint_url=args["endpoint"])
+    transfer = KernelStateTransfer(SignedCheckpoints(store, args["secret"].encode()))
+    timings = KernelTimings(notice_poll_interval=0.2, snapshot_interval=0.3)
+    kernel = MovableKernel(
+        provider, args["kernel_id"], "python", args["state_dir"], transfer=transfer,
+        timings=timings,
+    )
+    kc = AsyncKernelClient()
+    kc.load_connection_info(await kernel.start(args["argv"]))
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=30)
+    reply = await kc.execute_interactive("x = 42", timeout=30)
+    assert reply["content"]["status"] == "ok", reply
+    while kernel.good_snapshot is None:
+        await asyncio.sleep(0.1)
+    print(json.dumps(kernel.to_info()), flush=True)
+    os._exit(0)  # as a gateway that is killed: relay, watch and snapshots end, no release
+
+asyncio.run(main())
+"""
+
+
+async def test_a_kernel_taken_over_by_a_new_process_comes_back_from_its_s3_snapshot(
+    settings, caplog
+):
+    caplog.set_level(logging.INFO, "test.movable")
+    kernel_id = str(uuid.uuid4())
+    state_dir = os.path.join(settings.state_root, kernel_id)
+    provider_config = {
+        "root_dir": settings.root_dir,
+        "first_address": settings.first_address,
+        "agent_port": settings.agent_port,
+        "watch_interval": 0.2,
+    }
+    with running_moto() as moto, moto_environ(moto):
+        moto.client("s3").create_bucket(Bucket="kernels")
+        args = {
+            "provider": provider_config,
+            "bucket": "kernels",
+            "endpoint": moto.endpoint_url,
+            "secret": "kernel-secret",
+            "kernel_id": kernel_id,
+            "state_dir": state_dir,
+            "argv": ARGV,
+        }
+        first = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", FIRST_OWNER, json.dumps(args)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert first.returncode == 0, first.stderr
+        info = json.loads(first.stdout.splitlines()[-1])
+        store = S3CheckpointStore(bucket="kernels", endpoint_url=moto.endpoint_url)
+        assert store.list_checkpoints(key_of(kernel_id)), "no snapshot in the bucket"
+
+        # the new owner: a provider, a store client and a transfer of its own, the same
+        # secret; it takes the kernel over as load_provisioner_info does
+        provider = LocalHostProvider(**provider_config, log=settings.log)
+        transfer = KernelStateTransfer(SignedCheckpoints(store, b"kernel-secret"))
+        kernel = MovableKernel.from_info(
+            provider,
+            kernel_id,
+            info,
+            transfer=transfer,
+            timings=KernelTimings(notice_poll_interval=0.2, snapshot_interval=0),
+            log=settings.log,
+        )
+        await kernel.reattach(info["host_id"], info["target"])
+        kc = await client(kernel.relay.connection_info)
+        try:
+            old = kernel.host
+            out, reply = await run(kc, "print(x)")
+            assert out.strip() == "42", out  # the same kernel, through the rebound relay
+            # its host vanishes: the agent and the kernel die, nobody gives notice
+            proc = await provider.agent(old).process(kernel.process)
+            os.killpg(os.getpgid(proc["pid"]), signal.SIGKILL)
+            os.killpg(old.meta["agent_pid"], signal.SIGKILL)
+            out, reply = await run(kc, "print(x)", timeout=90)
+            assert reply["status"] == "ok", out
+            assert out.splitlines()[-1] == "42", out
+            assert "went away without notice" in out and "from its last snapshot" in out, out
+            assert kernel.host.id != old.id
+            # a restart drops the snapshots of the namespace before it: a later owner
+            # must not bring them back
+            await kernel.stop_kernel(grace=0)
+            await kernel.start(ARGV)
+            assert store.list_checkpoints(key_of(kernel_id)) == []
+        finally:
+            kc.stop_channels()
+            await kernel.shutdown(grace=0)

@@ -260,7 +260,9 @@ class Move:
                     max(1.0, self._left()),
                 )
             except (HostError, CheckpointError, asyncio.TimeoutError) as e:
-                self._note_loss(f"the final checkpoint failed ({e})")
+                # a timeout's text is empty: say what ran out
+                why = str(e) or "not done by the deadline"
+                self._note_loss(f"the final checkpoint failed ({why})")
         elif not old_alive and self.lost is None and not self.final_id:
             # it died after the move began (e.g. a 0 s notice, or during the pre-copy):
             # the new host gets the last checkpoint, and the user must hear what that misses

@@ -95,6 +95,11 @@ if sim_dir:
     c.CloudEventsChannel.endpoint_url = sim["moto_url"]
     c.CloudEventsChannel.wait_seconds = 2
     c.MigratingController.api_ip = "127.0.0.1"
+    # a notice shorter than a boot (`interrupt --notice 30`, boots take 40 s) freezes the old
+    # server before the new one is up: its final checkpoint to moto's S3 gets 10 s, not the
+    # default 3 (a first checkpoint right after a spawn timed out in 3 s on a busy machine,
+    # and with no pre-copy yet the move lost the files and kernels)
+    c.MigratingController.final_checkpoint_margin = 10
 else:
     # on AWS (README.md): the launch template holds AMI, security groups, instance profile
     c.EC2HostProvider.region = os.environ.get("AWS_REGION", "eu-west-1")

@@ -261,6 +261,8 @@ class APIHandler(HubAuthenticated, JSONHandler):
             "url": spawner.server.base_url if spawner.server else None,
             "provider": self.controller.provider.name,
             "instance_type": host.instance_type if host else None,
+            # the cloud's own id (ec2: i-..., what the console and the simulator name)
+            "instance_id": host.meta.get("instance_id") if host else None,
             "market": host.market if host else None,
             "hourly_price": host.meta.get("hourly_price") if host else None,
             "started": started if host else None,

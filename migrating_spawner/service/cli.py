@@ -117,6 +117,7 @@ def info_text(data: dict[str, Any]) -> str:
         ("Address", data.get("address")),
         ("URL", data.get("url")),
         ("Provider", data.get("provider")),
+        ("Instance", data.get("instance_id")),
         ("Instance type", data.get("instance_type")),
         ("Market", data.get("market")),
         ("Hourly price", f"${price:.4f} per hour" if isinstance(price, (int, float)) else None),

@@ -331,6 +331,12 @@ def test_info_says_what_the_page_shows(utc):
     assert fields["Uptime"] == "7:43 since it started (moves included)"
     assert fields["Last checkpoint"] == "21:20:58, 83.4 kB, move final (c0ffee)"
     assert fields["Hourly price"] == "-" and fields["Suspended since"] == "-"
+    assert fields["Instance"] == "-"  # local hosts have no cloud id
+    on_ec2 = dict(
+        line.partition(":")[::2]
+        for line in cli.info_text({**data, "instance_id": "i-0abc"}).splitlines()
+    )
+    assert on_ec2["Instance"].strip() == "i-0abc"
     assert fields["Actions"] == "migrate, suspend, cancel"
     assert lines[-2:] == ["Events:", "  21:15:04  Server ready"]
     text = "\n".join(lines)

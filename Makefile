@@ -73,8 +73,11 @@ $(VENV)/.installed-aws: $(VENV)/.installed-demo
 demo-aws: install-demo $(VENV)/.installed-aws
 	examples/aws/demo.sh
 
+# two workers, a module on one worker at a time (tests/conftest.py), modules in file order
+# (the long browser and hub modules first, the short unit ones fill the end)
+TEST_WORKERS ?= 2
 test: install install-eg system-deps
-	$(PY) -m pytest -ra --durations=25
+	$(PY) -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -55,6 +55,17 @@ def hub_log_on_failure(request):
                 print_logs(value, server_lines=6000)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """`make test` runs the suite on pytest-xdist workers with `--dist loadgroup`: every
+    module is a group of its own, so its tests run on one worker, in order, and a module's
+    hub starts once. Modules that share the machine itself say so with a group of their
+    own (ec2world.SHARES_THE_MACHINE)."""
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     # lets fixtures see whether the test failed, to print host and agent logs

@@ -6,7 +6,8 @@
         world.sim("interrupt", iid, "--notice", "20")
         world.instances()              # the simulator's view (GET /instances)
 
-Instances get 127.0.0.2 up (local hosts of test hubs use 127.0.0.20 and up); their
+Instances get 127.0.0.2 up (local hosts of test hubs use 127.0.0.20 and up, 127.N.0.20
+up on pytest-xdist worker N); their
 metadata services and agents listen on ports free on all of them. Stopping the world stops
 the simulator, which kills every simulated instance's processes.
 
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from motoserver import MotoServer, running_moto
 from realhub import free_port
@@ -52,6 +54,10 @@ from migrating_spawner.hosts.cloudevents import put_rule
 VENV_BIN = Path(sys.executable).parent
 FIRST_ADDRESS = "127.0.0.2"
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 20)]
+#: the mark of test modules that use a world (or `interpreter_reachable`): a world makes unix
+#: users, deletes the ones made while it ran and opens folders' modes, so under pytest-xdist
+#: one worker runs all these modules, one after another
+SHARES_THE_MACHINE = pytest.mark.xdist_group("ec2-world")
 AMI = "ami-12c6146b"  # one of moto's
 #: the one profile of the region's hubs: two spot types (the second one takes over from an
 #: interrupted or capacity-less first)

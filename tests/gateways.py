@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from kernelws import KernelSocket, execute_request
 from realhub import free_port
 
@@ -338,6 +339,9 @@ class GatewayClient(ServerProcess):
 
 ROOT = Path(__file__).resolve().parents[1]
 EG_EXAMPLE = ROOT / "examples" / "enterprise-gateway"
+#: the mark of test modules that run the example itself (its `var/` folder, its kernels'
+#: fixed addresses 127.0.0.60 up and agent port): under pytest-xdist one worker runs them all
+USES_THE_EG_EXAMPLE = pytest.mark.xdist_group("eg-example")
 EG_VENV = ROOT / ".venv-eg"
 
 

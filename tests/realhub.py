@@ -50,6 +50,13 @@ def free_port(*addresses: str) -> int:
 _next_block = itertools.cycle(range(20, 250, 12))
 
 
+def worker_number() -> int:
+    """This pytest-xdist worker's number (gw1 -> 1), 0 without xdist: each worker's hubs
+    take their hosts in a /16 of their own (127.0.x.x for the first, 127.1.x.x for the
+    next), so two workers' hubs never share a host address."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
+
 class RealHub:
     """A real `jupyterhub` process with the real configurable-http-proxy and local hosts.
 
@@ -64,7 +71,7 @@ class RealHub:
         self.proxy_api_port = free_port()
         self.service_port = free_port()
         self.agent_port = free_port()
-        self.first_host = f"127.0.0.{next(_next_block)}"
+        self.first_host = f"127.{worker_number()}.0.{next(_next_block)}"
         self.admin_token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_config = extra_config

@@ -143,16 +143,20 @@ class LocalHostProvider(HostProvider):
                 self.log.warning("ignoring unreadable host record %s: %s", path, e)
         return hosts
 
-    def _read_gone(self) -> list[Host]:
-        """Hosts that ended (reclaimed: their agent is gone) but were not released yet: the
-        release still has work to do, and their addresses stay out of use until then."""
-        ended = [h for h in self._read_records("*.json") if _ended(h)]
-        return ended + self._read_records("*.gone")
+    def _read_live_and_gone(self) -> tuple[list[Host], list[Host]]:
+        """The hosts that live, and those that ended (reclaimed: their agent is gone) but
+        were not released yet: the release still has work to do, and their addresses stay
+        out of use until then. One look at each agent decides both lists, so no host is in
+        neither."""
+        live, gone = [], self._read_records("*.gone")
+        for host in self._read_records("*.json"):
+            (gone if _ended(host) else live).append(host)
+        return live, gone
 
     def _read_registry(self) -> list[Host]:
         """The hosts that live: a record whose agent still runs (the registry is the
         provider's own; a host's end is its agent's end, as an instance's is the cloud's)."""
-        return [h for h in self._read_records("*.json") if not _ended(h)]
+        return self._read_live_and_gone()[0]
 
     def _pick_address(self, taken: set[str], pending: list[Host] = ()) -> str:
         """A free address. One whose host ended but was not released yet comes last: the
@@ -187,8 +191,8 @@ class LocalHostProvider(HostProvider):
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            taken = {h.address for h in self._read_registry()}
-            address = self._pick_address(taken, self._read_gone())
+            live, gone = self._read_live_and_gone()
+            address = self._pick_address({h.address for h in live}, gone)
             host_id = f"local-{address.rsplit('.', 1)[1]}-{secrets.token_hex(3)}"
             host = Host(
                 id=host_id,
@@ -324,10 +328,14 @@ def _ended(host: Host) -> bool:
     if not _alive(pid):
         return True
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True
-    return f"--host-id={host.id}".encode() not in cmdline
+    if not cmdline:
+        # an agent still in its exec (Popen returns before the kernel has set its argv):
+        # it lives. (A zombie has none either, but _alive reaps ours; init reaps others.)
+        return False
+    return f"--host-id={host.id}".encode() not in cmdline.split(b"\0")
 
 
 def _alive(pid: int) -> bool:

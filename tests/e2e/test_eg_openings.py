@@ -23,6 +23,7 @@ import pytest_asyncio
 from gateways import (
     EG_EXAMPLE,
     EG_VENV,
+    USES_THE_EG_EXAMPLE,
     EnterpriseGatewayExample,
     reclaim,
     serving,
@@ -33,7 +34,11 @@ from kernelws import KernelSocket
 from labpage import ARTIFACTS, CHROMIUM, KERNEL_STATUS, chromium_page, notebook
 
 # one example for the module: each test leaves no kernel behind it
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.asyncio(loop_scope="module"),
+    USES_THE_EG_EXAMPLE,
+]
 
 OPENINGS = int(os.environ.get("EG_OPENINGS", 8))
 # generous (openings take 3-4 s here); one that meets the upstream hold stays "unknown"

@@ -34,7 +34,14 @@ from urllib.parse import parse_qsl
 
 import pytest
 import requests
-from ec2world import cloud_config, cloud_resources, ec2_config, ec2_world, wait_for
+from ec2world import (
+    SHARES_THE_MACHINE,
+    cloud_config,
+    cloud_resources,
+    ec2_config,
+    ec2_world,
+    wait_for,
+)
 from gateways import until
 from kernelws import KernelSocket
 from motoserver import moto_environ
@@ -43,7 +50,7 @@ from test_move import Poller, read_file, wait_moved, write_file
 from migrating_spawner.hosts.cloudevents import STATE_CHANGE
 from migrating_spawner.hosts.ec2 import TAG
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), SHARES_THE_MACHINE]
 
 #: the first test's notice: long enough for a move under load (a first start of the
 #: user's server on a new instance took 28 s here beside other tests), which the test

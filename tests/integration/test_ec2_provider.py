@@ -26,7 +26,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from ec2world import AMI, ec2_world, wait_for
+from ec2world import AMI, SHARES_THE_MACHINE, ec2_world, wait_for
 from gateways import until
 from motoserver import moto_environ
 from realhub import free_port
@@ -42,7 +42,7 @@ from migrating_spawner.hosts.ec2 import TAG, EC2HostProvider, _Bootstrap
 from migrating_spawner.kernelstate.transfer import KernelStateTransfer, key_of
 from migrating_spawner.service.registration import registration_handlers
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), SHARES_THE_MACHINE]
 
 
 class Notices(web.RequestHandler):

@@ -33,7 +33,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web as aioweb
-from ec2world import ec2_world, wait_for
+from ec2world import SHARES_THE_MACHINE, ec2_world, wait_for
 from motoserver import moto_environ
 from realhub import free_port
 from test_ec2_provider import FakeController, make_provider
@@ -47,7 +47,7 @@ from migrating_spawner.checkpoint.store import LocalCheckpointStore
 from migrating_spawner.hosts.ec2 import TAG
 from migrating_spawner.service.registration import registration_handlers
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300), SHARES_THE_MACHINE]
 
 
 def iptables_works() -> str:

@@ -18,6 +18,7 @@ from gateways import (
     CULLING,
     EG_EXAMPLE,
     EG_VENV,
+    USES_THE_EG_EXAMPLE,
     EnterpriseGatewayExample,
     culler_spares_a_moving_kernel,
     files_survive_moves,
@@ -32,7 +33,11 @@ from kernelws import KernelSocket
 
 # one example for the module's tests but the two that need their own (a gateway exit, the
 # culler): each test starts with no kernel and no host (the `example` fixture sees to it)
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.asyncio(loop_scope="module"),
+    USES_THE_EG_EXAMPLE,
+]
 
 NOTICE = 8.0
 

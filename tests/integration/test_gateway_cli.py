@@ -7,12 +7,12 @@ import asyncio
 import json
 
 import pytest
-from gateways import EnterpriseGatewayExample, KernelGateway, serving, until
+from gateways import USES_THE_EG_EXAMPLE, EnterpriseGatewayExample, KernelGateway, serving, until
 from kernelws import KernelSocket
 
 from migrating_spawner.service import cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, USES_THE_EG_EXAMPLE]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from ec2world import interpreter_reachable
+from ec2world import SHARES_THE_MACHINE, interpreter_reachable
 from realhub import free_port
 
 from migrating_spawner.agent.client import (
@@ -37,6 +37,8 @@ from migrating_spawner.agent.tls import (
     server_context,
 )
 from migrating_spawner.agent.users import stable_id, unix_name
+
+pytestmark = SHARES_THE_MACHINE  # interpreter_reachable opens folders a world opens too
 
 
 def test_first_boot_makes_a_private_key_and_certificate_and_reuses_them(tmp_path):

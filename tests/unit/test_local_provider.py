@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 
 import pytest
 from agent_util import pid_gone, release_all, two_host_provider, wait_for
+from realhub import free_port
 
 from migrating_spawner.agent.client import AgentClient
 from migrating_spawner.hosts.base import HostError
@@ -76,6 +78,25 @@ async def test_max_hosts(provider: LocalHostProvider):
         "no local host free: all 2 are in use (raise LocalHostProvider.max_hosts)"
     )
     assert len(await provider.list_hosts()) == 2
+
+
+async def test_hosts_acquired_at_once_each_get_an_address_of_their_own(tmp_path):
+    # five servers spawned together: each acquisition reads the registry while the one
+    # before starts its agent (whose /proc cmdline is empty for a moment after Popen)
+    addresses = [f"127.0.0.{n}" for n in range(240, 245)]
+    provider = LocalHostProvider(
+        root_dir=str(tmp_path / "hosts"),
+        first_address=addresses[0],
+        max_hosts=5,
+        agent_port=free_port(*addresses),
+    )
+    try:
+        hosts = await asyncio.gather(*(provider.acquire() for _ in range(5)))
+        assert sorted(h.address for h in hosts) == addresses
+        for host in hosts:
+            assert (await AgentClient(host).status())["host_id"] == host.id
+    finally:
+        await release_all(provider)
 
 
 async def test_unknown_instance_type(provider: LocalHostProvider):

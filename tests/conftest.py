@@ -16,13 +16,14 @@ from realhub import RealHub, print_logs  # noqa: E402
 @pytest.fixture
 def hub_factory(tmp_path, request):
     """Start real hubs (`await hub_factory(config)`, on the test's own event loop, whatever
-    its loop scope); everything they started is stopped afterwards."""
+    its loop scope; `server_extensions`: realhub.OPTIONAL_SERVER_EXTENSIONS its servers
+    load); everything they started is stopped afterwards."""
     hubs: list[RealHub] = []
 
-    async def make(extra_config: str = "") -> RealHub:
+    async def make(extra_config: str = "", server_extensions: tuple[str, ...] = ()) -> RealHub:
         workdir = tmp_path / f"hub{len(hubs)}"
         workdir.mkdir()
-        hub = RealHub(workdir, extra_config)
+        hub = RealHub(workdir, extra_config, server_extensions)
         hubs.append(hub)
         hub.start()
         await hub.wait_up()

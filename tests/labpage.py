@@ -12,6 +12,8 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from realhub import OPTIONAL_SERVER_EXTENSIONS
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -105,6 +107,9 @@ async def wait_for(page, script, arg, want, timeout=60):
 LAB_CONFIG = (
     'c.Spawner.default_url = "/lab"\nc.Spawner.args = ["--LabApp.expose_app_in_browser=True"]\n'
 )
+#: ... and their servers load every server extension installed here, as a user's would:
+#: JupyterLab's frontends of them (the Notebook Jobs panel, LSP) call them from the page
+LAB_SERVER_EXTENSIONS = OPTIONAL_SERVER_EXTENSIONS
 
 
 async def log_in_to_lab(page, hub, user: str = "alice") -> None:

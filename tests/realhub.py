@@ -57,6 +57,13 @@ def worker_number() -> int:
     return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 
 
+#: server extensions installed here that the hubs' servers load only where a test asks for
+#: them (`server_extensions`): jupyter-scheduler alone is about half of a server's start
+#: (1.3 of 2.6 CPU seconds, benchmarks/server_start.py's way), and every spawn and every
+#: move starts a server
+OPTIONAL_SERVER_EXTENSIONS = ("jupyter_scheduler", "jupyter_lsp", "jupyter_server_proxy")
+
+
 class RealHub:
     """A real `jupyterhub` process with the real configurable-http-proxy and local hosts.
 
@@ -64,8 +71,11 @@ class RealHub:
     database, so a test can restart the hub mid-move.
     """
 
-    def __init__(self, workdir: Path, extra_config: str = ""):
+    def __init__(
+        self, workdir: Path, extra_config: str = "", server_extensions: tuple[str, ...] = ()
+    ):
         self.workdir = workdir
+        self.server_extensions = server_extensions
         self.port = free_port()
         self.api_port = free_port()
         self.proxy_api_port = free_port()
@@ -118,8 +128,24 @@ c.JupyterHub.template_paths = ["{template_path()}"]
 {self.extra_config}
 """
 
+    def _server_config_path(self) -> str:
+        """JUPYTER_CONFIG_PATH for the hub (its spawner passes it on to the servers): a
+        folder whose config turns off the optional extensions this test did not ask for."""
+        folder = self.workdir / "server-config"
+        folder.mkdir(exist_ok=True)
+        off = {name: False for name in OPTIONAL_SERVER_EXTENSIONS}
+        for name in self.server_extensions:
+            off.pop(name)
+        config = {"ServerApp": {"jpserver_extensions": off}}
+        (folder / "jupyter_server_config.json").write_text(json.dumps(config))
+        return os.pathsep.join(p for p in (str(folder), os.environ.get("JUPYTER_CONFIG_PATH")) if p)
+
     def start(self) -> None:
-        env = {**os.environ, "PATH": f"{NODE_BIN}:{VENV_BIN}:{os.environ['PATH']}"}
+        env = {
+            **os.environ,
+            "PATH": f"{NODE_BIN}:{VENV_BIN}:{os.environ['PATH']}",
+            "JUPYTER_CONFIG_PATH": self._server_config_path(),
+        }
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "jupyterhub"), "-f", "jupyterhub_config.py", "--debug"],
@@ -328,6 +354,7 @@ def module_hub(
     folder: str = "hub",
     cleanup: Callable[[Path], None] | None = None,
     name: str = "hub",
+    server_extensions: tuple[str, ...] = (),
 ):
     """A module-scoped `hub` fixture: one RealHub for every test of the module.
 
@@ -336,6 +363,8 @@ def module_hub(
         synced_hub = module_hub(SYNCED, "synced", name="synced_hub")
 
     `config` is the hub's extra config, or a function of the hub's folder that returns it;
+    `server_extensions` the optional server extensions its servers load (none by default:
+    OPTIONAL_SERVER_EXTENSIONS);
     `cleanup(workdir)` runs after the hub, its proxy and its hosts are stopped; `name` is
     the fixture's name. The module needs `pytest.mark.asyncio(loop_scope="module")` in its
     pytestmark. After a failed test that used it, conftest's autouse `hub_log_on_failure`
@@ -345,7 +374,7 @@ def module_hub(
     @pytest_asyncio.fixture(name=name, scope="module", loop_scope="module")
     async def hub(tmp_path_factory):
         workdir = tmp_path_factory.mktemp(folder)
-        real = RealHub(workdir, config(workdir) if callable(config) else config)
+        real = RealHub(workdir, config(workdir) if callable(config) else config, server_extensions)
         real.start()
         try:
             await real.wait_up()

@@ -19,6 +19,7 @@ from labpage import (
     CHROMIUM,
     KERNEL_STATUS,
     LAB_CONFIG,
+    LAB_SERVER_EXTENSIONS,
     RUN_CELL,
     chromium_page,
     log_in_to_lab,
@@ -112,7 +113,8 @@ async def test_variables_survive_a_reclaim_in_the_same_tab(hub_factory):
         'c.MigratingSpawner.home_mode = "synced"\n'
         # no background snapshots: their cells would put JupyterLab's kernel indicator
         # back to Idle ~30 s after the new server started even if the reconnect did not
-        "c.MigratingSpawner.kernel_snapshot_interval = 0\n" + LAB_CONFIG
+        "c.MigratingSpawner.kernel_snapshot_interval = 0\n" + LAB_CONFIG,
+        server_extensions=LAB_SERVER_EXTENSIONS,
     )
     token = await hub.user_token("alice")
     dialogs: list[str] = []

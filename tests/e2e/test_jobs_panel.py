@@ -14,7 +14,14 @@ from pathlib import Path
 import nbformat
 import pytest
 from jobnotebook import six_cell_job
-from labpage import ARTIFACTS, CHROMIUM, LAB_CONFIG, chromium_page, log_in_to_lab
+from labpage import (
+    ARTIFACTS,
+    CHROMIUM,
+    LAB_CONFIG,
+    LAB_SERVER_EXTENSIONS,
+    chromium_page,
+    log_in_to_lab,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +47,10 @@ async def until(predicate, timeout, what):
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 async def test_a_job_from_the_notebook_jobs_panel_completes_across_a_reclaim(hub_factory):
     pytest.importorskip("playwright.async_api")
-    hub = await hub_factory('c.MigratingSpawner.home_mode = "synced"\n' + LAB_CONFIG)
+    hub = await hub_factory(
+        'c.MigratingSpawner.home_mode = "synced"\n' + LAB_CONFIG,
+        server_extensions=LAB_SERVER_EXTENSIONS,
+    )
     token = await hub.user_token("alice")
     async with chromium_page() as page:
         try:

@@ -50,7 +50,7 @@ async def wait_status(page, job_id: str, status: str, timeout: float = 120_000) 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 async def test_the_jobs_tab_lists_a_job_to_its_end_and_cancels_a_running_one(hub_factory, tmp_path):
     pytest.importorskip("playwright.async_api")
-    hub = await hub_factory(CONFIG)
+    hub = await hub_factory(CONFIG, server_extensions=("jupyter_scheduler",))
     token = await hub.user_token("alice")
     # the jobs' servers write their counters in alice's (shared) home
     home = hub.workdir / "homes" / "alice"

@@ -20,6 +20,7 @@ from labpage import (
     CHROMIUM,
     KERNEL_STATUS,
     LAB_CONFIG,
+    LAB_SERVER_EXTENSIONS,
     RUN_CELL,
     chromium_page,
     log_in_to_lab,
@@ -73,7 +74,7 @@ def toast_matching(pattern: re.Pattern):
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 async def test_widget_tells_a_reclaim_and_the_tab_keeps_working(hub_factory):
     pytest.importorskip("playwright.async_api")
-    hub = await hub_factory(LAB_CONFIG)
+    hub = await hub_factory(LAB_CONFIG, server_extensions=LAB_SERVER_EXTENSIONS)
     token = await hub.user_token("alice")
     dialogs: list[str] = []
     watcher: asyncio.Task | None = None

@@ -61,7 +61,7 @@ def config(workdir: Path) -> str:
     )
     return f"""
 import os
-os.environ["JUPYTER_CONFIG_PATH"] = "{extra}"
+os.environ["JUPYTER_CONFIG_PATH"] = "{extra}" + os.pathsep + os.environ["JUPYTER_CONFIG_PATH"]
 c.MigratingSpawner.home_mode = "synced"
 c.MigratingSpawner.rstudio_suspend_grace = {GRACE}
 # the freeze's time (3 s by default): the grace, and the forced suspend's time after it
@@ -76,7 +76,10 @@ c.TCPGateway.state_dir = "{workdir / "gateway"}"
 
 # HAProxy outlives hubs (as CHP does): stopped after the hub
 hub = module_hub(
-    config, "apps-hub", cleanup=lambda w: TCPGateway(state_dir=str(w / "gateway")).process.stop()
+    config,
+    "apps-hub",
+    cleanup=lambda w: TCPGateway(state_dir=str(w / "gateway")).process.stop(),
+    server_extensions=("jupyter_server_proxy",),
 )
 
 

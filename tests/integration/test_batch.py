@@ -36,7 +36,7 @@ c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "1"}
 QUIET = "no_track_activity=1"
 
 
-hub = module_hub(CONFIG, "batch")
+hub = module_hub(CONFIG, "batch", server_extensions=("jupyter_scheduler",))
 
 
 async def counter(hub, user, token, name) -> list[int]:

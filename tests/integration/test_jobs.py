@@ -41,7 +41,7 @@ c.Spawner.environment = {{"JUPYTERHUB_ACTIVITY_INTERVAL": "1"}}
 {culler_config(CULL_AFTER)}
 """
 
-hub = module_hub(CONFIG, "jobs")
+hub = module_hub(CONFIG, "jobs", server_extensions=("jupyter_scheduler",))
 
 
 def notebook(cells: list[str], parameters: str | None = 'counter = "counter.txt"') -> str:

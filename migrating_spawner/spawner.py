@@ -449,6 +449,26 @@ class MigratingSpawner(Spawner):
 
     # -- start / poll / stop ---------------------------------------------------------
 
+    def _resume_refused(self, error: CheckpointError) -> SpawnException:
+        """The spawn error of a checkpoint that cannot be restored (recorded in the history):
+        it says the checkpoint is kept and how to start fresh instead."""
+        self.controller.observer.record(
+            self.key,
+            "resume",
+            "request",
+            outcome="failed",
+            error=str(error),
+            checkpoint_id=self.checkpoint_id,
+        )
+        target = self.user.name + (f"/{self.name}" if self.name else "")
+        return SpawnException(
+            f"Cannot resume from checkpoint {self.checkpoint_id}: {error}. It is kept: "
+            f"`jupyterhub-migrate cancel {target}` discards it, so that the next start is "
+            "fresh (what it held is lost)",
+            reason="checkpoint",
+            status_code=500,
+        )
+
     async def start(self) -> str:
         # the last run's recent events stay for `info`; the spawn page shows this start's
         del self.events[:-20]
@@ -463,6 +483,16 @@ class MigratingSpawner(Spawner):
         # a resume brings back what the last stop kept; after a cancel nothing is restored
         resuming = bool(self.suspended or self.checkpoint_id) and not self.fresh_start
         restore_kernels = self.checkpoint_on_stop and not self.fresh_start
+        manifest = None
+        if self.home_mode == "synced" and self.checkpoint_id:
+            # verified before a host is taken: a checkpoint that is gone or broken costs
+            # no instance
+            try:
+                manifest = await self.controller.checkpoints.load_async(
+                    self.key, self.checkpoint_id
+                )
+            except CheckpointError as e:
+                raise self._resume_refused(e) from e
         self.emit(f"Requesting a {profile.get('instance_type', 'default')} host", 10)
         try:
             host = await self.controller.provider.take(
@@ -472,11 +502,8 @@ class MigratingSpawner(Spawner):
             raise SpawnException(f"No host available: {e}", reason="host", status_code=503) from e
         self.emit(f"Host {host.id} ready at {host.address}", 30)
         try:
-            if self.home_mode == "synced" and self.checkpoint_id:
+            if manifest is not None:
                 self.emit(f"Resuming from checkpoint {self.checkpoint_id}", 40)
-                manifest = await self.controller.checkpoints.load_async(
-                    self.key, self.checkpoint_id
-                )
                 await self.restore_home(host, manifest)
                 size = checkpoint_summary(manifest)
                 self.emit(
@@ -492,19 +519,7 @@ class MigratingSpawner(Spawner):
                 self.kernels_stale = False
         except CheckpointError as e:
             await self.release_host(host)
-            self.controller.observer.record(
-                self.key,
-                "resume",
-                "request",
-                outcome="failed",
-                error=str(e),
-                checkpoint_id=self.checkpoint_id,
-            )
-            raise SpawnException(
-                f"Cannot resume from checkpoint {self.checkpoint_id}: {e}",
-                reason="checkpoint",
-                status_code=500,
-            ) from e
+            raise self._resume_refused(e) from e
         except BaseException:
             await self.release_host(host)
             raise

@@ -202,13 +202,22 @@ class MoveScheduler:
         self._urgent.add(task)
         task.add_done_callback(self._urgent.discard)
 
-    def _tighten(self, key: str, deadline: float) -> None:
-        """A notice for a server already moving: its move freezes by the nearer deadline."""
-        if deadline < self._deadlines.get(key, deadline + 1):
+    def _tighten(self, server: MovableServer, deadline: float) -> None:
+        """A notice for a server already moving: its move freezes by the nearer deadline,
+        and a deadline a second or more nearer than the one the user was told is told."""
+        key = server.key
+        told = self._deadlines.get(key)
+        if told is None or deadline < told:
             self._deadlines[key] = deadline
             move = self._running.get(key)
             if move is not None:
                 move.tighten(deadline)
+            if told is not None and told - deadline >= 1:
+                seconds = max(0, round(deadline - self.clock.time()))
+                server.emit(
+                    f"The reclaim notice is shorter than first said: the host goes in {seconds} s",
+                    level="warning",
+                )
 
     async def cancel(self, key: str) -> bool:
         """Cancel a queued or running move of `key` and wait until it has ended (a running
@@ -253,7 +262,7 @@ class MoveScheduler:
         for server in self.servers_on(host_id):
             if self.is_moving(server.key):
                 # a settle under way: the next notice (the poller's) starts the move
-                self._tighten(server.key, intake["deadline"])
+                self._tighten(server, intake["deadline"])
             else:
                 if not server.movable:
                     continue

@@ -38,6 +38,7 @@ async def test_tampered_checkpoint_is_refused_and_kept(hub_factory):
     signed["manifest"]["files"]["data.txt"]["size"] += 1
     manifest.write_text(json.dumps(signed))
 
+    acquired = hub.log_path.read_text().count("acquired local host")
     status, data = await hub.api("POST", "/users/dave/server", body={})
     for _ in range(100):
         _, model = await hub.api("GET", "/users/dave")
@@ -46,7 +47,11 @@ async def test_tampered_checkpoint_is_refused_and_kept(hub_factory):
         await asyncio.sleep(0.2)
     assert not model["servers"], "a tampered checkpoint must not start a server"
     assert "failed verification" in hub.tail(400)
-    assert hub.hosts() == []  # the host acquired for the resume was given back
+    # what the user and the operator read says the way out
+    assert "It is kept: `jupyterhub-migrate cancel dave` discards it" in hub.tail(400)
+    assert hub.hosts() == []
+    # refused before a host was taken for it: a broken checkpoint costs no instance
+    assert hub.log_path.read_text().count("acquired local host") == acquired
     # the checkpoint itself is kept for an operator to inspect
     assert manifest.exists()
 

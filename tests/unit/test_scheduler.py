@@ -384,6 +384,11 @@ async def test_two_notices_for_one_host_make_one_move_by_the_nearer_deadline(hub
     await world.reached("ready")
     second = hub.scheduler.on_notice(old.id, clock.time() + 10)
     assert first == second == [server.key]
+    # the user was told 120 s: the nearer deadline is told too, once
+    again = hub.scheduler.on_notice(old.id, clock.time() + 10)
+    assert again == [server.key]
+    shorter = [e for e in server.events if "notice is shorter" in e]
+    assert shorter == ["The reclaim notice is shorter than first said: the host goes in 10 s"]
 
     clock.advance(10 - MARGIN)
     await world.reached(f"kill {old.id}")

@@ -458,11 +458,19 @@ class ServerState:
 
     # -- background snapshots ------------------------------------------------------
 
+    def _may_snapshot(self) -> bool:
+        """Whether this server's own state is what the home should keep. Not while a move
+        freezes it or restores into it, and not on a move's new server between the
+        pre-copy's kernels started ahead and the restore: their state is the pre-copy's,
+        and the sessions are not back yet, so a snapshot then would overwrite the old
+        server's final one (the shared home, or files the final delta leaves alone)."""
+        return not (self.gate.frozen or self.restoring or self.prestarted)
+
     async def snapshot_loop(self) -> None:
         """Snapshot idle kernels that ran something since their last snapshot."""
         while True:
             await asyncio.sleep(self.snapshot_interval)
-            if self.restoring or self._lock.locked() or self.gate.frozen:
+            if self._lock.locked() or not self._may_snapshot():
                 continue
             try:
                 for kernel_id in list(self.kernels.list_kernel_ids()):
@@ -472,11 +480,12 @@ class ServerState:
                     if self._snapshotted_activity.get(kernel_id) == kernel.last_activity:
                         continue
                     async with self._lock:
+                        if not self._may_snapshot():  # a prestart came while we waited
+                            break
                         await self._snapshot_kernel(kernel_id, time.time() + 30)
-                    _write_json(
-                        self.root / "sessions.json", await self.app.session_manager.list_sessions()
-                    )
-                    _write_json(self.root / "kernels.json", self._kernel_list())
+                        sessions = await self.app.session_manager.list_sessions()
+                        _write_json(self.root / "sessions.json", sessions)
+                        _write_json(self.root / "kernels.json", self._kernel_list())
             except Exception:
                 self.log.exception("background kernel snapshot failed")
 

@@ -211,8 +211,8 @@ class JobRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def render_log(record: JobRecord) -> str:
-    """The job's log file: one line per event, UTC."""
+def render_log(record: JobRecord, status: str | None = None) -> str:
+    """The job's log file: one line per event, UTC (`status`: the one it is ending with)."""
     lines = [
         f"job {record.id} ({record.name or record.notebook}) of {record.user}: {record.notebook}",
         f"profile {record.profile}; kernel {record.kernel or '-'}; "
@@ -226,8 +226,9 @@ def render_log(record: JobRecord) -> str:
     if record.error:
         lines.append(f"error: {record.error}")
     cost = f", cost {record.cost:.6f}" if record.cost is not None else ""
+    hosts = ", ".join(record.hosts) or "-"
     lines.append(
-        f"status {record.status}; {record.moves} move(s); hosts {', '.join(record.hosts) or '-'}; "
+        f"status {status or record.status}; {record.moves} move(s); hosts {hosts}; "
         f"{record.host_seconds:.0f} s on hosts{cost}"
     )
     return "\n".join(lines) + "\n"

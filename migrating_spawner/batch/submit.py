@@ -503,8 +503,11 @@ class JobRunner(LoggingConfigurable):
             message = f"failed: {error}"
         else:
             message = "stopped in its server"
-        self._finish(record, status, message, error=error)
-        await self._deliver(record, output)
+        record.error = error
+        record.note(message)
+        # the files first, then the status: whoever sees the job ended finds its output
+        # notebook and its log next to the input
+        await self._deliver(record, output, status)
 
     async def _output_notebook(self, record: JobRecord) -> bytes:
         """The job's output notebook, from jupyter-scheduler's staging folder through its
@@ -528,26 +531,31 @@ class JobRunner(LoggingConfigurable):
                 raise RuntimeError("jupyter-scheduler did not copy the output notebook in 30 s")
             await asyncio.sleep(0.3)
 
-    async def _deliver(self, record: JobRecord, output: bytes | None) -> None:
-        """The output notebook and the log next to the input, in the user's home."""
+    async def _deliver(
+        self, record: JobRecord, output: bytes | None, status: str | None = None
+    ) -> None:
+        """The output notebook and the log next to the input, in the user's home; then the
+        record takes `status`, the one the job ends with (if not set already)."""
         out_path, log_path = output_paths(record.notebook, record.id)
         try:
             home = self.home(self.user(record.user))
             record.log = log_path
             if output is not None:
                 record.output = out_path
-            files = {log_path: render_log(record).encode()}
+            files = {log_path: render_log(record, status).encode()}
             if output is not None:
                 files[out_path] = output
             where = await home.write(files)
             record.note(f"output {'and log' if output is not None else 'log'} written to {where}")
             # the log's last line is the delivery itself
-            await home.write({log_path: render_log(record).encode()})
+            await home.write({log_path: render_log(record, status).encode()})
         except Exception as e:
             self.log.exception("job %s: output not delivered", record.id)
             record.output = None
             record.log = None
             record.warnings.append(f"output not written to the home: {e}")
+        if status is not None:
+            record.status, record.finished = status, time.time()
         self.store.save(record)
 
     async def _teardown(self, record: JobRecord) -> None:

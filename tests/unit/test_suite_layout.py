@@ -14,6 +14,6 @@ def test_a_module_is_one_group_on_one_worker(request):
     # --dist loadgroup keeps a group's tests on one worker by the "@group" it adds to their
     # ids; without it a module's tests spread over the workers, each starting its own hub,
     # and the modules that share the machine (ec2world, the EG example) run side by side
-    if request.config.getoption("dist", "no") == "no" and not request.config.getvalue("loadgroup"):
+    if not request.config.getvalue("loadgroup"):  # what xdist sets on its workers
         pytest.skip("not run with --dist loadgroup")
     assert request.node.nodeid.endswith("@tests/unit/test_suite_layout.py")

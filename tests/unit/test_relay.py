@@ -284,17 +284,23 @@ async def test_requests_a_dead_kernel_took_along_go_to_its_successor(relay, star
     assert relay.requeue_unanswered() == 0
 
 
+async def start_sleeping_cell(kc) -> str:
+    """Run a 30 s cell and return once its own code runs: a SIGINT between ipykernel's
+    execute_input and the cell's code is not the cell's error (ipykernel's window)."""
+    msg_id = kc.execute("import time; print('running', flush=True); time.sleep(30)")
+    while True:
+        msg = await kc.get_iopub_msg(timeout=30)
+        if msg["msg_type"] == "stream" and msg["parent_header"].get("msg_id") == msg_id:
+            return msg_id
+
+
 async def test_interrupt_and_restart_request_on_control(relay, start_kernel, connect):
     km = await start_kernel()
     relay.retarget(kernel_info(km))
     kc = await connect(relay.connection_info)
     await kc.wait_for_ready(timeout=30)
 
-    msg_id = kc.execute("import time; time.sleep(30)")
-    while True:  # wait until the cell runs
-        msg = await kc.get_iopub_msg(timeout=10)
-        if msg["msg_type"] == "execute_input":
-            break
+    msg_id = await start_sleeping_cell(kc)
     # ipykernel handles interrupt_request on control itself (it signals its own process)
     interrupt = kc.session.msg("interrupt_request", {})
     kc.control_channel.send(interrupt)
@@ -326,11 +332,7 @@ async def test_an_interrupted_cell_says_why_before_it_ends(relay, start_kernel, 
     kc = await connect(relay.connection_info)
     await kc.wait_for_ready(timeout=30)
 
-    msg_id = kc.execute("import time; time.sleep(30)")
-    while True:  # wait until the cell runs
-        msg = await kc.get_iopub_msg(timeout=30)
-        if msg["msg_type"] == "execute_input":
-            break
+    msg_id = await start_sleeping_cell(kc)
     # a move interrupts it, through the relay's own control socket (no client's reply)
     relay.pause()
     relay.hold_interrupted()

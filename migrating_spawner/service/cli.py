@@ -22,6 +22,8 @@ from .http import CLIError, JSONClient
 from .kernels import KernelHosts
 
 SERVICE = "migrate"
+#: the verbs that also work against a gateway's kernels (`--gateway-url`)
+GATEWAY_VERBS = ("hosts", "list", "info", "reclaim")
 
 
 class Client(JSONClient):
@@ -339,6 +341,11 @@ def run_gateway(args: argparse.Namespace) -> tuple[Any, str]:
     """The verbs for a gateway's kernels (see service/kernels.py)."""
     if args.verb == "migrate":
         raise CLIError("migrate moves hub servers; to move a kernel, reclaim its host")
+    if args.verb not in GATEWAY_VERBS:
+        raise CLIError(
+            f"{args.verb} works against a hub, not with --gateway-url; a gateway's verbs are "
+            + ", ".join(GATEWAY_VERBS)
+        )
     token = args.token or os.environ.get("JUPYTER_GATEWAY_AUTH_TOKEN", "")
     kernels = KernelHosts.connect(args.gateway_url, token, args.root_dir)
     if args.verb == "hosts":
@@ -355,7 +362,7 @@ def run_gateway(args: argparse.Namespace) -> tuple[Any, str]:
     if args.verb == "reclaim":
         data = kernels.reclaim(args.host, args.notice)
         return data, reclaimed(data, "kernel")
-    raise CLIError(f"unknown verb {args.verb}")
+    raise AssertionError(f"no gateway verb {args.verb}")  # run_gateway checked it
 
 
 def seconds(text: str) -> float:
@@ -420,7 +427,7 @@ def parser() -> argparse.ArgumentParser:
     migrate.add_argument("server", metavar="USER[/SERVER]")
     migrate.add_argument("--wait", action="store_true", help="wait until the move is done")
     reclaim = verbs.add_parser(
-        "reclaim", parents=flags, help="reclaim a host with a notice (admin; local hosts)"
+        "reclaim", parents=flags, help="reclaim a host with a notice (admin; local hosts, or EC2 through AWS FIS)"
     )
     reclaim.add_argument("host")
     reclaim.add_argument("--notice", type=seconds, default=120, help="seconds of notice")

@@ -134,6 +134,17 @@ def test_usage_error_exits_2(capsys):
     assert exit_.value.code == 2
 
 
+
+@pytest.mark.parametrize("verb", ["suspend", "resume", "cancel", "history", "jobs"])
+def test_hub_verbs_with_a_gateway_url_name_the_gateways_verbs(capsys, closed_port, verb):
+    # said before any request: closed_port would be a connection error otherwise
+    code = cli.main(["--gateway-url", closed_port, verb, "alice"])
+    assert code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"jupyterhub-migrate: {verb} works against a hub, not with --gateway-url; "
+        "a gateway's verbs are hosts, list, info, reclaim"
+    )
+
 def test_demo_lets_a_plain_user_call_the_service():
     # the service checks for this scope: without it a user's own token gets 403
     root = Path(__file__).resolve().parents[2]

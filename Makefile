@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 LABEXT_SRC := labextension/package.json labextension/package-lock.json \
 	$(wildcard labextension/src/*.js labextension/style/*.css)
 
-.PHONY: demo demo-eg demo-aws test install install-demo install-eg system-deps lint bench clean
+.PHONY: demo demo-eg demo-aws test install install-demo install-eg system-deps lint bench docs clean
 
 # the demo's venv: the package and JupyterLab, nothing else
 $(VENV)/.installed-demo: pyproject.toml $(LABEXT_SRC)
@@ -84,6 +84,10 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/move.py
+
+# docs/configuration.md from the traits' help (tests/unit/test_config_reference.py checks it)
+docs: install
+	$(PY) docs/gen_config_reference.py
 
 clean:
 	rm -rf $(VENV) $(EG_VENV) node_modules labextension/node_modules labextension/dist examples/*/var

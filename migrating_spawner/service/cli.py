@@ -1,9 +1,10 @@
 """`jupyterhub-migrate`: the control API from a terminal.
 
 Hub URL and token come from JUPYTERHUB_URL and JUPYTERHUB_API_TOKEN, or --url/--token.
-With --gateway-url, the same verbs act on a Jupyter gateway's moving kernels and their hosts
-instead (token: --token or JUPYTER_GATEWAY_AUTH_TOKEN). Every verb prints a readable table,
-or JSON with --json for scripts. Flags go before or after the verb.
+With --gateway-url, hosts, list, info and reclaim act on a Jupyter gateway's moving kernels
+and their hosts instead (token: --token or JUPYTER_GATEWAY_AUTH_TOKEN, never the hub's).
+Every verb prints a readable table, or JSON with --json for scripts. Flags go before or after
+the verb.
 """
 
 from __future__ import annotations
@@ -198,11 +199,11 @@ def history_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> tuple[Any, str]:
-    if args.verb == "gateway":  # the TCP gateway (not --gateway-url: kernel gateways)
-        return run_tcp_gateway(Client(args.url, args.token), args)
-    if args.gateway_url:
+    if args.gateway_url and args.verb != "gateway":
         return run_gateway(args)
-    client = Client(args.url, args.token)
+    client = Client(args.url, args.token or os.environ.get("JUPYTERHUB_API_TOKEN", ""))
+    if args.verb == "gateway":  # the TCP gateway (not --gateway-url: kernel gateways)
+        return run_tcp_gateway(client, args)
     if args.verb == "hosts":
         data = client.call("GET", "hosts")
         rows = [{**h, "servers": ",".join(h["servers"])} for h in data["hosts"]]
@@ -391,8 +392,9 @@ def common_flags(suppress: bool) -> argparse.ArgumentParser:
     p.add_argument("--url", default=default(env("JUPYTERHUB_URL", "")), help="hub URL")
     p.add_argument(
         "--token",
-        default=default(env("JUPYTERHUB_API_TOKEN", "")),
-        help="API token (with --gateway-url: the gateway's, if it has one)",
+        default=default(""),
+        help="API token (default: JUPYTERHUB_API_TOKEN; with --gateway-url, the gateway's: "
+        "JUPYTER_GATEWAY_AUTH_TOKEN, never the hub's)",
     )
     p.add_argument("--json", action="store_true", default=default(False), help="print JSON")
     p.add_argument(
@@ -427,7 +429,9 @@ def parser() -> argparse.ArgumentParser:
     migrate.add_argument("server", metavar="USER[/SERVER]")
     migrate.add_argument("--wait", action="store_true", help="wait until the move is done")
     reclaim = verbs.add_parser(
-        "reclaim", parents=flags, help="reclaim a host with a notice (admin; local hosts, or EC2 through AWS FIS)"
+        "reclaim",
+        parents=flags,
+        help="reclaim a host with a notice (admin; local hosts, or EC2 through AWS FIS)",
     )
     reclaim.add_argument("host")
     reclaim.add_argument("--notice", type=seconds, default=120, help="seconds of notice")

@@ -134,7 +134,6 @@ def test_usage_error_exits_2(capsys):
     assert exit_.value.code == 2
 
 
-
 @pytest.mark.parametrize("verb", ["suspend", "resume", "cancel", "history", "jobs"])
 def test_hub_verbs_with_a_gateway_url_name_the_gateways_verbs(capsys, closed_port, verb):
     # said before any request: closed_port would be a connection error otherwise
@@ -144,6 +143,32 @@ def test_hub_verbs_with_a_gateway_url_name_the_gateways_verbs(capsys, closed_por
         f"jupyterhub-migrate: {verb} works against a hub, not with --gateway-url; "
         "a gateway's verbs are hosts, list, info, reclaim"
     )
+
+
+@pytest.mark.parametrize("given", [(), ("--token", "gw-flag")])
+async def test_a_gateway_gets_its_own_token_never_the_hubs(capsys, monkeypatch, given):
+    seen = []
+
+    async def kernelspecs(request):
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"default": "python3", "kernelspecs": {}})
+
+    app = web.Application()
+    app.add_routes([web.get("/api/kernelspecs", kernelspecs)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-secret")
+    monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", "gw-env")
+    try:
+        code, _, err = await run_cli(capsys, "--gateway-url", url, *given, "list")
+    finally:
+        await runner.cleanup()
+    assert code == 1 and "runs moving kernels" in err  # this gateway has none
+    assert seen == [f"token {given[1] if given else 'gw-env'}"]
+
 
 def test_demo_lets_a_plain_user_call_the_service():
     # the service checks for this scope: without it a user's own token gets 403

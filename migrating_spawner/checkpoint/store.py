@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from traitlets import Bool, Unicode
+from traitlets import Bool, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .chunks import CHUNK_SIZE, hash_bytes, is_chunk_hash, split_bytes
@@ -168,13 +168,18 @@ class LocalCheckpointStore(CheckpointStore):
     kind = "local"
 
     root_dir = Unicode(
-        "",
         config=True,
         help="""Folder that holds the checkpoints. Every host agent that saves or restores
         checkpoints must see the same folder at this path (local hosts share this machine's
         disk; cloud hosts need shared storage such as EFS, or use an object store instead).
+        Defaults to `migrating-checkpoints/` in the hub's working directory (agents are
+        given the hub's absolute path).
         """,
     )
+
+    @default("root_dir")
+    def _default_root_dir(self) -> str:
+        return os.path.abspath("migrating-checkpoints")
 
     fsync = Bool(
         True,

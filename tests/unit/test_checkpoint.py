@@ -669,3 +669,13 @@ def test_signed_checkpoints_refuse_a_tampered_manifest(tmp_path):
     with pytest.raises(CheckpointError, match="signature mismatch"):
         restore_home(store, "alice/", tmp_path / "dst", SECRET, committed.id)
     assert not (tmp_path / "dst").exists()
+
+
+def test_a_local_store_without_a_folder_uses_one_in_the_hubs_working_directory(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    store = LocalCheckpointStore(fsync=False)
+    # absolute: agents and kernels in other folders are handed this path
+    assert store.root == tmp_path / "migrating-checkpoints"
+    assert store.agent_config()["config"]["root_dir"] == str(tmp_path / "migrating-checkpoints")

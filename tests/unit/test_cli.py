@@ -5,6 +5,7 @@ closed port, a web page that is not a hub). Everything it does with a real hub a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -101,14 +102,23 @@ async def web_page():
             text="<html><body>" + "Welcome! " * 100 + "</body></html>", content_type="text/html"
         )
 
+    async with site([web.get("/{tail:.*}", page)]) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def site(routes: list[web.RouteDef]):
+    """A web site on loopback serving `routes`; yields its URL."""
     app = web.Application()
-    app.add_routes([web.get("/{tail:.*}", page)])
+    app.add_routes(routes)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    await runner.cleanup()
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    await tcp.start()
+    try:
+        yield f"http://127.0.0.1:{tcp._server.sockets[0].getsockname()[1]}"
+    finally:
+        await runner.cleanup()
 
 
 async def test_url_of_a_web_page_says_it_is_not_a_hub(web_page, capsys):
@@ -153,19 +163,10 @@ async def test_a_gateway_gets_its_own_token_never_the_hubs(capsys, monkeypatch, 
         seen.append(request.headers.get("Authorization"))
         return web.json_response({"default": "python3", "kernelspecs": {}})
 
-    app = web.Application()
-    app.add_routes([web.get("/api/kernelspecs", kernelspecs)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-secret")
     monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", "gw-env")
-    try:
+    async with site([web.get("/api/kernelspecs", kernelspecs)]) as url:
         code, _, err = await run_cli(capsys, "--gateway-url", url, *given, "list")
-    finally:
-        await runner.cleanup()
     assert code == 1 and "runs moving kernels" in err  # this gateway has none
     assert seen == [f"token {given[1] if given else 'gw-env'}"]
 

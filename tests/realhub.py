@@ -30,14 +30,16 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def free_port(*addresses: str) -> int:
-    """A port free on every one of `addresses` (agents of local hosts share one port)."""
+    """A port free on every one of `addresses` (agents of local hosts share one port).
+
+    Taken from this xdist worker's own range below the kernel's ephemeral ports (32768 and
+    up), not by binding port 0: a port the kernel handed out and we let go could be handed
+    to another worker's process (a kernel, a server) before our hub binds it."""
     addresses = addresses or ("127.0.0.1",)
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind((addresses[0], 0))
-            port = sock.getsockname()[1]
+    for _ in range(PORTS_PER_WORKER):
+        port = next(_next_port)
         try:
-            for address in addresses[1:]:
+            for address in addresses:
                 with socket.socket() as sock:
                     sock.bind((address, port))
         except OSError:
@@ -55,6 +57,15 @@ def worker_number() -> int:
     take their hosts in a /16 of their own (127.0.x.x for the first, 127.1.x.x for the
     next), so two workers' hubs never share a host address."""
     return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
+
+#: each worker's ports for hubs, proxies, services and agents: 20000 + 4000 * its number
+PORTS_PER_WORKER = 4000
+_next_port = itertools.cycle(
+    range(
+        20000 + PORTS_PER_WORKER * worker_number(), 20000 + PORTS_PER_WORKER * (worker_number() + 1)
+    )
+)
 
 
 #: server extensions installed here that the hubs' servers load only where a test asks for

@@ -118,7 +118,7 @@ async def test_a_job_from_the_notebook_jobs_panel_completes_across_a_reclaim(hub
                 files = [f for f in job["job_files"] if f["file_format"] == "ipynb"]
                 return files[0].get("file_path") if files else None
 
-            path = await until(output_path, 30, "the output notebook's path after the download")
+            path = await until(output_path, 90, "the output notebook's path after the download")
 
             async def downloaded():
                 url = f"/user/alice/api/contents/{path}?{QUIET}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from aiohttp import web
 from gateways import until
 from jupyterhub.httpclient import JupyterHubHTTPClient
+from realhub import free_port
 
 from proxy_plugin.proxy import MigratingProxy
 
@@ -29,12 +29,6 @@ CHP = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "configura
 SPEC = "/user/alice/"
 SPAWNER = SimpleNamespace(proxy_spec=SPEC)
 DATA = {"user": "alice", "server_name": ""}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 SLOW_ARRIVED: list[str] = []  # names of the upstreams a slow request reached
@@ -110,7 +104,7 @@ async def chp_external() -> AsyncIterator[SimpleNamespace]:
     if not CHP.exists():
         pytest.skip(f"{CHP} is not installed (npm ci)")
     token = secrets.token_hex(16)
-    port, api_port = _free_port(), _free_port()
+    port, api_port = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         str(CHP),
         *("--ip", "127.0.0.1", "--port", str(port)),
@@ -310,12 +304,12 @@ async def test_hub_started_proxy(tmp_path, chp_upstreams):
     """should_start=True: start() launches CHP and the hold server, stop() ends both."""
     if not CHP.exists():
         pytest.skip(f"{CHP} is not installed (npm ci)")
-    public_url = f"http://127.0.0.1:{_free_port()}"
+    public_url = f"http://127.0.0.1:{free_port()}"
     proxy = MigratingProxy(
         should_start=True,
         command=[str(CHP)],
         public_url=public_url,
-        api_url=f"http://127.0.0.1:{_free_port()}",
+        api_url=f"http://127.0.0.1:{free_port()}",
         auth_token=secrets.token_hex(16),
         pid_file=str(tmp_path / "chp.pid"),
         log_level="warn",

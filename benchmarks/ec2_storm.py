@@ -154,24 +154,26 @@ async def prepare(hub: RealHub, user: User, home_mb: int, kernel_mb: int) -> Non
     user.hashes = out.strip()
 
 
-async def precopied(hub: RealHub, users: list[User], home_mb: int, timeout: float) -> None:
-    """Until each user's pre-copy checkpoint after the write read at least the home's size."""
-    since = time.time()
+async def precopied(
+    hub: RealHub, users: list[User], megabytes: int, since: float, timeout: float
+) -> None:
+    """Until the pre-copy checkpoints of each user since `since` (before the cells ran) sent
+    at least `megabytes`: its home file and its kernel's snapshot (taken every
+    `kernel_snapshot_interval` by the server, and then in the next pre-copy), as on a server
+    that has run a while before its notice."""
     deadline = time.monotonic() + timeout
+    want = 0.95 * megabytes * 1024 * 1024  # a little less: a few bytes compress away
     while True:
-        done = set()
+        sent: dict[str, int] = {}
         for line in hub.log_path.read_text(errors="replace").splitlines():
             m = _CKPT.search(line)
             when = log_time(line) if m else None
             if m and when and when >= since and m["reason"] == "pre-copy":
-                if int(m["read"]) >= home_mb * 1024 * 1024 or int(m["sent"]) == 0:
-                    done.add(m["who"])
-        if all(u.name in done for u in users):
+                sent[m["who"]] = sent.get(m["who"], 0) + int(m["sent"])
+        if all(sent.get(u.name, 0) >= want for u in users):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"pre-copy not done for {[u.name for u in users if u.name not in done]}"
-            )
+            raise TimeoutError(f"pre-copies since the cells: {sent} bytes sent, not {want:.0f}")
         await asyncio.sleep(1)
 
 
@@ -205,9 +207,10 @@ async def storm(servers: int, home_mb: int, kernel_mb: int) -> dict:
 async def run_storm(hub: RealHub, world, servers: int, home_mb: int, kernel_mb: int) -> dict:
     users = [User(f"storm{n:02d}") for n in range(servers)]
     t0 = time.monotonic()
+    since = time.time()
     await asyncio.gather(*(prepare(hub, u, home_mb, kernel_mb) for u in users))
     spawned = time.monotonic() - t0
-    await precopied(hub, users, home_mb, timeout=600)
+    await precopied(hub, users, home_mb + kernel_mb, since, timeout=600)
     instances = world.ec2.describe_instances()["Reservations"]
     by_host = {
         t["Value"]: i["InstanceId"]

@@ -107,6 +107,15 @@ class MigratingController(SingletonConfigurable):
         """,
     ).tag(config=True)
 
+    short_notice_seconds = Float(
+        10,
+        help="""A move with less than this many seconds between its start and its freeze
+        (the deadline less `final_checkpoint_margin`) skips the pre-copies of kernels and
+        home and starts the new server first: with a 5 s notice, a pre-copy only delays the
+        new server, and the freeze would wait for it. The freeze then moves the kernels
+        whole and the files changed since the last checkpoint. 0: always pre-copy.""",
+    ).tag(config=True)
+
     move_ready_timeout = Float(
         180,
         help="""Seconds a move's new server gets to answer once started on its new host,
@@ -361,6 +370,7 @@ class MigratingController(SingletonConfigurable):
             deadline,
             ready_timeout=self.move_ready_timeout,
             tries=self.move_tries,
+            short_notice=self.short_notice_seconds,
         )
 
     def host_lost(self, server: MovableServer) -> int | None:

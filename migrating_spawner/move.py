@@ -44,6 +44,7 @@ class Move:
         clock: Clock | None = None,
         ready_timeout: float = 180.0,
         tries: int = 3,
+        short_notice: float = 0.0,
     ):
         self.server = server
         self.routes = routes
@@ -56,6 +57,9 @@ class Move:
         # longer serves (the first new host, then others from the committed checkpoint)
         self.ready_timeout = ready_timeout
         self.tries = max(1, tries)
+        # with less than this before the freeze, pre-copies cost the new server's start
+        # more time than they save the freeze: the new server starts first
+        self.short_notice = short_notice
         self.attempts = 1
         self.old_stopped = False  # the old server no longer serves: never route back to it
         self.old: Host | None = server.host
@@ -91,6 +95,7 @@ class Move:
         deadline: float,
         ready_timeout: float = 180.0,
         tries: int = 3,
+        short_notice: float = 0.0,
     ) -> Move:
         """A move for `scheduler` to run (its `make_move`): with its route hold and clock."""
         return cls(
@@ -103,6 +108,7 @@ class Move:
             scheduler.clock,
             ready_timeout=ready_timeout,
             tries=tries,
+            short_notice=short_notice,
         )
 
     def tighten(self, deadline: float) -> None:
@@ -216,11 +222,19 @@ class Move:
         server.persist_move(self.record)
         self.steps.append("acquired")
         server.emit(f"New host {self.new.id} at {self.new.address}")
-        if old_alive and not self.frozen:
+        precopy = old_alive and not self.frozen
+        if precopy and self._left() - self.margin < self.short_notice:
+            precopy = False
+            self.steps.append("short notice")
+            server.emit(
+                f"Short notice ({max(0.0, self._left()):.0f} s): starting the new server "
+                "first; the freeze moves files and kernels whole"
+            )
+        if precopy:
             # before the home pre-copy, which then carries the kernels' snapshots along
             await self._precopy_kernels()
         if server.home_mode == "synced":
-            if old_alive and not self.frozen:
+            if precopy:
                 # a task the freeze can cancel: a pre-copy committed after the final
                 # checkpoint would make an older state look like the latest
                 self.precopy_task = asyncio.ensure_future(

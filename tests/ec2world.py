@@ -154,23 +154,36 @@ def interpreter_reachable(*more: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ec2_world(root: Path, firewall: bool = False) -> Iterator[World]:
+def made_users_removed() -> Iterator[None]:
+    """Delete the unix users simulated instances made (comment "jupyterhub user ...")
+    while this lasted."""
     users_before = {u.pw_name for u in pwd.getpwall()}
-    machines = Path(tempfile.mkdtemp(prefix="ec2sim-machines-"))
-    machines.chmod(0o711)  # users' servers reach their homes inside, nothing else
     try:
-        # `root` and the folders above it too: the test's own (pytest's are 0700), where a
-        # hub beside the world keeps shared homes, or a kernel its working folder
-        with interpreter_reachable(root / "inside"), _ec2_world(root, machines, firewall) as world:
-            yield world
+        yield
     finally:
-        shutil.rmtree(machines, ignore_errors=True)
         for user in pwd.getpwall():
             if user.pw_name not in users_before and user.pw_gecos.startswith("jupyterhub user "):
                 # --force: a server of it may still be dying (userdel refuses then)
                 subprocess.run(
                     ["userdel", "--force", user.pw_name], capture_output=True, timeout=30
                 )
+
+
+@contextlib.contextmanager
+def ec2_world(root: Path, firewall: bool = False) -> Iterator[World]:
+    machines = Path(tempfile.mkdtemp(prefix="ec2sim-machines-"))
+    machines.chmod(0o711)  # users' servers reach their homes inside, nothing else
+    try:
+        # `root` and the folders above it too: the test's own (pytest's are 0700), where a
+        # hub beside the world keeps shared homes, or a kernel its working folder
+        with (
+            made_users_removed(),
+            interpreter_reachable(root / "inside"),
+            _ec2_world(root, machines, firewall) as world,
+        ):
+            yield world
+    finally:
+        shutil.rmtree(machines, ignore_errors=True)
 
 
 @contextlib.contextmanager

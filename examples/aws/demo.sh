@@ -53,7 +53,9 @@ SIM_PID=""
 # the simulator ends its instances, then moto goes
 trap 'kill $SIM_PID 2>/dev/null; wait $SIM_PID 2>/dev/null; kill $MOTO_PID 2>/dev/null; wait' EXIT INT TERM
 until curl -s "$MOTO_URL/moto-api/" >/dev/null 2>&1; do sleep 0.2; done
-setsid jupyterhub-migrate-ec2-sim run --moto-url "$MOTO_URL" >var/ec2sim.log 2>&1 &
+# instances boot in 40 s, as spot instances do (EC2SIM_BOOT_DELAY=0: at once)
+setsid jupyterhub-migrate-ec2-sim run --moto-url "$MOTO_URL" \
+	--boot-delay "${EC2SIM_BOOT_DELAY:-40}" >var/ec2sim.log 2>&1 &
 SIM_PID=$!
 until [ -f "$EC2SIM_DIR/sim.json" ]; do sleep 0.2; done
 NOTICE_QUEUE_URL=$(python setup_region.py)

@@ -275,6 +275,11 @@ class AgentClient:
             body["user"] = user
         return await self.request("POST", f"/processes/{name}", body)
 
+    async def start_standby(self, modules: list[str]) -> str:
+        """Start a server process ahead with `modules` imported (agent/standby.py): the next
+        process started there becomes it. Its state: "importing" or "ready"."""
+        return (await self.request("POST", "/standby", {"modules": modules}))["standby"]
+
     async def process(self, name: str, quick: bool = False) -> dict[str, Any] | None:
         try:
             return await self.request("GET", f"/processes/{name}", quick=quick)

@@ -35,6 +35,7 @@ from ..checkpoint import CheckpointError, restore_tree, snapshot_tree, store_fro
 from ..checkpoint.home import check_table
 from ..checkpoint.manifest import check_checkpoint_id
 from .logsetup import setup_logging
+from .standby import Standby
 from .users import PREFIX, UserError, ensure_user, give_tree
 
 log = logging.getLogger("migrating.agent")
@@ -45,6 +46,8 @@ HOST_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH", "C
 #: file tables the agent keeps per home folder (its last snapshots and restores, by
 #: checkpoint id), so the hub sends only a parent's id; an id it lacks means a full snapshot
 TABLES_PER_ROOT = 3
+#: seconds a standby process gets to finish its imports and take a start over
+STANDBY_TIMEOUT = 30.0
 
 
 class RequestError(Exception):
@@ -283,6 +286,8 @@ class Agent:
         self.token_file = token_file
         self.notify_url = notify_url
         self.processes: dict[str, ManagedProcess] = {}
+        #: a server process started ahead (a spare host's): the next start becomes it
+        self.standby: Standby | None = None
         self.notice: dict[str, Any] | None = None
         #: an EC2 rebalance recommendation seen in instance metadata (agent/register.py)
         self.rebalance: dict[str, Any] | None = None
@@ -320,6 +325,7 @@ class Agent:
                 web.post("/processes/{name}", self.start_process),
                 web.delete("/processes/{name}", self.stop_process),
                 web.get("/processes/{name}/log", self.get_log),
+                web.post("/standby", self.start_standby),
                 web.post("/home/snapshot", self.home_snapshot),
                 web.post("/home/restore", self.home_restore),
             ]
@@ -337,6 +343,11 @@ class Agent:
                 "notice": self.notice,
                 "rebalance": self.rebalance,
                 "processes": {n: p.status() for n, p in self.processes.items()},
+                "standby": (
+                    {"state": self.standby.state(), "pid": self.standby.proc.pid}
+                    if self.standby
+                    else None
+                ),
             }
         )
 
@@ -397,6 +408,8 @@ class Agent:
         """What a terminated instance goes through: processes killed, local disk gone."""
         for proc in self.processes.values():
             kill_group(proc.proc.pid)
+        if self.standby is not None:
+            self.standby.kill()
         shutil.rmtree(self.disk, ignore_errors=True)
         if self.registry_file:
             # the record becomes a tombstone: the host is gone (the provider no longer finds
@@ -488,24 +501,47 @@ class Agent:
         log_dir = self.disk / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
-        with open(log_path, "ab") as out:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *cmd,
-                    env=env,
-                    cwd=cwd,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,  # its own group: a kill reaches its kernels
-                    **as_user,
-                )
-            except OSError as e:
-                raise RequestError(f"cannot start {cmd[0]}: {e}") from None
+        proc, how = None, ""
+        if self.standby is not None:
+            standby, self.standby = self.standby, None  # one start takes it, used or not
+            spec = {"cmd": cmd, "env": env, "cwd": cwd, "log": str(log_path)}
+            if user is not None:
+                spec.update(uid=user.pw_uid, gid=user.pw_gid)
+            proc = await standby.become(spec, STANDBY_TIMEOUT)
+            how = " (the standby process)" if proc else ""
+        if proc is None:
+            with open(log_path, "ab") as out:
+                try:
+                    proc = await asyncio.create_subprocess_exec(
+                        *cmd,
+                        env=env,
+                        cwd=cwd,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=asyncio.subprocess.STDOUT,
+                        start_new_session=True,  # its own group: a kill reaches its kernels
+                        **as_user,
+                    )
+                except OSError as e:
+                    raise RequestError(f"cannot start {cmd[0]}: {e}") from None
         self.processes[name] = ManagedProcess(name, proc, cmd, log_path)
         who = f" as {user.pw_name} (uid {user.pw_uid})" if user else ""
-        log.info("started %s (pid %d)%s: %s", name, proc.pid, who, " ".join(cmd))
+        log.info("started %s (pid %d)%s%s: %s", name, proc.pid, who, how, " ".join(cmd))
         return web.json_response(self.processes[name].status(), status=201)
+
+    async def start_standby(self, request: web.Request) -> web.Response:
+        """Start a server process ahead (agent/standby.py): Python with `modules` imported,
+        which the next process started here becomes. One at a time; a second call while one
+        waits is answered with its state."""
+        body = await json_body(request)
+        modules = string_list(body, "modules")
+        if self.notice is not None:
+            raise Conflict("this host is being reclaimed")
+        if self.standby is None or self.standby.state() == "gone":
+            env = {k: os.environ[k] for k in HOST_ENV_KEYS if k in os.environ}
+            self.standby = await Standby.start(modules, env, self.disk / "logs" / "standby.log")
+            log.info("standby process started (pid %d): %s", self.standby.proc.pid, modules)
+        return web.json_response({"standby": self.standby.state()}, status=201)
 
     def _owner_of(self, body: dict[str, Any], home: str) -> str:
         """The hub user whose unix user runs a process or owns a restored home (`user`),

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from traitlets import Dict, Enum, Float, Integer, Unicode
+from traitlets import Dict, Enum, Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..agent.client import AgentClient, AgentTimeouts
 from ..agent.host import Host, HostError
+from ..agent.standby import SERVER_MODULES
 from .pool import SparePool
 from .watcher import HostWatcher
 
@@ -127,6 +128,17 @@ class HostProvider(LoggingConfigurable):
         one per instance type that servers move between is the usual choice; each costs
         what a running instance of its type costs (benchmarks/results.md, "Spare hosts").
         A restarted hub finds its spare hosts again (their owner is "spare:<type>").""",
+    ).tag(config=True)
+
+    spare_standby_modules = List(
+        Unicode(),
+        default_value=list(SERVER_MODULES),
+        help="""Modules a spare host's standby process imports ahead: Python started on the
+        spare with these imported, which the next server started there becomes (its own
+        environment, folder and user), so a move with a short notice does not spend it on
+        Python importing jupyter_server, JupyterLab and the hub's ORM (agent/standby.py).
+        A server command that is not a Python script of the agent's interpreter starts the
+        usual way. Empty: no standby process.""",
     ).tag(config=True)
 
     def __init__(self, **kwargs: Any):

@@ -4,6 +4,8 @@ A new cloud host takes tens of seconds to boot (a spot instance: ~40 s), out of 
 reclaim notice. With `HostProvider.spare_hosts` = {"small": 1}, one host of that type is kept
 with its agent up; `HostProvider.take` hands it over at once (after a quick look that it
 still answers and has no reclaim notice) and a replacement is acquired in the background.
+Each spare also keeps a server process started ahead (`spare_standby_modules`,
+agent/standby.py): the first server started there becomes it, without Python's imports.
 
 A spare host's record names its owner "spare:<instance type>" (a cloud tag on ec2). A hub
 that restarts finds them again (`adopt`): the controller hands in the spare-labelled hosts
@@ -34,6 +36,7 @@ def is_spare(host: Host) -> bool:
 
 class _Provider(Protocol):
     spare_hosts: dict[str, int]
+    spare_standby_modules: list[str]
     market: str
 
     def agent(self, host: Host) -> AgentClient: ...
@@ -109,6 +112,7 @@ class SparePool:
             if have < self.wanted(instance_type) and await self._usable(host):
                 self._ready.setdefault(instance_type, []).append(host)
                 self.log.info("adopted spare host %s (%s)", host.id, instance_type)
+                await self._standby(host)  # (the one it may have is kept)
             else:
                 await self._release(host, "not wanted or not answering")
         self.start()
@@ -147,9 +151,21 @@ class SparePool:
             await self._release(host, "the pool stopped")
             return
         if host is not None:
+            await self._standby(host)
             self._ready.setdefault(instance_type, []).append(host)
             self.log.info("spare host %s (%s) ready", host.id, instance_type)
         self.refill()
+
+    async def _standby(self, host: Host) -> None:
+        """Start the spare's server process ahead (agent/standby.py); without one a server
+        still starts there, only later."""
+        modules = list(self.provider.spare_standby_modules)
+        if not modules:
+            return
+        try:
+            await self.provider.agent(host).start_standby(modules)
+        except AgentError as e:
+            self.log.warning("no standby server process on spare host %s: %s", host.id, e)
 
     async def _release(self, host: Host, why: str) -> None:
         self.log.info("releasing spare host %s: %s", host.id, why)

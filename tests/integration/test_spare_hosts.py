@@ -51,11 +51,22 @@ async def one_spare(hub, other_than: set[str] = frozenset()) -> str:
     return await until(ready, 60, f"one spare host besides {other_than}: {owners(hub)}")
 
 
+def started_from_standby(hub, host_id: str) -> bool:
+    """Whether the host's agent started the user's server as its standby process: Python
+    started ahead with the server's modules imported (agent/standby.py)."""
+    log = (hub.workdir / "hosts" / "logs" / f"{host_id}.log").read_text(errors="replace")
+    return any(
+        "started server (pid" in line and "(the standby process)" in line
+        for line in log.splitlines()
+    )
+
+
 async def test_start_takes_the_spare_host_and_the_pool_refills(hub):
     spare = await one_spare(hub)
     await hub.spawn("alice")
     info = await hub.server_info("alice")
     assert info["host_id"] == spare, (info, owners(hub))
+    assert started_from_standby(hub, spare)
     assert owners(hub)[spare] == "alice/"  # the record says whose it is now
     # a replacement, acquired in the background
     replacement = await one_spare(hub, {spare})
@@ -71,6 +82,7 @@ async def test_move_takes_the_spare_host_and_the_pool_refills(hub):
     assert status == 202, data
     after = await wait_moved(hub, "alice", before["host_id"])
     assert after["host_id"] == spare, (after, owners(hub))
+    assert started_from_standby(hub, spare)
     await wait_released(hub, before["host_id"])
     replacement = await one_spare(hub, {spare, before["host_id"]})
     assert replacement not in (spare, before["host_id"])
@@ -90,6 +102,7 @@ async def test_hub_restart_keeps_the_spare_host(hub):
     # the restarted hub takes the spare host the stopped one kept
     await hub.spawn("bob")
     assert (await hub.server_info("bob"))["host_id"] == spare, owners(hub)
+    assert started_from_standby(hub, spare)  # the adopted spare kept its standby process
 
 
 async def test_clean_hub_stop_that_stops_its_servers_releases_the_spare_hosts(tmp_path):

@@ -36,7 +36,9 @@ def wait_for(check, timeout: float = 10, interval: float = 0.05) -> bool:
 class AgentProcess:
     """The real agent as a subprocess: `python -m migrating_spawner.agent.server ...`."""
 
-    def __init__(self, tmp: Path, address: str, token: str = "the-host-secret"):
+    def __init__(
+        self, tmp: Path, address: str, token: str = "the-host-secret", run_as_users: bool = False
+    ):
         self.address = address
         self.token = token
         self.port = free_port(address)
@@ -59,6 +61,7 @@ class AgentProcess:
                 f"--token-file={token_file}",
                 f"--disk={self.disk}",
                 f"--registry-file={self.registry_file}",
+                *(["--run-as-users"] if run_as_users else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=self._log,

@@ -202,6 +202,7 @@ class FakeServer:
         return checkpoint_id
 
     async def precopy_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
+        self.world.log.append("precopy kernels")
         return {}  # no kernels to pre-copy: the steps stay those of a move without
 
     async def prestart_kernels(self, host: Host, port: int) -> dict[str, Any]:
@@ -258,6 +259,7 @@ class Hub:
         self.provider = FakeProvider(world)
         self.started = started
         self.moves: list[Move] = []
+        self.short_notice = 0.0  # MigratingController.short_notice_seconds
         self.scheduler = MoveScheduler(
             make_move=self._make_move,
             workers=2,
@@ -268,7 +270,16 @@ class Hub:
         self.scheduler.routes = self.routes
 
     def _make_move(self, server, reason: str, deadline: float) -> Move:
-        move = Move(server, self.routes, self.provider, reason, deadline, MARGIN, self.clock)
+        move = Move(
+            server,
+            self.routes,
+            self.provider,
+            reason,
+            deadline,
+            MARGIN,
+            self.clock,
+            short_notice=self.short_notice,
+        )
         self.moves.append(move)
         return move
 
@@ -316,6 +327,28 @@ async def test_a_move_holds_only_for_the_cut_over(hub, world, clock):
     assert world.before("release route", f"release {old.id}")
     assert old.id not in world.hosts and world.state[server.key]["move"] is None
     assert not hub.scheduler.is_moving(server.key) and not hub.routes.held
+
+
+@pytest.mark.parametrize("notice", [5, 100])
+async def test_a_short_notice_starts_the_new_server_before_any_precopy(hub, world, clock, notice):
+    hub.short_notice = 10.0
+    server = hub.add(await FakeServer.running(world))
+    await hub.scheduler.schedule(server, "test", clock.time() + notice)
+    (move,) = hub.moves
+    if notice - MARGIN < hub.short_notice:
+        # neither the kernels nor the home are pre-copied: the launch comes first, and
+        # the freeze's final checkpoint and kernel snapshot carry everything
+        assert "move pre-copy" not in world.log and "precopy kernels" not in world.log
+        assert "short notice" in move.steps
+        assert any(
+            e.startswith("Short notice (5 s): starting the new server") for e in server.events
+        )
+        assert world.before("launch", "snapshot kernels")
+        assert world.before("launch", "move final")
+    else:
+        assert world.before("precopy kernels", "move pre-copy")
+        assert world.before("move pre-copy", "launch")
+        assert "short notice" not in move.steps
 
 
 async def test_a_failed_move_leaves_the_old_server_serving_and_saved(hub, world, clock):

@@ -19,12 +19,20 @@ class Agent:
             raise AgentError("gone")
         return {"notice": self.provider.notices.get(self.host.id)}
 
+    async def start_standby(self, modules: list[str]) -> str:
+        if self.host.id in self.provider.dead:
+            raise AgentError("gone")
+        self.provider.standbys.append((self.host.id, modules))
+        return "importing"
+
 
 class Provider:
     market = "spot"
 
     def __init__(self, spare_hosts: dict[str, int]):
         self.spare_hosts = spare_hosts
+        self.spare_standby_modules = ["jupyter_server.serverapp"]
+        self.standbys: list[tuple[str, list[str]]] = []  # (host id, modules) asked for
         self.acquired: list[Host] = []
         self.released: list[str] = []
         self.dead: set[str] = set()
@@ -125,3 +133,27 @@ async def test_stop_releases_only_when_asked():
     assert provider.released == []  # kept for the next hub to adopt
     await pool.stop(release=True)
     assert provider.released == [spare.id]
+
+
+async def test_each_spare_gets_a_standby_process_unless_none_is_wanted():
+    provider = Provider({"small": 2})
+    pool = SparePool(provider)
+    pool.start()
+    await settle(pool)
+    assert sorted(provider.standbys) == [
+        ("h0", ["jupyter_server.serverapp"]),
+        ("h1", ["jupyter_server.serverapp"]),
+    ]
+    provider.spare_standby_modules = []
+    await pool.take("small", "spot", "alice/")
+    await settle(pool)
+    assert len(pool.hosts()) == 2 and len(provider.standbys) == 2  # the new spare: none
+
+
+async def test_a_spare_whose_standby_fails_to_start_is_still_a_spare():
+    provider = Provider({"small": 1})
+    provider.dead.add("h0")  # its agent refuses the standby (and would fail a take)
+    pool = SparePool(provider)
+    pool.start()
+    await settle(pool)
+    assert [h.id for h in pool.hosts()] == ["h0"] and provider.standbys == []

@@ -31,7 +31,11 @@ from labpage import (
     wait_for,
 )
 
+from kernel_provisioner.gatewayws import GatewayWebSocketConnection
+
 pytestmark = pytest.mark.integration
+
+GATEWAY_WS_CLASS = f"{GatewayWebSocketConnection.__module__}.{GatewayWebSocketConnection.__name__}"
 
 NOTICE = 15.0
 
@@ -80,10 +84,18 @@ WATCH_KERNEL = """() => {
 
 @pytest.fixture
 async def lab(tmp_path, request):
-    """(front, gateway): `jupyter lab --gateway-url` in front of Kernel Gateway."""
+    """(front, gateway): `jupyter lab --gateway-url` in front of Kernel Gateway, with the
+    kernel websocket class the docs give every gateway's front (a plain one left the kernel
+    "unknown" for 90 s when a notebook's dropped first socket reached the gateway last)."""
     gateway = KernelGateway(tmp_path)
     front = GatewayClient(
-        tmp_path, gateway, app="lab", extra_args=("--LabApp.expose_app_in_browser=True",)
+        tmp_path,
+        gateway,
+        app="lab",
+        extra_args=(
+            "--LabApp.expose_app_in_browser=True",
+            f"--ServerApp.kernel_websocket_connection_class={GATEWAY_WS_CLASS}",
+        ),
     )
     async with serving(request, gateway, front):
         yield front, gateway

@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 LABEXT_SRC := labextension/package.json labextension/package-lock.json \
 	$(wildcard labextension/src/*.js labextension/style/*.css)
 
-.PHONY: demo demo-eg demo-aws test install install-demo install-eg system-deps lint bench docs clean
+.PHONY: demo demo-eg demo-aws test install install-demo install-eg system-deps base-deps lint bench docs clean
 
 # the demo's venv: the package and JupyterLab, nothing else
 $(VENV)/.installed-demo: pyproject.toml $(LABEXT_SRC)
@@ -44,16 +44,28 @@ node_modules/.installed: package.json package-lock.json
 # Shiny (a web app behind jupyter-server-proxy), HAProxy (the TCP port gateway), iptables (the
 # EC2 hosts' metadata firewall, run by the machine simulator in test_ec2_security)
 SYSTEM_DEPS := chromium r-base-core r-cran-irkernel r-cran-shiny r-cran-httpuv haproxy iptables
-system-deps:
+# root runs apt-get itself; anyone else through sudo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps: base-deps
 	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-install: $(VENV)/.installed node_modules/.installed
+# what even `make demo` needs: Python's venv module (Debian's python3 has it only with
+# python3-venv, installed here) and Node.js 20+ with npm (configurable-http-proxy 5 refuses
+# older; Debian 12's nodejs is 18, so it is not installed from there: said instead)
+base-deps:
+	@python3 -m venv --help >/dev/null 2>&1 || { \
+		echo "installing Debian packages: python3-venv"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv >/dev/null; }
+	@node -e 'process.exit(parseInt(process.versions.node) >= 20 ? 0 : 1)' 2>/dev/null && command -v npm >/dev/null || { \
+		echo "Node.js 20 or newer with npm is needed (configurable-http-proxy 5): found $$(node --version 2>/dev/null || echo none)" >&2; exit 1; }
 
-install-demo: $(VENV)/.installed-demo node_modules/.installed
+install: base-deps $(VENV)/.installed node_modules/.installed
+
+install-demo: base-deps $(VENV)/.installed-demo node_modules/.installed
 
 install-eg: $(EG_VENV)/.installed
 

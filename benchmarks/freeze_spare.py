@@ -53,6 +53,9 @@ class Row:
     spare_taken: bool = False
     early_freeze: bool = False
     margin: float | None = None  # final_checkpoint_margin, if not the default (3 s)
+    #: how the new server started: "standby" (a spare's process started ahead, the new
+    #: server first on a short notice: the defaults) or "as before" (neither)
+    start: str = "standby"
     notes: list[str] = field(default_factory=list)
 
 
@@ -129,10 +132,15 @@ async def run_hub(
     log,
     notices: tuple[float, ...] = NOTICES,
     margin: float | None = None,
+    start: str = "standby",
 ) -> list[Row]:
+    # "as before": no standby process on spares, pre-copies first whatever the notice
+    before = ["c.LocalHostProvider.spare_standby_modules = []"]
+    before.append("c.MigratingController.short_notice_seconds = 0")
     extra = "\n".join(
         [
             *([f"c.MigratingController.final_checkpoint_margin = {margin}"] if margin else []),
+            *(before if start == "as before" else []),
             'c.MigratingSpawner.home_mode = "synced"',
             "c.MigratingSpawner.precopy_interval = 5",
             f"c.LocalHostProvider.boot_delay = {boot}",
@@ -162,6 +170,7 @@ async def run_hub(
             since = time.time()
             rows.append(await reclaim(hub, token, spares, notice, log))
             rows[-1].margin = margin
+            rows[-1].start = start
     finally:
         hub.stop()
         hub.kill_proxy()
@@ -185,16 +194,21 @@ def table(rows: list[dict]) -> str:
         "5 s notice, while a client GETs /user/alice/api/status every 100 ms through the "
         "proxy; one hub per spare count (`spare_hosts`), one run per row. *Freeze margin*: "
         "`final_checkpoint_margin`, how long before the deadline the old server is frozen "
-        "whether or not the new one is ready.",
+        "whether or not the new one is ready. *New server*: *standby* is the defaults (each "
+        "spare keeps a server process started ahead, `spare_standby_modules`; a move with "
+        "less than `short_notice_seconds`, 10 s, before its freeze starts the new server "
+        "before any pre-copy); *as before* turns both off (no standby, pre-copies first), in "
+        "the same run.",
         "",
-        "| spare hosts | notice | freeze margin | notice → 200 from new host | hold "
-        "| longest client wait | spare taken | frozen before the new server was ready "
+        "| spare hosts | new server | notice | freeze margin | notice → 200 from new host "
+        "| hold | longest client wait | spare taken | frozen before the new server was ready "
         "| requests | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['spares']} | {r['notice']:g} s | {r['margin'] or 3:g} s "
+            f"| {r['spares']} | {r.get('start', 'standby') if r['spares'] else '–'} "
+            f"| {r['notice']:g} s | {r['margin'] or 3:g} s "
             f"| {_s(r['to_new_200'])} | {_s(r['hold'])} | {_s(r['longest_wait'])} "
             f"| {'yes' if r['spare_taken'] else 'no'} | {'yes' if r['early_freeze'] else 'no'} "
             f"| {r['requests']} | {r['failed']} |"
@@ -223,6 +237,9 @@ async def spare_rows(args: Any = None) -> list[dict]:
         # the same with the freeze sized to what it needs here, not the default 3 s
         print("spare hosts: 1, final_checkpoint_margin = 1", flush=True)
         rows += await run_hub(1, boot, Path(tmp) / "hub1m", print, (5.0,), margin=1.0)
+        # the baseline: the 5 s notice without a standby process, pre-copies first
+        print("spare hosts: 1, as before (no standby, no short-notice start)", flush=True)
+        rows += await run_hub(1, boot, Path(tmp) / "hub1b", print, (5.0,), start="as before")
     return [{**dataclasses.asdict(r), "boot": boot} for r in rows]
 
 

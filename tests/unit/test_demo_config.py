@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -53,3 +54,18 @@ def test_make_demo_installs_only_what_the_demo_runs(tmp_path):
     installs = [line for line in result.stdout.splitlines() if " install " in line]
     assert any("-e '.[lab]'" in line for line in installs), installs
     assert not any("[test" in line or ",test" in line for line in installs), installs
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_stops_early_on_a_node_older_than_configurable_http_proxy_needs(tmp_path):
+    # Debian 12's own nodejs is 18: configurable-http-proxy 5 refuses it, so say so first
+    fake = tmp_path / "node"
+    fake.write_text('#!/bin/sh\n[ "$1" = "--version" ] && { echo v18.19.0; exit 0; }\nexit 1\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["make", "-s", "base-deps"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "Node.js 20 or newer with npm is needed" in result.stderr
+    assert "found v18.19.0" in result.stderr

@@ -421,6 +421,35 @@ class MovableKernel:
             return None
         return await self._restore(target, self.good_snapshot[0])
 
+    async def precopy_snapshot(self, timeout: float) -> dict[str, Any] | None:
+        """A move's pre-copy: a snapshot taken while the kernel keeps serving (a busy kernel
+        is not pre-copied; a cell sent meanwhile is waited for up to ``timeout``, never
+        interrupted); its report, or None. It
+        is the last good snapshot from now on, as a background one is. None for a kernel
+        whose language takes no delta (R): it is snapshotted and restored whole in the
+        freeze, once."""
+        assert self.target is not None
+        if not state.precopies(self.language):
+            return None
+        if self.relay.execution_state == "busy":
+            # never wait on the user's cell here: the new kernel starts at once, and the
+            # freeze snapshots this one (interrupting the cell if the deadline needs it)
+            return None
+        executes = self.relay.executes
+        report = await self._snapshot(self.target, timeout)
+        if report is not None:
+            self._snapshot_executes = executes
+            self.good_snapshot = (report, time.time())
+        return report
+
+    async def restore_ahead(
+        self, target: dict[str, Any], snap: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Restore a move's pre-copy into the kernel launched at ``target`` before the
+        switch; what goes wrong is not the user's to hear (the final restore is then whole
+        and says what it loses)."""
+        return await self._restore(target, snap, quiet=True)
+
     async def restore_after_loss(self, target: dict[str, Any]) -> dict[str, Any] | None:
         """The old host went away without a final snapshot: what the dead kernel was
         running or had queued runs on the one at ``target``, from the last snapshot if there
@@ -644,10 +673,13 @@ class MovableKernel:
         return await self._reply(client, msg_id, timeout)
 
     async def _restore(
-        self, target: dict[str, Any], snapshot: dict[str, Any] | None
+        self, target: dict[str, Any], snapshot: dict[str, Any] | None, quiet: bool = False
     ) -> dict[str, Any] | None:
+        """Restore ``snapshot`` into the kernel at ``target``; ``quiet``: a loss is logged,
+        not announced to the user (a pre-copy restored ahead of the switch)."""
+        announce = self.relay.announce if not quiet else (lambda message: None)
         if snapshot is None or not snapshot.get("ok"):
-            self.relay.announce(
+            announce(
                 "This kernel was moved to another machine without its variables (no snapshot "
                 "of them could be taken): it starts fresh. Re-run the cells you need."
             )
@@ -670,7 +702,7 @@ class MovableKernel:
                 )
             except Exception as e:  # a tampered or missing checkpoint, an unreachable store
                 report = {"ok": False, "error": f"its snapshot could not be loaded: {e}"}
-                self.relay.announce(state.lost_message(report) or "")
+                announce(state.lost_message(report) or "")
                 return report
             code = drop_report_code(self.language, str(report_path)) + code
         client = self._client(target)
@@ -690,7 +722,7 @@ class MovableKernel:
         message = state.lost_message(report)
         if message:
             self.log.warning("kernel %s: %s", self.kernel_id, message)
-            self.relay.announce(message)
+            announce(message)
         return report
 
     # -- the target kernel -----------------------------------------------------------------

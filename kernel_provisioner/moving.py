@@ -22,7 +22,7 @@ import time
 from typing import Any, Protocol
 
 from migrating_spawner.hosts.base import Host, HostProvider
-from migrating_spawner.move import Move
+from migrating_spawner.move import SHORT_NOTICE, Move
 from migrating_spawner.moving import Clock, MovableServer, MoveRecord, MoveScheduler
 
 #: without a deadline, seconds a move retries a snapshot after the cell timeout
@@ -47,6 +47,10 @@ class MovingKernel(Protocol):
     log: logging.Logger
 
     async def launch_on(self, host: Host) -> dict[str, Any]: ...
+    async def precopy_snapshot(self, timeout: float) -> dict[str, Any] | None: ...
+    async def restore_ahead(
+        self, target: dict[str, Any], snap: dict[str, Any]
+    ) -> dict[str, Any] | None: ...
     async def freeze_for_move(self, deadline: float) -> tuple[dict[str, Any] | None, str]: ...
     async def restore_after_move(
         self, target: dict[str, Any], snap: dict[str, Any] | None, notice: str
@@ -74,6 +78,10 @@ class KernelServer:
         self._started = 0.0
         self._next: dict[str, Any] | None = None  # the new kernel's connection info
         self._frozen: tuple[dict[str, Any] | None, str] | None = None  # freeze_for_move's
+        self._precopy: dict[str, Any] | None = None  # the move's pre-copy snapshot report
+        # the freeze's snapshot waits for a pre-copy still running in the kernel: two
+        # snapshots of one folder at once could commit the older one last
+        self._snapshotting = asyncio.Lock()
         self._snapshots: asyncio.Task | None = None
 
     @property
@@ -138,7 +146,7 @@ class KernelServer:
             else:
                 entry["error"] = "the move did not complete; the kernel stays where it was"
             self.kernel.moves.append(entry)
-        self._record = self._entry = self._next = self._frozen = None
+        self._record = self._entry = self._next = self._frozen = self._precopy = None
 
     def checkpoint_time(self, checkpoint_id: str) -> float | None:
         return None
@@ -160,13 +168,32 @@ class KernelServer:
         raise NotImplementedError("a kernel has no home of its own to restore")
 
     async def precopy_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
-        return {}  # not yet: a MovableKernel's move restores its whole snapshot in the freeze
+        """Snapshot the kernel while it serves (the relay is not paused): the freeze's
+        snapshot then writes only what cells change from now on (the mutation rule)."""
+        async with self._snapshotting:
+            self._precopy = await self.kernel.precopy_snapshot(timeout)
+        if self._precopy is None:
+            return {}  # none taken (R), or it failed: the freeze takes it whole
+        report = self._precopy
+        if self._entry is not None:
+            self._entry["precopy"] = _summary(report, ("ok", "mode", "written_bytes", "error"))
+        return {"kernels": {self.key: report}}
 
     async def prestart_kernels(self, host: Host, port: int) -> dict[str, Any]:
-        return {}
+        """Restore the pre-copy into the kernel just launched on the new host (nobody
+        reaches it before the switch): the freeze's restore then loads only the variables
+        whose entries changed. A failure costs only that: the final restore is whole."""
+        assert self._next is not None, "launch() first"
+        if self._precopy is None:
+            return {}
+        report = await self.kernel.restore_ahead(self._next, self._precopy) or {"ok": False}
+        if self._entry is not None:
+            self._entry["prestart"] = _summary(report, ("ok", "mode", "loaded_bytes", "error"))
+        return {"kernels": {self.key: report}}
 
     async def snapshot_kernels(self, host: Host, port: int, timeout: float) -> dict[str, Any]:
-        self._frozen = await self.kernel.freeze_for_move(time.time() + timeout + 1)
+        async with self._snapshotting:
+            self._frozen = await self.kernel.freeze_for_move(time.time() + timeout + 1)
         snap, notice = self._frozen
         if self._entry is not None:
             self._entry["snapshot"] = snap
@@ -214,6 +241,11 @@ class KernelServer:
             self._snapshots = None
 
 
+def _summary(report: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """What a move's record keeps of a kernel state report."""
+    return {k: report[k] for k in keys if k in report}
+
+
 class RelayHold:
     """The route hold of a kernel: its relay."""
 
@@ -255,7 +287,13 @@ class KernelMover:
 
     def _make_move(self, server: MovableServer, reason: str, deadline: float) -> Move:
         return Move.scheduled(
-            self.scheduler, self.provider, FREEZE_MARGIN, server, reason, deadline
+            self.scheduler,
+            self.provider,
+            FREEZE_MARGIN,
+            server,
+            reason,
+            deadline,
+            short_notice=SHORT_NOTICE,
         )
 
 

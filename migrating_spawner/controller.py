@@ -29,7 +29,7 @@ from .hosts.base import HostError, HostProvider
 from .hosts.local import LocalHostProvider
 from .hosts.pool import is_spare
 from .hosts.watcher import LOST, HostEvent
-from .move import Move
+from .move import SHORT_NOTICE, Move
 from .moving import MovableServer, MoveError, MoveScheduler, RouteHold
 from .observe import Observer
 from .service.api import make_app
@@ -108,7 +108,7 @@ class MigratingController(SingletonConfigurable):
     ).tag(config=True)
 
     short_notice_seconds = Float(
-        10,
+        SHORT_NOTICE,
         help="""A move with less than this many seconds between its start and its freeze
         (the deadline less `final_checkpoint_margin`) skips the pre-copies of kernels and
         home and starts the new server first: with a 5 s notice, a pre-copy only delays the

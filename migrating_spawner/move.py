@@ -23,6 +23,10 @@ from .moving.protocol import MovableServer, RouteHold
 from .moving.record import SWITCHED, MoveRecord
 from .moving.scheduler import MoveError, MoveScheduler
 
+#: seconds between a move's start and its freeze below which it starts the new server
+#: before any pre-copy (`MigratingController.short_notice_seconds`; kernels' moves too)
+SHORT_NOTICE = 10.0
+
 
 def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%H:%M:%S")

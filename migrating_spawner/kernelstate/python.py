@@ -321,7 +321,10 @@ def _snapshot(ip, state_dir: str) -> dict:
     base = _BASES.get(os.path.abspath(state_dir))
     dirty, why = None, "the first snapshot of this kernel"
     if base is not None:
-        disk = store.read_index(state_dir)
+        try:
+            disk = store.read_index(state_dir)
+        except ValueError:  # damaged: this snapshot is whole and writes a new one
+            disk = None
         if not disk or disk.get("snap") != base["index"].get("snap"):
             why = "the folder holds another snapshot than this kernel's last"
         else:

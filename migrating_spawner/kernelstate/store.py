@@ -111,11 +111,19 @@ def write_json(path: str, data: dict) -> int:
 
 
 def read_index(state_dir: str) -> dict | None:
+    """The folder's index; None if it has none. ValueError if it is damaged (a snapshot
+    then starts afresh; a restore says so)."""
+    path = os.path.join(state_dir, "index.json")
     try:
-        with open(os.path.join(state_dir, "index.json")) as f:
-            return json.load(f)
+        with open(path) as f:
+            index = json.load(f)
     except FileNotFoundError:
         return None
+    except ValueError as e:
+        raise ValueError(f"the snapshot index {path} is damaged ({e})") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"the snapshot index {path} is damaged (not an object)")
+    return index
 
 
 def prune(state_dir: str, keep: set[str]) -> None:

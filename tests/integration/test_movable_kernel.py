@@ -158,6 +158,93 @@ async def test_a_move_without_a_snapshot_says_it_restored_an_older_one(settings,
     assert await provider.list_hosts() == []
 
 
+# a kernel that starts 4 s late once SLOW_START names a file that exists: the window in
+# which a move's new kernel is not up yet, after the pre-copy
+SLOW_ARGV = [
+    "sh",
+    "-c",
+    'if [ -e "$SLOW_START" ]; then sleep 4; fi; exec "$0" -m ipykernel_launcher -f "$1"',
+    sys.executable,
+    "{connection_file}",
+]
+BIG, SMALL = 40_000_000, 4_000_000  # bytes: an array no cell touches, one a cell mutates
+
+
+async def test_the_freeze_ships_only_what_cells_changed_after_the_precopy(settings, tmp_path):
+    slow = tmp_path / "slow"
+    kernel = settings.new_kernel(str(uuid.uuid4()), "python")
+    kernel.timings.snapshot_interval = 0  # the only snapshots: the move's
+    provider = settings.provider
+    kc = await client(await kernel.start(SLOW_ARGV, {"SLOW_START": str(slow)}))
+    try:
+        [old] = await provider.list_hosts()
+        _, reply = await run(
+            kc,
+            "import numpy as np\n"
+            f"big = np.arange({BIG // 8}, dtype=np.float64)\n"
+            f"a = np.zeros({SMALL // 8})\n"
+            "d = {'k': 0}\nr = 'old'",
+        )
+        assert reply["status"] == "ok", reply
+        slow.touch()  # the move's new kernel starts 4 s late
+        await provider.simulated_cloud.reclaim(old, 40)
+        await until(lambda: kernel.good_snapshot is not None, 30, "no pre-copy snapshot")
+        # after the pre-copy, while the new kernel starts: a dict mutated, an array
+        # mutated in place, a name rebound
+        for cell in ("d['k'] = 1", "a[0] = 7", "r = 'new'"):
+            _, reply = await run(kc, cell)
+            assert reply["status"] == "ok", reply
+        await until(lambda: kernel.moves, 60, "the kernel did not move")
+        out, reply = await run(kc, "print(d['k'], a[0], r, float(big[-1]), big.nbytes)")
+        assert reply["status"] == "ok", out
+        assert out.split() == ["1", "7.0", "new", str(float(BIG // 8 - 1)), str(BIG)], out
+    finally:
+        kc.stop_channels()
+        await kernel.shutdown(grace=0)
+    [record] = kernel.moves
+    assert record["to"] != old.id, record
+    # the pre-copy held everything; the freeze wrote the mutated array and the small ones
+    # (by the mutation rule), not the array no cell touched
+    assert record["precopy"]["ok"] and record["precopy"]["written_bytes"] >= BIG, record
+    assert record["prestart"]["ok"], record
+    snap = record["snapshot"]
+    assert snap["mode"] == "delta" and SMALL <= snap["written_bytes"] < BIG, snap
+    restore = record["restore"]
+    assert restore["ok"] and restore["mode"] == "delta", restore
+    assert SMALL <= restore["loaded_bytes"] < BIG, restore
+
+
+async def test_a_precopy_that_cannot_be_restored_ahead_falls_back_to_a_whole_restore(
+    settings, tmp_path
+):
+    slow = tmp_path / "slow"
+    kernel = settings.new_kernel(str(uuid.uuid4()), "python")
+    kernel.timings.snapshot_interval = 0
+    provider = settings.provider
+    kc = await client(await kernel.start(SLOW_ARGV, {"SLOW_START": str(slow)}))
+    try:
+        [old] = await provider.list_hosts()
+        await run(kc, "x = 42")
+        slow.touch()
+        await provider.simulated_cloud.reclaim(old, 40)
+        await until(lambda: kernel.good_snapshot is not None, 30, "no pre-copy snapshot")
+        # the pre-copy's folder is broken before the new kernel restores it ahead
+        index = os.path.join(kernel.state_dir, "index.json")
+        with open(index, "w") as f:
+            f.write("{not json")
+        await run(kc, "y = 1")
+        await until(lambda: kernel.moves, 60, "the kernel did not move")
+        out, reply = await run(kc, "print(x, y)")
+        assert reply["status"] == "ok" and out.split() == ["42", "1"], out
+    finally:
+        kc.stop_channels()
+        await kernel.shutdown(grace=0)
+    [record] = kernel.moves
+    assert record["precopy"]["ok"] and not record["prestart"]["ok"], record
+    # the freeze's snapshot is then restored whole, and says so
+    assert record["restore"]["ok"] and record["restore"]["mode"] == "full", record
+
+
 # The first owner of a kernel (a gateway process): it starts the kernel with its snapshots
 # in S3, runs x = 42, waits for the background snapshot, prints what a successor needs
 # (MovableKernel.to_info, as get_provisioner_info keeps it) and dies without cleaning up.

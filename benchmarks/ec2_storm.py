@@ -141,14 +141,23 @@ async def poll(hub: RealHub, user: User, stop: asyncio.Event) -> None:
             await asyncio.sleep(POLL_EVERY)
 
 
-async def prepare(hub: RealHub, user: User, home_mb: int, kernel_mb: int) -> None:
+async def prepare(
+    hub: RealHub, user: User, home_mb: int, kernel_mb: int, one_kernel_at_a_time: asyncio.Lock
+) -> None:
     await hub.spawn(user.name)
     user.token = await hub.user_token(user.name)
     info = await hub.server_info(user.name)
     user.host_id = info["host_id"]
-    session = await hub.new_session(user.name, user.token, "storm.ipynb")
-    user.kernel_id = session["kernel"]["id"]
-    base = f"{hub.url}/user/{user.name}"
+    # the simulated instances share this machine's 127.0.0.1, where every kernel binds:
+    # kernels started at the same moment by different servers can pick the same free port
+    # (jupyter_client's race; separate EC2 instances do not share one), so the setup
+    # starts them one after another; the storm's moves start them all at once
+    async with one_kernel_at_a_time:
+        session = await hub.new_session(user.name, user.token, "storm.ipynb")
+        user.kernel_id = session["kernel"]["id"]
+        base = f"{hub.url}/user/{user.name}"
+        async with KernelSocket(base, user.kernel_id, user.token) as kernel:
+            await kernel.run("pass", timeout=120)
     async with KernelSocket(base, user.kernel_id, user.token) as kernel:
         out, _ = await kernel.run(WRITE_CELL.format(home=home_mb, kernel=kernel_mb), timeout=300)
     user.hashes = out.strip()
@@ -208,7 +217,8 @@ async def run_storm(hub: RealHub, world, servers: int, home_mb: int, kernel_mb: 
     users = [User(f"storm{n:02d}") for n in range(servers)]
     t0 = time.monotonic()
     since = time.time()
-    await asyncio.gather(*(prepare(hub, u, home_mb, kernel_mb) for u in users))
+    lock = asyncio.Lock()
+    await asyncio.gather(*(prepare(hub, u, home_mb, kernel_mb, lock) for u in users))
     spawned = time.monotonic() - t0
     await precopied(hub, users, home_mb + kernel_mb, since, timeout=600)
     instances = world.ec2.describe_instances()["Reservations"]

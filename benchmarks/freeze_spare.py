@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -227,10 +228,17 @@ def table(rows: list[dict]) -> str:
 
 async def spare_rows(args: Any = None) -> list[dict]:
     """Every row (a dict per reclaim): 0 and 1 spare hosts, 120 s and 5 s notices, and the
-    5 s notice again with the freeze margin at 1 s."""
+    5 s notice again with the freeze margin at 1 s and as before. `--short` runs only the
+    5 s notices with a spare (the defaults, then as before)."""
     boot = float(getattr(args, "boot", 40.0) or 40.0)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="spare-bench-") as tmp:
+        if getattr(args, "short", False):
+            for start in ("standby", "as before"):
+                print(f"spare hosts: 1, {start}, 5 s notice", flush=True)
+                where = Path(tmp) / f"hub-{start.replace(' ', '-')}"
+                rows += await run_hub(1, boot, where, print, (5.0,), start=start)
+            return [{**dataclasses.asdict(r), "boot": boot} for r in rows]
         for spares in (0, 1):
             print(f"spare hosts: {spares}", flush=True)
             rows += await run_hub(spares, boot, Path(tmp) / f"hub{spares}", print)
@@ -245,11 +253,19 @@ async def spare_rows(args: Any = None) -> list[dict]:
 
 async def standalone(args) -> str:
     began = time.monotonic()
-    rows = await spare_rows(args)
+    # CPU-bound loops beside the run, as on a machine shared with other work
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
+    try:
+        rows = await spare_rows(args)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     minutes = (time.monotonic() - began) / 60
+    beside = f", beside {args.load} busy loops" if args.load else ""
     head = (
-        f"{SECTION}\n\nRun {when} ({minutes:.1f} min); nproc 2, Python "
+        f"{SECTION}\n\nRun {when} ({minutes:.1f} min{beside}); nproc 2, Python "
         f"{platform.python_version()}.\n\n"
     )
     return head + table(rows)
@@ -259,6 +275,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boot", type=float, default=40.0, help="seconds a new host boots")
     ap.add_argument("--output", type=Path, default=None, help="write here, not results.md")
+    ap.add_argument("--load", type=int, default=0, help="busy loops running beside it")
+    ap.add_argument("--short", action="store_true", help="only the 5 s notices with a spare")
     args = ap.parse_args()
     text = asyncio.run(standalone(args))
     print(text)

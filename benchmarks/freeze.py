@@ -114,6 +114,7 @@ async def one_move(size_mb: int, case: str, precopy: bool, workdir: Path) -> dic
             "restore_mode": (state.get("restore") or {}).get("mode"),
             "loaded": (state.get("restore") or {}).get("loaded_bytes"),
             "switch": statistics.median(rtts),
+            "steps": entry.get("hold_steps") or {},
         }
 
 
@@ -183,6 +184,28 @@ def kernel_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def steps_table(rows: list[dict]) -> str:
+    """Each run's hold, step by step (the move's history entry: `hold_steps`), in ms."""
+    steps: list[str] = []
+    for r in rows:
+        steps += [k for k in r.get("steps") or {} if k not in steps]
+    lines = [
+        "| kernel state | case | path | " + " | ".join(steps) + " | hold |",
+        "|---|---|---|" + "---|" * (len(steps) + 1),
+    ]
+    for r in rows:
+        if "error" in r:
+            continue
+        case = "(a)" if r["case"] == "a" else "(b)"
+        cells = [f"{1000 * r['steps'][k]:.0f}" if k in r["steps"] else "-" for k in steps]
+        lines.append(
+            f"| {r['size']} MB | {case} | {r['path']} | "
+            + " | ".join(cells)
+            + f" | {1000 * r['hold']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def dill_table(rows: list[dict]) -> str:
     lines = [
         "| namespace | our snapshot (full) | dill.dump_module | ratio | our restore "
@@ -240,12 +263,19 @@ def main() -> int:
             "cache) + the switch (median round trip of a trivial cell on the moved kernel).\n\n"
             + kernel_table(rows)
         )
+        parts.append(
+            "### Where the hold goes\n\n"
+            "The same runs, the hold's steps in milliseconds as the move timed them (its "
+            "history entry's `hold_steps`; hub to agent and server calls, each a round trip "
+            "on loopback). *Hold* is from the proxy's log (`Holding` to `Released`).\n\n"
+            + steps_table(rows)
+        )
         if dill_rows:
             parts.append(
                 "### Full snapshots against dill\n\n"
                 "Plain kernels (benchmarks/kernel_state.py's namespace: 4 arrays and 6,000 "
-                "small objects), wall clock at the client; dill's inside the kernel.\n\n"
-                + dill_table(dill_rows)
+                "small objects); ours and dill's alike: wall clock at the client of one execute "
+                "in a fresh kernel (imports included).\n\n" + dill_table(dill_rows)
             )
     if "spare" in args.part:
         try:

@@ -258,6 +258,11 @@ class ServerHistory(LoggingConfigurable):
             "from_host": old.id if old else None,
             "to_host": new.id if new and error is None else None,
             "hold_seconds": timings.get("hold"),
+            # where the hold went, step by step (seconds)
+            "hold_steps": {
+                k: round(v, 4) for k, v in (getattr(move, "hold_steps", None) or {}).items()
+            }
+            or None,
             "duration_seconds": timings.get("total"),
             "checkpoint_id": getattr(move, "final_id", None),
             "lost_files": getattr(move, "lost", None),

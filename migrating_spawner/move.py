@@ -73,6 +73,9 @@ class Move:
         self.hold_started: float | None = None
         self.precopy_task: asyncio.Future | None = None
         self.timings: dict[str, float] = {}
+        #: seconds of each step inside the hold, in order (history: where a hold goes)
+        self.hold_steps: dict[str, float] = {}
+        self._last_mark: float | None = None
         self.lost: str | None = None  # what the user lost, said in their log
         self.lost_since: float | None = None  # the checkpoint time `lost` counts from
         self.final_id: str | None = None
@@ -269,8 +272,10 @@ class Move:
             self.precopy_task.cancel()
         await self._hold()
         old_alive = await server.server_alive(self.old)
+        self._mark("check the old server")
         if old_alive:
             self.kernels_saved = await self._snapshot_kernels()
+        self._mark("kernel snapshot")
         if server.home_mode == "synced" and old_alive:
             try:
                 self.final_id = await asyncio.wait_for(
@@ -285,11 +290,13 @@ class Move:
             # it died after the move began (e.g. a 0 s notice, or during the pre-copy):
             # the new host gets the last checkpoint, and the user must hear what that misses
             self._note_loss("the old host was gone before its final checkpoint")
+        self._mark("final checkpoint")
         if self.old is not None:
             # SIGKILL, no grace: a clean shutdown would close websockets with 1001,
             # which JupyterLab does not retry; a dropped connection it does
             await server.kill_server(self.old)
         self.old_stopped = True
+        self._mark("stop the old server")
         if self.final_id:
             # one commit in the hold: the final checkpoint's id (only in memory until now)
             # and the record naming it, so a hub restart before the switch resumes from it
@@ -298,36 +305,52 @@ class Move:
             self.record.final_checkpoint = self.final_id
             self.record.kernels_saved = self.kernels_saved
             server.persist_move(self.record)
+        self._mark("commit the record")
         self.steps.append("frozen")
 
     async def _hold(self) -> None:
         """Hold the route (once): requests wait in the proxy's hold server."""
         if self.hold_started is not None:
             return
-        self.hold_started = self.clock.monotonic()
+        self.hold_started = self._last_mark = self.clock.monotonic()
         await self.routes.hold(self.server)
         self.held = True
         self.steps.append("held")
+        self._mark("hold the route")
 
     async def _cut_over(self) -> None:
         """The held part: final delta, stop the old server, restore, re-point, release."""
         server = self.server
         await self._freeze()
+        # frozen before the new server was ready: the rest of its start
+        self._mark("wait for the new server")
         if self.final_id:
             await server.restore_home(self.new, self.final_id, current=self.current_files)
         elif server.home_mode == "synced" and server.checkpoint_id and self.current_files is None:
             await server.restore_home(self.new, server.checkpoint_id)
+        self._mark("home restore")
         # without a final snapshot the kernels come back from an older one: say how old
         restored = await server.restore_kernels(self.new, self.port, final=self.kernels_saved)
         self._note_kernels("restore", restored, ("mode", "why", "precopy", "loaded_bytes"))
+        self._mark("kernel restore")
         self.record.phase = SWITCHED
         await server.switch_to(self.new, self.port, self.record)
         self.steps.append("switched")
+        self._mark("switch")
         if self.held:
             await self.routes.release(server)
             self.held = False
             self.steps.append("released")
+            self._mark("release the route")
         self.timings["hold"] = self.clock.monotonic() - self.hold_started
+
+    def _mark(self, step: str) -> None:
+        """Add the time since the last mark to `step` in `hold_steps` (inside the hold)."""
+        if self._last_mark is None:
+            return
+        now = self.clock.monotonic()
+        self.hold_steps[step] = self.hold_steps.get(step, 0.0) + now - self._last_mark
+        self._last_mark = now
 
     async def _precopy_kernels(self) -> None:
         """Snapshot the old server's kernels while they keep serving, so the freeze only

@@ -329,6 +329,27 @@ async def test_a_move_holds_only_for_the_cut_over(hub, world, clock):
     assert not hub.scheduler.is_moving(server.key) and not hub.routes.held
 
 
+async def test_the_hold_is_accounted_step_by_step(hub, world, clock):
+    server = hub.add(await FakeServer.running(world))
+    result = await hub.scheduler.schedule(server, "test", clock.time() + 100)
+    (move,) = hub.moves
+    assert list(move.hold_steps) == [
+        "hold the route",
+        "check the old server",
+        "kernel snapshot",
+        "final checkpoint",
+        "stop the old server",
+        "commit the record",
+        "wait for the new server",
+        "home restore",
+        "kernel restore",
+        "switch",
+        "release the route",
+    ]
+    # the steps add up to the hold, nothing counted twice or left out
+    assert sum(move.hold_steps.values()) == pytest.approx(result["hold"])
+
+
 @pytest.mark.parametrize("notice", [5, 100])
 async def test_a_short_notice_starts_the_new_server_before_any_precopy(hub, world, clock, notice):
     hub.short_notice = 10.0

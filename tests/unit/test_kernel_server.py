@@ -50,6 +50,7 @@ class FakeKernel:
         self.moves: list[dict[str, Any]] = []
         self.relay = FakeRelay(world)
         self.snapshot: tuple[dict[str, Any] | None, str] = ({"ok": True}, "")
+        self.precopy: dict[str, Any] | None = {"ok": True, "mode": "full", "written_bytes": 9}
         self.restored: tuple[Any, ...] | None = None
         self.relay_points_at: dict[str, Any] | None = self.target
 
@@ -57,6 +58,16 @@ class FakeKernel:
         await self.world.step("launch")
         self.world.running.add(host.id)
         return {"shell_port": 200, "on": host.id}
+
+    async def precopy_snapshot(self, timeout: float) -> dict[str, Any] | None:
+        await self.world.step("precopy")
+        return self.precopy
+
+    async def restore_ahead(
+        self, target: dict[str, Any], snap: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        await self.world.step("restore ahead")
+        return {"ok": True, "mode": "full"}
 
     async def freeze_for_move(self, deadline: float) -> tuple[dict[str, Any] | None, str]:
         await self.world.step("snapshot")
@@ -270,3 +281,33 @@ async def test_a_failed_move_is_tried_again_while_the_notice_stands(mover):
     clock.advance(mover.provider.watcher.interval)
     second = await moved(kernel, 2)
     assert second["to"] == kernel.host.id != old.id
+
+
+async def test_a_kernel_is_precopied_and_restored_ahead_before_the_freeze(mover):
+    mover, world, clock, kernel = mover
+    await asyncio.sleep(0)
+    notice(mover, clock, kernel.host, 60)
+    record = await moved(kernel)
+    # pre-copy while it serves, the new kernel gets it before the switch; the freeze's
+    # snapshot and restore come after (the delta)
+    assert world.before("precopy", "launch")
+    assert world.before("launch", "restore ahead")
+    assert world.before("restore ahead", "pause relay")
+    assert world.before("snapshot", "restore")
+    assert record["precopy"] == {"ok": True, "mode": "full", "written_bytes": 9}
+    assert record["prestart"] == {"ok": True, "mode": "full"}
+
+
+async def test_no_precopy_on_a_short_notice_or_when_none_was_taken(mover):
+    mover, world, clock, kernel = mover
+    await asyncio.sleep(0)
+    notice(mover, clock, kernel.host, FREEZE_MARGIN + 3)  # less than SHORT_NOTICE to go
+    record = await moved(kernel)
+    assert "precopy" not in world.log and "restore ahead" not in world.log
+    assert "precopy" not in record and "prestart" not in record
+    # a kernel whose pre-copy was not taken (busy, or R) is restored whole, not ahead
+    kernel.precopy = None
+    notice(mover, clock, kernel.host, 60)
+    record = await moved(kernel, count=2)
+    assert world.log.count("precopy") == 1 and "restore ahead" not in world.log
+    assert "prestart" not in record

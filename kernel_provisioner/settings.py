@@ -26,10 +26,13 @@ from migrating_spawner.hosts.local import LocalHostProvider
 from migrating_spawner.kernelstate.transfer import KernelStateTransfer
 
 from .core import KernelTimings, MovableKernel
+from .registration import RegistrationServer
 
 # One provider per configuration in this process: kernels of one server share its lock
 # (local hosts pick addresses under it) instead of racing for the same address.
 _PROVIDERS: dict[str, HostProvider] = {}
+# One registration endpoint per provider in this process (`registration_port`).
+_REGISTRATIONS: dict[str, RegistrationServer] = {}
 # One transfer per store configuration in this process (it remembers, per kernel and
 # folder, the snapshot last saved or loaded there: the next save sends only what changed).
 _TRANSFERS: dict[str, KernelStateTransfer] = {}
@@ -166,6 +169,32 @@ class KernelHostSettings(LoggingConfigurable):
         (0: snapshots only when a notice comes).""",
     ).tag(config=True)
 
+    registration_port = Integer(
+        0,
+        help="""Port of this process's own registration endpoint for its kernels' cloud
+        hosts (`POST /api/hosts/register`, kernel_provisioner/registration.py): an ec2
+        provider's instances call home there, not at the hub, which did not launch them.
+        0: none (local hosts need none).""",
+    ).tag(config=True)
+
+    registration_ip = Unicode(
+        "0.0.0.0",
+        help="""Address the registration endpoint listens on (with `registration_port`):
+        one the instances reach, on their private network.""",
+    ).tag(config=True)
+
+    registration_url = Unicode(
+        "",
+        help="""The registration endpoint's API URL as instances reach it, e.g.
+        `http://10.0.1.5:8096/api/` (empty: from `registration_ip` and
+        `registration_port`). It becomes the provider's `hub_api_url`.""",
+    ).tag(config=True)
+
+    def _registration_url(self) -> str:
+        if self.registration_url:
+            return self.registration_url
+        return f"http://{self.registration_ip}:{self.registration_port}/api/"
+
     @property
     def provider(self) -> HostProvider:
         config = {"watch_interval": self.notice_poll_interval, **self.host_provider_config}
@@ -173,10 +202,18 @@ class KernelHostSettings(LoggingConfigurable):
             value = getattr(self, name)
             if value:
                 config[name] = value
+        if self.registration_port:
+            config["hub_api_url"] = self._registration_url()
         key = json.dumps([self.host_provider_class.__qualname__, config], sort_keys=True)
         if key not in _PROVIDERS:
             _PROVIDERS[key] = self.host_provider_class(log=self.log, **config)
-        return _PROVIDERS[key]
+        provider = _PROVIDERS[key]
+        if self.registration_port and key not in _REGISTRATIONS and _loop_running():
+            # served on this process's loop (kernels start from it): agents call home here
+            registration = RegistrationServer(provider, self.log)
+            registration.listen(self.registration_ip, self.registration_port)
+            _REGISTRATIONS[key] = registration
+        return provider
 
     def kernel_options(self) -> dict[str, Any]:
         """MovableKernel's keyword arguments that come from these settings."""
@@ -210,6 +247,14 @@ class KernelHostSettings(LoggingConfigurable):
             work_dir=os.path.join(self.work_root, kernel_id),
             **self.kernel_options(),
         )
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 @atexit.register

@@ -34,6 +34,7 @@ from test_movable_kernel import client, run
 from tornado import web
 
 from kernel_provisioner.core import KernelTimings, MovableKernel
+from kernel_provisioner.settings import KernelHostSettings
 from migrating_spawner.agent.client import AgentError
 from migrating_spawner.agent.users import stable_id, unix_name
 from migrating_spawner.checkpoint import SignedCheckpoints
@@ -275,3 +276,64 @@ async def test_a_kernel_moves_between_ec2_hosts_with_its_state_through_s3(world,
         await kernel.shutdown(grace=0)
         server.stop()
     assert store.list_checkpoints(key_of("k-s3")) == []  # its snapshots go with it
+
+
+async def test_a_gateways_kernels_on_ec2_hosts_register_with_the_gateway_itself(world, tmp_path):
+    # a gateway process's settings, as a kernelspec's provisioner config would give them:
+    # the ec2 provider, the S3 store, and its own registration endpoint (no hub here)
+    bucket = "gw-" + tmp_path.name.lower()[-20:].strip("_-")
+    world.moto.client("s3").create_bucket(Bucket=bucket)
+    port = free_port()
+    settings = KernelHostSettings(
+        host_provider_class=EC2HostProvider,
+        host_provider_config={
+            "endpoint_url": world.sim_ec2_url,
+            "region": "us-east-1",
+            "image_id": AMI,
+            "hub_name": "gateway-" + tmp_path.name[-12:],
+            "secret_file": str(tmp_path / "ec2-secret"),
+            "agent_port": world.agent_port,
+            "python": sys.executable,
+            "install_command": "true",
+            "instance_types": {"small": {"types": ["m6i.large", "m5.large"]}},
+            "boot_timeout": 60,
+        },
+        registration_ip="127.0.0.1",
+        registration_port=port,
+        state_store_class=S3CheckpointStore,
+        state_store_config={"bucket": bucket, "endpoint_url": world.moto.endpoint_url},
+        state_secret_file=str(tmp_path / "kernel-secret"),
+        state_root=str(world.root / "kernel-state"),
+        work_root=str(world.root / "kernel-files"),
+        notice_poll_interval=0.5,
+        snapshot_interval=0,
+    )
+    kernel = settings.new_kernel("k-gw", "python")
+    provider = settings.provider
+    assert provider.api_url == f"http://127.0.0.1:{port}/api/"
+    try:
+        info = await kernel.start(ARGV, {"KERNEL_USERNAME": "erin"})
+        old = kernel.host
+        kc = await client(info)
+        try:
+            _, reply = await run(kc, "x = 42")
+            assert reply["status"] == "ok", reply
+            world.sim("interrupt", old.meta["instance_id"], "--notice", "60", "--only", "metadata")
+            await until(
+                lambda: kernel.moves and kernel.moves[-1].get("from") == old.id,
+                55,
+                "the kernel did not move off its interrupted host",
+            )
+            out, reply = await run(kc, "print(x)")
+        finally:
+            kc.stop_channels()
+        assert reply["status"] == "ok" and out.strip() == "42", (out, reply)
+        record = kernel.moves[-1]
+        assert record.get("to") == kernel.host.id != old.id, record
+        # both instances registered here: the one it moved to too
+        assert kernel.host.meta.get("instance_id") != old.meta["instance_id"]
+        assert (record.get("restore") or {}).get("ok"), record
+    finally:
+        await kernel.shutdown(grace=0)
+        for host in await provider.list_hosts():
+            await provider.release(host)

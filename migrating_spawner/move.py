@@ -230,18 +230,23 @@ class Move:
         self.steps.append("acquired")
         server.emit(f"New host {self.new.id} at {self.new.address}")
         precopy = old_alive and not self.frozen
+        precopy_home = precopy
         if precopy and self._left() - self.margin < self.short_notice:
             precopy = False
+            # the new server reads its home at start (its cookie secret, its config): it
+            # starts from the last checkpoint, or, if there is none, from this first one
+            precopy_home = server.checkpoint_id is None
             self.steps.append("short notice")
             server.emit(
                 f"Short notice ({max(0.0, self._left()):.0f} s): starting the new server "
-                "first; the freeze moves files and kernels whole"
+                "first; the freeze moves its kernels whole and the files changed since "
+                + ("this first checkpoint" if precopy_home else "the last checkpoint")
             )
         if precopy:
             # before the home pre-copy, which then carries the kernels' snapshots along
             await self._precopy_kernels()
         if server.home_mode == "synced":
-            if precopy:
+            if precopy_home:
                 # a task the freeze can cancel: a pre-copy committed after the final
                 # checkpoint would make an older state look like the latest
                 self.precopy_task = asyncio.ensure_future(

@@ -538,6 +538,8 @@ class StatusHandler(APIHandler):
             json.dumps(
                 {
                     "restoring": state.restoring,
+                    # a move's freeze began: what browsers send now is held for the new host
+                    "frozen": state.gate.frozen,
                     "last_restore": state.last_restore,
                     "last_checkpoint": state.last_checkpoint,
                 },

@@ -6,8 +6,10 @@ socket closes, and in the memory of the old server) and had one buffer per kerne
 import asyncio
 import time
 
+import aiohttp
 import pytest
 from kernelconn import KernelConnection
+from realhub import until
 from test_move import wait_moved
 
 pytestmark = pytest.mark.integration
@@ -20,6 +22,13 @@ async def wait_event(hub, user, words, timeout=60):
     ):
         assert time.monotonic() < deadline, f"no event with {words}"
         await asyncio.sleep(0.1)
+
+
+async def frozen(status_url: str, token: str) -> bool:
+    async with aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"token {token}"}
+        async with session.get(status_url, headers=headers) as resp:
+            return resp.status == 200 and (await resp.json())["frozen"]
 
 
 async def test_each_tab_gets_its_replies_once_across_moves(hub_factory):
@@ -39,10 +48,15 @@ async def test_each_tab_gets_its_replies_once_across_moves(hub_factory):
         # while b and c stay connected
         slow = await a.send("time.sleep(4)\nn += 1\nprint('slow', n)")
         await a.pause()
-        old = (await hub.server_info("tia"))["host_id"]
+        before = await hub.server_info("tia")
+        old = before["host_id"]
         status, data = await hub.migrate_api("POST", "/servers/tia/migrate")
         assert status == 202, data
         await wait_event(hub, "tia", ["Holding", "switching over"])
+        # until the old server's freeze has begun (asked directly: the proxy holds its
+        # route): messages sent before it reach the old kernel, which would run them
+        status_url = f"http://{before['address']}/user/tia/api/migrating/status"
+        await until(lambda: frozen(status_url, token), 30, "the old server's freeze")
         # the freeze waits for the slow cell: these are held, two tabs on one kernel
         held = {b: [], c: []}
         for i in range(3):

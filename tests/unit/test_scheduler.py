@@ -357,9 +357,10 @@ async def test_a_short_notice_starts_the_new_server_before_any_precopy(hub, worl
     await hub.scheduler.schedule(server, "test", clock.time() + notice)
     (move,) = hub.moves
     if notice - MARGIN < hub.short_notice:
-        # neither the kernels nor the home are pre-copied: the launch comes first, and
-        # the freeze's final checkpoint and kernel snapshot carry everything
+        # neither the kernels nor the home are pre-copied: the new server starts from the
+        # last checkpoint, and the freeze's final checkpoint and kernel snapshot carry the rest
         assert "move pre-copy" not in world.log and "precopy kernels" not in world.log
+        assert world.before("restore c-start", "launch")
         assert "short notice" in move.steps
         assert any(
             e.startswith("Short notice (5 s): starting the new server") for e in server.events
@@ -370,6 +371,17 @@ async def test_a_short_notice_starts_the_new_server_before_any_precopy(hub, worl
         assert world.before("precopy kernels", "move pre-copy")
         assert world.before("move pre-copy", "launch")
         assert "short notice" not in move.steps
+
+
+async def test_a_short_notice_without_any_checkpoint_still_brings_the_home_first(hub, world, clock):
+    # the new server reads its home when it starts (cookie secret, config): with no
+    # checkpoint yet, the move's first one is taken and restored before the launch
+    hub.short_notice = 10.0
+    server = hub.add(await FakeServer.running(world))
+    server.checkpoint_id = None
+    await hub.scheduler.schedule(server, "test", clock.time() + 5)
+    assert "precopy kernels" not in world.log
+    assert world.before("move pre-copy", "launch")
 
 
 async def test_a_failed_move_leaves_the_old_server_serving_and_saved(hub, world, clock):

@@ -321,8 +321,9 @@ async def cloud_scenario(hub, world, events):
     assert answer["FailedEntryCount"] == 0
     back = await wait_moved(hub, "alice", moved["host_id"], timeout=120)
     messages = [e["message"] for e in back["events"]]
-    assert f"Host {moved['host_id']} was lost without notice: restoring" in messages, messages
-    assert any("files changed after" in m and "were lost" in m for m in messages), messages
+    said = "\n".join(messages)  # in full: a list's repr is cut short in the report
+    assert f"Host {moved['host_id']} was lost without notice: restoring" in messages, said
+    assert any("files changed after" in m and "were lost" in m for m in messages), said
     # from the last checkpoint: the file written before it, not the one after
     assert await read_file(hub, "alice", token, "notes.txt") == "before the rebalance"
     status, _ = await hub.request("GET", "/user/alice/api/contents/late.txt", token)

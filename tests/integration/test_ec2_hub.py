@@ -309,6 +309,15 @@ async def cloud_scenario(hub, world, events):
     await write_file(hub, "alice", token, "late.txt", "after the last checkpoint")
     lost_iid = new["InstanceId"]
     world.ec2.terminate_instances(InstanceIds=[lost_iid])
+    # the machine is gone (the simulator ended it) before the cloud's event says so: a hub
+    # that hears first and still reaches the agent saves a final checkpoint, and nothing
+    # is lost (a loaded run did exactly that)
+    await asyncio.to_thread(
+        wait_for,
+        lambda: world.instances()[lost_iid]["state"] == "terminated",
+        30,
+        "the simulator did not end the terminated instance's machine",
+    )
     answer = events.put_events(
         Entries=[
             {

@@ -233,6 +233,18 @@ async def test_a_kernel_on_an_ec2_host_runs_as_its_hub_user(world, tmp_path):
         server.stop()
 
 
+async def interrupted_and_moved(world, kernel, old):
+    """A 60 s spot interruption of `old` told through metadata alone; returns the notice
+    once the kernel has moved off it."""
+    notice = world.sim("interrupt", old.meta["instance_id"], "--notice", "60", "--only", "metadata")
+    await until(
+        lambda: kernel.moves and kernel.moves[-1].get("from") == old.id,
+        55,
+        "the kernel did not move off its interrupted host",
+    )
+    return notice
+
+
 async def test_a_kernel_moves_between_ec2_hosts_with_its_state_through_s3(world, tmp_path):
     bucket = "kernels-" + tmp_path.name.lower()[-20:].strip("_-")
     world.moto.client("s3").create_bucket(Bucket=bucket)
@@ -250,14 +262,7 @@ async def test_a_kernel_moves_between_ec2_hosts_with_its_state_through_s3(world,
         try:
             _, reply = await run(kc, "x = 42; blob = bytes(range(256)) * 4096")
             assert reply["status"] == "ok", reply
-            notice = world.sim(
-                "interrupt", old.meta["instance_id"], "--notice", "60", "--only", "metadata"
-            )
-            await until(
-                lambda: kernel.moves and kernel.moves[-1].get("from") == old.id,
-                55,
-                "the kernel did not move off its interrupted host",
-            )
+            notice = await interrupted_and_moved(world, kernel, old)
             assert time.time() < notice["deadline"]
             out, reply = await run(kc, "import os; print(x, len(blob), os.getuid())")
         finally:
@@ -318,12 +323,7 @@ async def test_a_gateways_kernels_on_ec2_hosts_register_with_the_gateway_itself(
         try:
             _, reply = await run(kc, "x = 42")
             assert reply["status"] == "ok", reply
-            world.sim("interrupt", old.meta["instance_id"], "--notice", "60", "--only", "metadata")
-            await until(
-                lambda: kernel.moves and kernel.moves[-1].get("from") == old.id,
-                55,
-                "the kernel did not move off its interrupted host",
-            )
+            await interrupted_and_moved(world, kernel, old)
             out, reply = await run(kc, "print(x)")
         finally:
             kc.stop_channels()

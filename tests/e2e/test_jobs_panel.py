@@ -69,11 +69,21 @@ async def test_a_job_from_the_notebook_jobs_panel_completes_across_a_reclaim(hub
             )
             await create.first.click(timeout=60_000)
             await page.get_by_role("heading", name="Create Job").wait_for(timeout=30_000)
+            # the form is ready once its environments came (a loaded server answers late);
+            # the panel then sets the environment from the model it had when it asked, so
+            # a name typed before that is lost, and a Create before it sends no environment
+            # (its output formats come with them)
+            await page.locator("#jp-create-job-outputFormat-ipynb").wait_for(
+                state="attached", timeout=60_000
+            )
             await page.get_by_label("Job name").fill("six")
             await page.get_by_role("button", name="Create", exact=True).click()
-            # the panel lists it
+            # the panel lists it, or the form says why not
             # (jupyter-scheduler creates it in a process of its own: slow under load)
-            await page.get_by_text('Your job "six" has been created').wait_for(timeout=90_000)
+            created = page.get_by_text('Your job "six" has been created')
+            refused = page.locator(".jp-create-job-form [role=alert]")
+            await created.or_(refused).first.wait_for(timeout=90_000)
+            assert not await refused.count(), await refused.all_inner_texts()
             row = page.get_by_role("row").filter(has_text="six.ipynb")
             await row.first.wait_for(timeout=30_000)
 

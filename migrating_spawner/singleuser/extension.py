@@ -36,6 +36,7 @@ from .. import kernelstate as kernel_state
 from .apps import AppState
 from .connection import migrating_connection
 from .gate import Gate
+from .kernelclient import until_connected
 
 #: where the state lives, relative to the home
 STATE_SUBDIR = ".local/share/jupyter-migrating"
@@ -92,7 +93,7 @@ class ServerState:
         client = self.kernels.get_kernel(kernel_id).client()
         client.start_channels()
         try:
-            await client.wait_for_ready(timeout=timeout)
+            await until_connected(client, timeout)
             reply = await client.execute_interactive(
                 code, silent=True, store_history=False, allow_stdin=False, timeout=timeout
             )

@@ -69,10 +69,10 @@ async def test_a_job_from_the_notebook_jobs_panel_completes_across_a_reclaim(hub
             )
             await create.first.click(timeout=60_000)
             await page.get_by_role("heading", name="Create Job").wait_for(timeout=30_000)
-            # the form is ready once its environments came (a loaded server answers late);
-            # the panel then sets the environment from the model it had when it asked, so
-            # a name typed before that is lost, and a Create before it sends no environment
-            # (its output formats come with them)
+            # the form is ready once its environments came (its output formats come with
+            # them; a loaded server answers late): it then sets the environment from the
+            # model it had when it asked, so a name typed before is lost, and a Create
+            # before sends no environment
             await page.locator("#jp-create-job-outputFormat-ipynb").wait_for(
                 state="attached", timeout=60_000
             )

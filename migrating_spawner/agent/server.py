@@ -179,12 +179,13 @@ def descendants(pid: int) -> list[int]:
     except OSError:
         return []
     for name in entries:
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
+        try:  # unbuffered bytes: half the cost of read_text, and it runs in a move's hold
+            with open(f"/proc/{name}/stat", "rb", buffering=0) as f:
+                stat = f.read(4096)
         except OSError:
             continue
         # the command in parentheses may hold spaces: the fields follow the last ')'
-        ppid = int(stat.rpartition(")")[2].split()[1])
+        ppid = int(stat.rpartition(b")")[2].split()[1])
         children.setdefault(ppid, []).append(int(name))
     found, todo = [], [pid]
     while todo:
@@ -571,13 +572,15 @@ class Agent:
         managed = self._process(request)
         grace = query_number(request, "grace", 5.0)
         if managed.proc.returncode is None:
-            started = descendants(managed.proc.pid)  # once it exits, they are no longer its
+            started = None
             if grace > 0:
+                started = descendants(managed.proc.pid)  # once it exits, they are no longer its
                 kill_group(managed.proc.pid, signal.SIGTERM)
                 try:
                     await asyncio.wait_for(managed.proc.wait(), grace)
                 except asyncio.TimeoutError:
                     pass
+            # no grace (a move's freeze, in the hold): the one /proc walk is kill_group's
             kill_group(managed.proc.pid, signal.SIGKILL, started)
             await managed.proc.wait()
         return web.json_response(managed.status())

@@ -21,6 +21,7 @@ import mmap
 import os
 import secrets
 import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 MAGIC = b"KPS1"
@@ -31,6 +32,11 @@ _CHUNK = 32 << 20
 BIG = 64 << 20
 #: buffers this large are read into anonymous memory (no zero-fill before the read)
 _MAPPED = 1 << 20
+#: a blob is complete when renamed into place and never written again, so its mtime is set
+#: this far back: the home checkpoint re-reads a file modified in its last 2 s, which may
+#: still be changing (checkpoint/home.py RACY_WINDOW_NS); a blob cannot, and re-reading a
+#: fresh 90 MB one cost a move's freeze 60 ms (benchmarks/results.md)
+_SETTLED_NS = 60 * 10**9
 
 
 def _h(data=b"") -> hashlib.blake2b:
@@ -71,6 +77,8 @@ def put(state_dir: str, main: bytes, buffers: list[memoryview]) -> tuple[str, in
         f.write(main)
         for b in buffers:
             f.write(b)
+    now = time.time_ns()
+    os.utime(tmp, ns=(now, now - _SETTLED_NS))
     os.replace(tmp, path)
     return digest, size, size
 

@@ -31,6 +31,7 @@ from migrating_spawner.checkpoint import (
     verify_manifest,
 )
 from migrating_spawner.checkpoint.manifest import canonical_json
+from migrating_spawner.kernelstate import store as kernel_blobs
 
 SECRET = b"s3cret-for-tests"
 SMALL = 64 * 1024  # chunk size for tests: many chunks without many megabytes
@@ -359,6 +360,20 @@ def test_recently_modified_files_are_read_again(store, tmp_path):
     assert first["hot"]["racy"] is True
     _, stats = snapshot_tree(src, store, previous=first)
     assert stats["bytes_read"] == 2
+
+
+def test_kernel_state_blobs_are_trusted_at_once(store, tmp_path):
+    """A kernel state blob is renamed into place complete and never written again: the
+    checkpoint right after it (a move's pre-copy) does not mark it racy, so the next one
+    (the freeze's) reads none of it."""
+    state = tmp_path / "src" / "state"
+    os.makedirs(kernel_blobs.blob_dir(str(state)))
+    digest, size, written = kernel_blobs.put(str(state), b"main", [memoryview(b"x" * 100_000)])
+    assert written == size
+    first, _ = snapshot_tree(tmp_path / "src", store)
+    assert "racy" not in first[f"state/blobs/{digest}.bin"]
+    _, stats = snapshot_tree(tmp_path / "src", store, previous=first)
+    assert stats["bytes_read"] == 0
 
 
 def test_excludes_and_skips(store, tmp_path):

@@ -206,17 +206,22 @@ def steps_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _spread(times: list[float]) -> str:
+    return f"{_s(statistics.median(times))} ({min(times):.2f}-{max(times):.2f})"
+
+
 def dill_table(rows: list[dict]) -> str:
     lines = [
-        "| namespace | our snapshot (full) | dill.dump_module | ratio | our restore "
-        "| dill.load_module | ratio | incremental (1 int changed) |",
+        "| namespace | our snapshot (full) | dill.dump_module | ratio "
+        "| our restore (median, range) | dill.load_module (median, range) | ratio "
+        "| incremental (1 int changed) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['size']} | {_s(r['snapshot'])} | {_s(r['dump_module'])} "
-            f"| {r['snapshot'] / r['dump_module']:.2f}x | {_s(r['restore'])} "
-            f"| {_s(r['load_module'])} | {r['restore'] / r['load_module']:.2f}x "
+            f"| {r['snapshot'] / r['dump_module']:.2f}x | {_spread(r['restore_all'])} "
+            f"| {_spread(r['load_all'])} | {r['restore'] / r['load_module']:.2f}x "
             f"| {r['incremental']:.3f} s, {r['incremental_written'] / 1e3:.1f} kB written |"
         )
     return "\n".join(lines)

@@ -103,7 +103,14 @@ class HomeFiles:
                 }
                 await self._contents("PUT", rel, body=body)
             return f"the running server's home on {self.spawner.host.id}"
-        return await asyncio.to_thread(self._commit, files)
+        # the chunks and the manifest in a thread (store calls block); the hub's database
+        # only on the loop: its session is not thread-safe
+        checkpoint_id = await asyncio.to_thread(self._commit, files)
+        spawner = self.spawner
+        spawner.checkpoint_id = checkpoint_id
+        spawner.fresh_start = False
+        spawner.save_state()
+        return f"checkpoint {checkpoint_id} (the next start of {spawner.key} restores it)"
 
     # -- synced home: a running server -------------------------------------------------
 
@@ -145,6 +152,7 @@ class HomeFiles:
             raise HomeError(f"the home's checkpoint {checkpoint_id} cannot be read: {e}") from e
 
     def _commit(self, new: dict[str, bytes]) -> str:
+        """A checkpoint of the home's last one with `new` written over it; its id."""
         manifest = self._manifest()
         files = dict(manifest.files) if manifest else {}
         store = self.controller.store
@@ -160,17 +168,12 @@ class HomeFiles:
                 "mtime_ns": now,
                 "chunks": [store.put_chunk(chunk) for chunk in split_bytes(data)] if data else [],
             }
-        spawner = self.spawner
-        checkpoint_id = self.controller.checkpoints.commit(
-            spawner.key,
+        return self.controller.checkpoints.commit(
+            self.spawner.key,
             files,
             parent=manifest.id if manifest else None,
             meta={"reason": "job output", "time": time.time()},
         ).id
-        spawner.checkpoint_id = checkpoint_id
-        spawner.fresh_start = False
-        spawner.save_state()
-        return f"checkpoint {checkpoint_id} (the next start of {spawner.key} restores it)"
 
 
 def _read_file(path: str) -> bytes:

@@ -6,6 +6,7 @@ import time
 
 import pytest
 from kernelconn import KernelConnection
+from latch import Latch
 from realhub import module_hub
 from test_kernel_move import move_and_wait
 from test_move import wait_moved
@@ -203,11 +204,13 @@ async def test_a_move_after_a_hub_restart_keeps_the_kernels(synced_hub):
 
 async def test_held_cells_run_once_even_when_an_older_home_comes_back(synced_hub):
     hub, token, conn = await notebook(synced_hub, "ned", "count.ipynb")
+    latch = Latch()
+    await latch.start()
     try:
-        await conn.run("import time\nn = 0")
+        await conn.run("import socket\nn = 0")
         # a cell still running when the move freezes the server: the freeze waits for it,
         # and the cells sent meanwhile are held
-        slow = await conn.send("time.sleep(12)")
+        slow = await conn.send(latch.wait_code())
         old = (await hub.server_info("ned"))["host_id"]
         status, _ = await hub.migrate_api("POST", "/servers/ned/migrate")
         assert status == 202
@@ -219,6 +222,7 @@ async def test_held_cells_run_once_even_when_an_older_home_comes_back(synced_hub
             assert time.monotonic() < deadline, "the move never reached its cut-over"
             await asyncio.sleep(0.1)
         held = [await conn.send("n += 1") for _ in range(3)]
+        await latch.release()
         await wait_moved(hub, "ned", old, timeout=90)
         assert await conn.wait([slow, *held], timeout=60)
         # the host dies with no notice before any new checkpoint: the new home comes from
@@ -232,6 +236,7 @@ async def test_held_cells_run_once_even_when_an_older_home_comes_back(synced_hub
         out, _ = await conn.run("print(n)", timeout=90)
     finally:
         await conn.close()
+        await latch.close()
     # what the lost host ran is lost, and the user is told; the held cells are not run again
     # (they would answer a second time, and count twice)
     assert [len(conn.replies[m]) for m in held] == [1, 1, 1], [conn.replies[m] for m in held]

@@ -9,6 +9,7 @@ import time
 import aiohttp
 import pytest
 from kernelconn import KernelConnection
+from latch import Latch
 from realhub import until
 from test_move import wait_moved
 
@@ -40,13 +41,15 @@ async def test_each_tab_gets_its_replies_once_across_moves(hub_factory):
     base = hub.url + "/user/tia"
     tabs = [KernelConnection(base, kernel_id, token, f"tab {i}") for i in "abc"]
     a, b, c = tabs
+    latch = Latch()
+    await latch.start()
     for tab in tabs:
         await tab.start()
     try:
-        await a.run("import time\nn = 0")
-        # tab a's cell runs through the start of the move; its socket closes meanwhile,
-        # while b and c stay connected
-        slow = await a.send("time.sleep(4)\nn += 1\nprint('slow', n)")
+        await a.run("import socket\nn = 0")
+        # tab a's cell runs through the start of the move, until the latch lets it go; its
+        # socket closes meanwhile, while b and c stay connected
+        slow = await a.send(f"{latch.wait_code()}\nn += 1\nprint('slow', n)")
         await a.pause()
         before = await hub.server_info("tia")
         old = before["host_id"]
@@ -62,6 +65,7 @@ async def test_each_tab_gets_its_replies_once_across_moves(hub_factory):
         for i in range(3):
             for tab in (b, c):
                 held[tab].append(await tab.send(f"n += 1\nprint('{tab.label}', {i})"))
+        await latch.release()
         await wait_moved(hub, "tia", old, timeout=90)
         await a.resume()
         assert await a.wait([slow], timeout=30, complete=True), a.describe()
@@ -80,6 +84,7 @@ async def test_each_tab_gets_its_replies_once_across_moves(hub_factory):
     finally:
         for tab in tabs:
             await tab.close()
+        await latch.close()
     assert a.output(slow).strip() == "slow 1", a.output(slow)
     for tab, cells in held.items():
         assert [tab.output(m).strip() for m in cells] == [f"{tab.label} {i}" for i in range(3)]

@@ -10,6 +10,10 @@ from jupyter_client import KernelManager
 
 from migrating_spawner.kernelstate import restore_code, snapshot_code
 
+#: a start whose ports were taken is tried again on new ones
+START_ATTEMPTS = 3
+READY_TIMEOUT = 30
+
 
 class KernelError(AssertionError):
     pass
@@ -31,16 +35,29 @@ class Kernel:
 
     def __enter__(self) -> Kernel:
         env = {**os.environ, "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1", **self.env}
+        for _ in range(START_ATTEMPTS - 1):
+            try:
+                self._start(env)
+                return self
+            except RuntimeError:
+                # jupyter_client picks free ports, then the kernel binds them: another
+                # process can take one in between, and IRkernel then never answers
+                # ("R_zmq_bind errno: 98") instead of exiting. A new manager picks new ones
+                self.km = KernelManager(kernel_name=self.km.kernel_name)
+        self._start(env)
+        return self
+
+    def _start(self, env: dict[str, str]) -> None:
         self.km.start_kernel(cwd=self.cwd, env=env)
+        self.kc = self.km.client()
         try:
-            self.kc = self.km.client()
             self.kc.start_channels()
-            self.kc.wait_for_ready(timeout=60)
+            self.kc.wait_for_ready(timeout=READY_TIMEOUT)
             self.language = self.km.kernel_spec.language
         except BaseException:
+            self.kc.stop_channels()
             self.km.shutdown_kernel(now=True)
             raise
-        return self
 
     def __exit__(self, *exc) -> None:
         self.kc.stop_channels()

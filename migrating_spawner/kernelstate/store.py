@@ -32,10 +32,13 @@ _CHUNK = 32 << 20
 BIG = 64 << 20
 #: buffers this large are read into anonymous memory (no zero-fill before the read)
 _MAPPED = 1 << 20
+#: private anonymous memory, its pages faulted in one pass before the read (Linux): reading
+#: 1 GB took 0.42-0.57 s so, 0.86-1.64 s into mmap's default (shared, faulted page by page)
+_ANON = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
 #: a blob is complete when renamed into place and never written again, so its mtime is set
 #: this far back: the home checkpoint re-reads a file modified in its last 2 s, which may
 #: still be changing (checkpoint/home.py RACY_WINDOW_NS); a blob cannot, and re-reading a
-#: fresh 90 MB one cost a move's freeze 60 ms (benchmarks/results.md)
+#: fresh 90 MB one made a move's final checkpoint 84 ms instead of 14 (benchmarks/results.md)
 _SETTLED_NS = 60 * 10**9
 
 
@@ -98,7 +101,7 @@ def get(state_dir: str, digest: str) -> tuple[bytes, list]:
 def _read(f, n: int, digest: str):
     """`n` bytes of `f`; a big read into fresh anonymous memory, which (unlike bytearray)
     is not zero-filled first only to be overwritten."""
-    buf = mmap.mmap(-1, n) if n >= _MAPPED else bytearray(n)
+    buf = mmap.mmap(-1, n, flags=_ANON) if n >= _MAPPED else bytearray(n)
     view, done = memoryview(buf), 0
     while done < n:  # one read(2) returns at most 2 GB
         got = f.readinto(view[done:])

@@ -80,8 +80,9 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-#: restores timed per size, ours and dill's in turn (the order flips each round)
-RESTORE_ROUNDS = 3
+#: restores timed per size, ours and dill's in turn (the order flips each round): a
+#: 1 GB restore spreads 0.8-2.4 s from round to round here, 3 rounds did not settle it
+RESTORE_ROUNDS = 5
 
 
 def bench_size(mb: int, work: Path) -> dict:
@@ -228,7 +229,8 @@ def render(rows: list[dict], pvd: dict, corp: dict, notes: dict, elapsed: float)
         f"{os.cpu_count()}, {cpu}, Python {platform.python_version()}. Real ipykernel kernels "
         "through jupyter_client; the namespace is 4 float64 arrays of a quarter of the size "
         "each plus 6,000 small objects and a function. Times are wall clock at the client "
-        "(execute request to reply), dill's are measured inside the kernel.",
+        "(execute request to reply) of one execute in a fresh kernel, ours and dill's alike; "
+        f"restores are the median of {RESTORE_ROUNDS}, ours and dill's in turn.",
         "",
         "| namespace | snapshot | restore | on disk | incremental snapshot (1 int changed) "
         "| dill.dump_module | dill.load_module | dill file |",

@@ -339,7 +339,9 @@ def test_incremental_snapshot_reads_and_uploads_only_changes(store, tmp_path):
     assert stats1["bytes_read"] == stats1["bytes_total"]
     with open(src / "big.bin", "r+b") as f:  # change one byte in the third chunk
         f.seek(2 * SMALL + 10)
-        f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+        byte = f.read(1)[0]
+        f.seek(2 * SMALL + 10)  # the read moved on: write over the byte it read
+        f.write(bytes([byte ^ 0xFF]))
     second, stats2 = snapshot_tree(src, store, previous=first, chunk_size=SMALL)
     assert stats2["bytes_read"] == 5 * SMALL + 123  # only big.bin was read
     assert stats2["chunks_uploaded"] == 1 and stats2["bytes_uploaded"] == SMALL
